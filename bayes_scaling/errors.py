@@ -1,0 +1,21 @@
+"""Exceptions and warnings that users of bayes_scaling catch."""
+
+
+class BayesScalingError(Exception):
+    """Base class of every error raised on purpose by this package."""
+
+
+class DataError(BayesScalingError, ValueError):
+    """The runs table is unusable; the message names the column and first offending rows."""
+
+
+class SpecError(BayesScalingError, ValueError):
+    """A model spec (TOML) is invalid; the message names the file and the key."""
+
+
+class FitError(BayesScalingError, ValueError):
+    """A fit or saved fit cannot serve the request (unknown family, missing group, ...)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The sampler did not converge well enough to trust the numbers (r_hat, ESS, divergences)."""
