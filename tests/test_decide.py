@@ -195,3 +195,26 @@ def test_bad_arguments(draws):
         decide.compare(draws, draws, num_params=1e9, tokens=1e10, flops=1e20)
     with pytest.raises(DataError, match="tokens"):
         decide.planned_run(draws, 1e9, [1e10, float("nan")])
+
+
+def test_plots_return_axes(draws):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayes_scaling.plots import decide as decide_plots
+
+    other = fake_draws(seed=3, log_e=np.log(1.60), alpha=0.40)
+    flops = np.geomspace(1e18, 1e25, 8)
+    axes = [
+        decide_plots.isoflop_bands(decide.isoflop(draws, 1e22)),
+        decide_plots.frontier(decide.compute_optimal(draws, flops)),
+        decide_plots.p_a_better(decide.compare(draws, other, flops=flops)),
+        decide_plots.rel_diff_bands(decide.compare(draws, other, flops=flops)),
+        decide_plots.required_flops(decide.budget_for_target(draws, 2.0, 0.9)),
+    ]
+    _, ax = plt.subplots()
+    assert decide_plots.frontier(decide.compute_optimal(draws, flops), "loss", ax=ax) is ax
+    assert all(isinstance(a, matplotlib.axes.Axes) for a in axes)
+    plt.close("all")
