@@ -42,7 +42,6 @@ SAMPLE_DIMS = ("chain", "draw")
 
 #: Search range of tokens per parameter (D / N) used to bracket compute-optimal N.
 TOKENS_PER_PARAM_RANGE = (1e-3, 1e6)
-_LOG_FLOPS_REF = np.log(6.0 * REFERENCE_PARAMS * REFERENCE_TOKENS)
 _LOG_FLOPS_SEARCH = (np.log(1e6), np.log(1e45))
 
 FlopsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -92,7 +91,14 @@ def _param_arrays(draws):
         out["run_offset"] = draws["run_offset"].transpose(*SAMPLE_DIMS).values.reshape(-1).astype(float)
     else:
         out["run_offset"] = np.zeros_like(out["log_e"])
+    # reference points of the centred parametrisation (attrs of family_draws; laws defaults otherwise)
+    out["log_ref_n"] = np.log(float(draws.attrs.get("reference_params", REFERENCE_PARAMS)))
+    out["log_ref_d"] = np.log(float(draws.attrs.get("reference_tokens", REFERENCE_TOKENS)))
     return out
+
+
+def _log_flops_ref(p):
+    return np.log(6.0) + p["log_ref_n"] + p["log_ref_d"]
 
 
 def _shape(draws):
@@ -113,9 +119,10 @@ def _to_dataarray(values, draws, extra_dim=None, extra_coord=None, name=None):
 # --------------------------------------------------------------------------- maths
 
 
-def _log_loss(p, x_n, x_d):
-    """Log loss (incl. run offset); ``x_n, x_d`` have a leading axis of size n_draws or 1."""
-    x_n, x_d = np.atleast_1d(x_n), np.atleast_1d(x_d)
+def _log_loss(p, log_n, log_d):
+    """Log loss (incl. run offset) at ``log N, log D``, with a leading axis of size n_draws or 1."""
+    x_n = np.atleast_1d(log_n) - p["log_ref_n"]
+    x_d = np.atleast_1d(log_d) - p["log_ref_d"]
     extra = (1,) * (max(x_n.ndim, x_d.ndim) - 1)
 
     def col(v):
@@ -148,8 +155,7 @@ def loss(draws, num_params, tokens):
     except ValueError:
         raise DataError(f"num_params ({n.size} values) and tokens ({d.size} values) do not broadcast") from None
     p = _param_arrays(draws)
-    x_n, x_d = np.log(n / REFERENCE_PARAMS), np.log(d / REFERENCE_TOKENS)
-    values = np.exp(_log_loss(p, x_n[None, :], x_d[None, :]))
+    values = np.exp(_log_loss(p, np.log(n)[None, :], np.log(d)[None, :]))
     return _to_dataarray(values, draws, "point", np.arange(n.size), name="loss").assign_coords(
         num_params=("point", n), tokens=("point", d)
     )
@@ -157,8 +163,8 @@ def loss(draws, num_params, tokens):
 
 def _optimum_closed_form(p, log_flops):
     """Per-draw optimal ``x_n`` for ``C = 6ND``; ``log_flops`` broadcasts against (n_draws, 1)."""
-    s = np.asarray(log_flops)[None, ...] - _LOG_FLOPS_REF
-    col = {k: v[:, None] for k, v in p.items()}
+    s = np.asarray(log_flops)[None, ...] - _log_flops_ref(p)
+    col = {k: p[k][:, None] for k in ("log_a", "log_b", "alpha", "beta")}
     return (np.log(col["alpha"]) + col["log_a"] - np.log(col["beta"]) - col["log_b"] + col["beta"] * s) / (
         col["alpha"] + col["beta"]
     )
@@ -199,8 +205,7 @@ def _optimum_numerical(p, flops, flops_fn, num_params_bounds=None, grid_size=241
     d_grid = _tokens_for(flops_fn, np.exp(grid), flops)
     if np.isnan(d_grid).all():
         raise DataError(f"flops_fn cannot reach a budget of {flops:.3g} FLOPs for any N in [{np.exp(lo):.3g}, {np.exp(hi):.3g}]")
-    x_d = np.log(d_grid / REFERENCE_TOKENS)
-    ll = _log_loss(p, grid[None, :] - np.log(REFERENCE_PARAMS), x_d[None, :])
+    ll = _log_loss(p, grid[None, :], np.log(d_grid)[None, :])
     ll = np.where(np.isnan(ll), np.inf, ll)
     k = np.argmin(ll, axis=1)
     at_bound = (k == 0) | (k == grid_size - 1)
@@ -216,7 +221,7 @@ def _optimum_numerical(p, flops, flops_fn, num_params_bounds=None, grid_size=241
 
     def objective(log_n):
         d = _tokens_for(flops_fn, np.exp(log_n), flops)
-        out = _log_loss(p, log_n - np.log(REFERENCE_PARAMS), np.log(d / REFERENCE_TOKENS))
+        out = _log_loss(p, log_n, np.log(d))
         return np.where(np.isnan(out), np.inf, out)
 
     golden = (np.sqrt(5.0) - 1.0) / 2.0
@@ -242,7 +247,7 @@ def _optimal_log_n(p, flops, flops_fn=None, num_params_bounds=None):
     log_c = np.log(flops)
     if flops_fn is None:
         x_n = _optimum_closed_form(p, log_c)
-        log_n = x_n + np.log(REFERENCE_PARAMS)
+        log_n = x_n + p["log_ref_n"]
         log_d = log_c[None, :] - np.log(6.0) - log_n
         return log_n, log_d
     log_n = np.stack([_optimum_numerical(p, c, flops_fn, num_params_bounds) for c in flops], axis=1)
@@ -360,7 +365,7 @@ def compute_optimal(draws, flops, flops_fn: FlopsFn | None = None, *, num_params
     c = _positive_array("flops", flops)
     p = _param_arrays(draws)
     log_n, log_d = _optimal_log_n(p, c, flops_fn, num_params_bounds)
-    ll = _log_loss(p, log_n - np.log(REFERENCE_PARAMS), log_d - np.log(REFERENCE_TOKENS))
+    ll = _log_loss(p, log_n, log_d)
     budget = np.arange(c.size)
 
     def wrap(v, name):
@@ -470,7 +475,7 @@ def isoflop(draws, flops, num_params=None, flops_fn: FlopsFn | None = None, *, q
 
     def losses_at(log_n):
         d = _tokens_for(fn, np.exp(np.atleast_1d(log_n)), c)
-        return np.exp(_log_loss(p, np.log(np.exp(log_n) / REFERENCE_PARAMS), np.log(d / REFERENCE_TOKENS)))
+        return np.exp(_log_loss(p, log_n, np.log(d)))
 
     def argmin(stat):
         vals = stat(curve.values.reshape(-1, grid.size))
@@ -482,7 +487,7 @@ def isoflop(draws, flops, num_params=None, flops_fn: FlopsFn | None = None, *, q
                                        options={"xatol": 1e-6})
         return float(np.clip(res.x, lo_x, hi_x))
 
-    plug = {k: np.array([np.median(v)]) for k, v in p.items()}
+    plug = {k: np.array([np.median(v)]) if np.ndim(v) else v for k, v in p.items()}
     plug_log_n, _ = _optimal_log_n(plug, np.array([c]), flops_fn, num_params_bounds)
     chosen = {
         "expected_loss": argmin(lambda m: m.mean(axis=0)),
@@ -567,9 +572,9 @@ def budget_for_target(draws, target_loss, prob=0.9, flops_fn: FlopsFn | None = N
     if flops_fn is None:
         def opt_log_loss(log_c):
             x_n = (np.log(p["alpha"]) + p["log_a"] - np.log(p["beta"]) - p["log_b"]
-                   + p["beta"] * (log_c - _LOG_FLOPS_REF)) / (p["alpha"] + p["beta"])
-            x_d = log_c - _LOG_FLOPS_REF - x_n
-            return _log_loss(p, x_n, x_d)
+                   + p["beta"] * (log_c - _log_flops_ref(p))) / (p["alpha"] + p["beta"])
+            log_n = x_n + p["log_ref_n"]
+            return _log_loss(p, log_n, log_c - np.log(6.0) - log_n)
 
         for _ in range(100):
             mid = 0.5 * (lo + hi)

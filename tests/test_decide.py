@@ -85,6 +85,17 @@ def test_run_offset_scales_loss_not_allocation():
     np.testing.assert_allclose(b.draws["loss"].isel(budget=0) / a.draws["loss"].isel(budget=0), np.exp(noisy["run_offset"]))
 
 
+def test_reference_points_from_attrs(draws):
+    # the same law centred at N_ref = 1e8, D_ref = 1e10 (attrs of family_draws) gives the same answers
+    moved = draws.copy()
+    moved["log_a"] = draws["log_a"] + draws["alpha"] * np.log(10.0)
+    moved["log_b"] = draws["log_b"] + draws["beta"] * np.log(10.0)
+    moved.attrs.update(reference_params=1e8, reference_tokens=1e10)
+    a, b = decide.compute_optimal(draws, [1e20, 1e24]), decide.compute_optimal(moved, [1e20, 1e24])
+    np.testing.assert_allclose(a.draws["num_params"], b.draws["num_params"], rtol=1e-9)
+    np.testing.assert_allclose(decide.loss(draws, 3e9, 1e11), decide.loss(moved, 3e9, 1e11), rtol=1e-12)
+
+
 def test_isoflop_choices(draws):
     iso = decide.isoflop(draws, 5.76e23, quantile=0.9)
     assert set(iso.choices["rule"]) == {"expected_loss", "quantile_0.9", "plug_in", "median_of_optima"}
