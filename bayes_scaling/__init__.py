@@ -1,0 +1,39 @@
+"""bayes_scaling: Bayesian scaling laws that predict LLM loss with honest uncertainty.
+
+Typical use::
+
+    import bayes_scaling as bs
+    runs, truth = bs.datasets.synthetic(n_families=12, seed=0)
+    fit = bs.fit(runs, chains=4, draws=500, seed=0)
+    pred = bs.predict_loss(fit, "synth-00", num_params=7e9, tokens=1.4e11, kind="new_run")
+    bs.summarize(pred)
+"""
+
+from . import data, datasets, laws, spec
+from .data import Filters, load_runs, prepare
+from .errors import ConvergenceWarning, DataError, FitError, SpecError
+from .inference import Fit, fit
+from .predict import family_draws, predict_loss, summarize
+from .spec import load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "DataError",
+    "Filters",
+    "Fit",
+    "FitError",
+    "SpecError",
+    "data",
+    "datasets",
+    "family_draws",
+    "fit",
+    "laws",
+    "load_runs",
+    "load_spec",
+    "predict_loss",
+    "prepare",
+    "spec",
+    "summarize",
+]

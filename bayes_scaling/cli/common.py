@@ -1,0 +1,47 @@
+"""Argument helpers shared by command modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pandas as pd
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draws=500) -> None:
+    group = parser.add_argument_group("sampler")
+    group.add_argument("--chains", type=positive_int, default=chains, help=f"NUTS chains (default {chains})")
+    group.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
+    group.add_argument("--draws", type=positive_int, default=draws, help=f"kept draws per chain (default {draws})")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def write_table(df: pd.DataFrame, fmt: str, stream=None) -> None:
+    """Print a DataFrame as an aligned table, CSV or JSON records."""
+    stream = stream or sys.stdout
+    if fmt == "csv":
+        df.to_csv(stream, index=False)
+    elif fmt == "json":
+        json.dump(df.to_dict(orient="records"), stream, indent=2, default=float)
+        stream.write("\n")
+    else:
+        stream.write(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")

@@ -1,0 +1,85 @@
+"""Convergence numbers of a posterior (r_hat, ESS, divergences), computed with arviz.
+
+Kept small and at the bottom of the stack: inference uses it to warn after every fit, and
+``bayes_scaling.diagnostics`` builds the full report on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+
+#: Thresholds of the usual rules (Vehtari et al. 2021): r_hat <= 1.01, ESS >= 100 per chain.
+MAX_R_HAT = 1.01
+MIN_ESS_PER_CHAIN = 100
+
+#: Sampled (not derived) variables that carry the model's geometry.
+POPULATION_VARS = ("mu", "tau", "sigma_run")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Worst-case convergence numbers over the checked variables."""
+
+    max_r_hat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    divergences: int
+    n_chains: int
+    n_draws: int
+    checked: tuple[str, ...]
+
+    @property
+    def min_ess(self) -> float:
+        return MIN_ESS_PER_CHAIN * self.n_chains
+
+    def problems(self) -> list[str]:
+        """Human-readable list of failed checks; empty when all pass."""
+        out = []
+        if self.n_chains > 1 and not self.max_r_hat <= MAX_R_HAT:
+            out.append(f"max r_hat {self.max_r_hat:.3f} > {MAX_R_HAT}")
+        if not self.min_ess_bulk >= self.min_ess:
+            out.append(f"min bulk ESS {self.min_ess_bulk:.0f} < {self.min_ess:.0f}")
+        if not self.min_ess_tail >= self.min_ess:
+            out.append(f"min tail ESS {self.min_ess_tail:.0f} < {self.min_ess:.0f}")
+        if self.divergences:
+            out.append(f"{self.divergences} divergent transitions")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+
+def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
+    """Worst r_hat and ESS over ``var_names`` (default: population parameters and theta).
+
+    Parameters
+    ----------
+    idata : InferenceData
+        Must have a ``posterior`` group; divergences are read from ``sample_stats`` when present.
+    var_names : sequence of str, optional
+        Variables to check; those absent from the posterior are skipped.
+    """
+    post = idata.posterior
+    if var_names is None:
+        var_names = [*POPULATION_VARS, "theta", "sigma_obs"]
+    names = tuple(v for v in var_names if v in post.data_vars)
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    if not names:
+        raise ValueError(f"none of {list(var_names)} is in the posterior")
+    sub = post[list(names)]
+    r_hat = _worst(az.rhat(sub), np.nanmax) if n_chains > 1 else float("nan")
+    ess_bulk = _worst(az.ess(sub, method="bulk"), np.nanmin)
+    ess_tail = _worst(az.ess(sub, method="tail"), np.nanmin)
+    divergences = 0
+    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+        divergences = int(idata.sample_stats["diverging"].sum())
+    return Convergence(r_hat, ess_bulk, ess_tail, divergences, n_chains, n_draws, names)
+
+
+def _worst(dataset, reduce) -> float:
+    values = [np.asarray(dataset[v]).ravel() for v in dataset.data_vars]
+    return float(reduce(np.concatenate(values)))

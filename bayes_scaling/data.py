@@ -1,0 +1,313 @@
+"""Runs tables in, validated arrays out.
+
+A runs table is tidy: one row per (family, model, checkpoint) with the columns of
+``../shared/data/runs.csv.gz``. This module checks it at the boundary (every problem is a
+:class:`~bayes_scaling.errors.DataError` naming the column and the first offending rows),
+applies the paper's data filters and turns what is left into the integer indices and
+centred covariates the model needs. The caller's DataFrame is never mutated.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .laws import REFERENCE_PARAMS, REFERENCE_TOKENS, centre
+
+REQUIRED_COLUMNS = ("family", "model", "num_params", "tokens", "loss")
+NUMERIC_COLUMNS = ("num_params", "tokens", "loss")
+OPTIONAL_COLUMNS = ("seed", "flops", "metric", "eval_set", "is_primary", "arch")
+
+#: Every value of ``tokens`` below this looks like "billions of tokens", not tokens.
+TOKENS_IN_BILLIONS_THRESHOLD = 1e6
+
+
+def default_data_dir() -> Path:
+    """Directory of the shared corpus: ``$BAYES_SCALING_DATA`` or ``../shared/data``."""
+    return Path(os.environ.get("BAYES_SCALING_DATA", Path("..") / "shared" / "data"))
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Data filters, with the defaults of "A Hitchhiker's Guide to Scaling Law Estimation".
+
+    Parameters
+    ----------
+    min_tokens : float
+        Drop checkpoints that have seen fewer tokens (early loss is noisy). Small-scale
+        families (synthetic languages, tiny isoFLOP sweeps) need a lower cut.
+    max_checkpoints : int or None
+        Thin each run to at most this many log-spaced checkpoints (dense logs of one run are
+        strongly correlated and would otherwise dominate the likelihood). None keeps all.
+    primary_only : bool
+        Keep only rows with ``is_primary`` (one metric per family) when that column exists.
+    families : tuple of str or None
+        Keep only these families. None keeps all.
+    """
+
+    min_tokens: float = 1e10
+    max_checkpoints: int | None = 30
+    primary_only: bool = True
+    families: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not np.isfinite(self.min_tokens) or self.min_tokens < 0:
+            raise DataError(f"min_tokens must be a finite number >= 0, got {self.min_tokens!r}")
+        if self.max_checkpoints is not None and (int(self.max_checkpoints) != self.max_checkpoints or self.max_checkpoints < 1):
+            raise DataError(f"max_checkpoints must be a positive integer or None, got {self.max_checkpoints!r}")
+        if self.families is not None:
+            object.__setattr__(self, "families", tuple(self.families))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunsData:
+    """A filtered runs table and the arrays the model reads.
+
+    Attributes
+    ----------
+    table : DataFrame
+        Filtered rows (a private copy), with integer columns ``family_idx`` and ``run_idx``.
+    families : tuple of str
+        Family names, in index order.
+    runs : tuple of str
+        Run names ``"family/model"``, in index order.
+    run_family : ndarray of int
+        Family index of each run.
+    x_n, x_d : ndarray of float
+        Centred covariates ``log(N / N_ref)`` and ``log(D / D_ref)`` per checkpoint.
+    log_loss : ndarray of float
+        Natural log of the loss per checkpoint.
+    family_idx, run_idx : ndarray of int
+        Family and run index per checkpoint.
+    filters : Filters
+        The filters that produced this table.
+    """
+
+    table: pd.DataFrame
+    families: tuple[str, ...]
+    runs: tuple[str, ...]
+    run_family: np.ndarray
+    x_n: np.ndarray
+    x_d: np.ndarray
+    log_loss: np.ndarray
+    family_idx: np.ndarray
+    run_idx: np.ndarray
+    filters: Filters
+
+    @property
+    def n_checkpoints(self) -> int:
+        return len(self.log_loss)
+
+    def family_sizes(self) -> pd.DataFrame:
+        """Rows, runs and distinct model sizes per family."""
+        return self.table.groupby("family", sort=False).agg(
+            rows=("loss", "size"), runs=("model", "nunique"), sizes=("num_params", "nunique")
+        )
+
+
+def _first_rows(df: pd.DataFrame, mask, limit: int = 3) -> str:
+    """Describe the first offending rows as ``family=... model=...`` for error messages."""
+    bad = df.loc[np.asarray(mask)]
+    parts = []
+    for _, row in bad.head(limit).iterrows():
+        parts.append(f"family={row.get('family', '?')} model={row.get('model', '?')}")
+    return "; ".join(parts)
+
+
+def read_table(source) -> pd.DataFrame:
+    """Read a runs table from a CSV, CSV.gz or Parquet path, or copy a DataFrame."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy()
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"runs file not found: {path}")
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+            return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read runs file {path}: {exc}") from exc
+    raise DataError(f"unsupported runs file type {path.name!r}: use .csv, .csv.gz or .parquet")
+
+
+def validate(df: pd.DataFrame) -> pd.DataFrame:
+    """Check a runs table and return a cleaned copy with numeric dtypes.
+
+    Raises
+    ------
+    DataError
+        Missing column, non-numeric or non-finite value, loss/num_params/tokens <= 0,
+        duplicate (family, model, tokens) within one metric, or tokens in billions.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"runs table is missing column(s) {missing}; required: {list(REQUIRED_COLUMNS)}")
+    if len(df) == 0:
+        raise DataError("runs table has no rows")
+    out = df.copy()
+    for col in ("family", "model"):
+        if out[col].isna().any():
+            raise DataError(f"column {col!r} has {int(out[col].isna().sum())} empty values (first: {_first_rows(out, out[col].isna())})")
+        out[col] = out[col].astype(str)
+    for col in NUMERIC_COLUMNS:
+        values = pd.to_numeric(out[col], errors="coerce")
+        non_numeric = values.isna() & out[col].notna()
+        if non_numeric.any():
+            raise DataError(
+                f"column {col!r} has {int(non_numeric.sum())} non-numeric values such as "
+                f"{out.loc[non_numeric, col].iloc[0]!r} (first: {_first_rows(out, non_numeric)})"
+            )
+        not_finite = ~np.isfinite(values.to_numpy(dtype=float))
+        if not_finite.any():
+            raise DataError(f"column {col!r} has {int(not_finite.sum())} NaN or infinite values (first: {_first_rows(out, not_finite)})")
+        not_positive = values.to_numpy(dtype=float) <= 0
+        if not_positive.any():
+            raise DataError(f"column {col!r} has {int(not_positive.sum())} rows <= 0 (first: {_first_rows(out, not_positive)})")
+        out[col] = values.astype(float)
+    if (out["tokens"] < TOKENS_IN_BILLIONS_THRESHOLD).all():
+        raise DataError(
+            f"column 'tokens' is below {TOKENS_IN_BILLIONS_THRESHOLD:.0e} everywhere (max {out['tokens'].max():g}): "
+            "it looks like billions of tokens; give tokens as a plain count"
+        )
+    if "is_primary" in out.columns:
+        out["is_primary"] = out["is_primary"].map(_as_bool).astype(bool)
+    curve = [c for c in ("metric", "eval_set") if c in out.columns]
+    dup = out.duplicated(["family", "model", "tokens", *curve], keep=False)
+    if dup.any():
+        raise DataError(
+            f"{int(dup.sum())} duplicate (family, model, tokens{''.join(', ' + c for c in curve)}) rows "
+            f"(first: {_first_rows(out, dup)}); each checkpoint of a run must appear once"
+        )
+    return out
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "t")
+    return bool(value) if pd.notna(value) else False
+
+
+def load_runs(source) -> pd.DataFrame:
+    """Read and validate a runs table (path or DataFrame); returns a new DataFrame."""
+    return validate(read_table(source))
+
+
+def thin_log_spaced(tokens: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` checkpoints spread evenly in log tokens.
+
+    Always keeps the first and the last checkpoint; picks, for each of ``max_points``
+    log-spaced targets, the nearest checkpoint not yet taken.
+    """
+    order = np.argsort(tokens)
+    if len(tokens) <= max_points:
+        return order
+    log_t = np.log(tokens[order])
+    targets = np.linspace(log_t[0], log_t[-1], max_points)
+    picked = np.unique(np.searchsorted(log_t, targets).clip(0, len(log_t) - 1))
+    # searchsorted picks the checkpoint at or after each target; the last is always included
+    return order[np.union1d(picked, [0, len(log_t) - 1])]
+
+
+def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFrame:
+    """Apply the data filters to a validated runs table; returns a new DataFrame.
+
+    Raises
+    ------
+    DataError
+        When a requested family is absent, or a family is left empty, naming the filter
+        that emptied it.
+    """
+    df = runs
+    if filters.families is not None:
+        unknown = sorted(set(filters.families) - set(df["family"]))
+        if unknown:
+            raise DataError(f"families not in the runs table: {unknown}")
+        df = df[df["family"].isin(filters.families)]
+    if filters.primary_only and "is_primary" in df.columns:
+        df = _drop_emptied(df, df["is_primary"], "primary_only (no row with is_primary=True)")
+    curve = [c for c in ("metric", "eval_set") if c in df.columns]
+    if curve:
+        n_curves = df.groupby(["family", "model"])[curve].nunique().max(axis=1)
+        several = n_curves[n_curves > 1]
+        if len(several):
+            fam, model = several.index[0]
+            raise DataError(
+                f"{len(several)} runs have several (metric, eval_set) curves (first: family={fam} model={model}); "
+                "keep one per run (set is_primary or filter the table)"
+            )
+    df = _drop_emptied(df, df["tokens"] >= filters.min_tokens, f"min_tokens={filters.min_tokens:g}")
+    if filters.max_checkpoints is not None:
+        keep = []
+        for _, group in df.groupby(["family", "model"], sort=False):
+            idx = thin_log_spaced(group["tokens"].to_numpy(), filters.max_checkpoints)
+            keep.append(group.index.to_numpy()[idx])
+        df = df.loc[np.sort(np.concatenate(keep))]
+    return df.reset_index(drop=True)
+
+
+def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str) -> pd.DataFrame:
+    kept = df[np.asarray(keep_mask)]
+    emptied = sorted(set(df["family"]) - set(kept["family"]))
+    if emptied:
+        raise DataError(
+            f"filter {filter_name} leaves no rows for famil{'y' if len(emptied) == 1 else 'ies'} {emptied}; "
+            "lower the cut or drop the family"
+        )
+    return kept
+
+
+def prepare(
+    runs,
+    filters: Filters = Filters(),
+    reference_params: float = REFERENCE_PARAMS,
+    reference_tokens: float = REFERENCE_TOKENS,
+) -> RunsData:
+    """Validate, filter and index a runs table for the model.
+
+    Parameters
+    ----------
+    runs : path or DataFrame
+        The runs table (see module docstring for columns).
+    filters : Filters
+        Data filters; the defaults follow the paper.
+    reference_params, reference_tokens : float
+        Reference points of the centred covariates.
+
+    Returns
+    -------
+    RunsData
+    """
+    table = apply_filters(load_runs(runs), filters)
+    families = tuple(dict.fromkeys(table["family"]))
+    table["family_idx"] = table["family"].map({f: i for i, f in enumerate(families)}).astype(int)
+    run_names = table["family"] + "/" + table["model"]
+    run_order = (
+        table.assign(run=run_names)
+        .drop_duplicates("run")
+        .sort_values(["family_idx", "run"], kind="stable")
+    )
+    runs_tuple = tuple(run_order["run"])
+    table["run_idx"] = run_names.map({r: i for i, r in enumerate(runs_tuple)}).astype(int)
+    x_n, x_d = centre(table["num_params"], table["tokens"], reference_params, reference_tokens)
+    return RunsData(
+        table=table,
+        families=families,
+        runs=runs_tuple,
+        run_family=run_order["family_idx"].to_numpy(dtype=np.int32),
+        x_n=x_n,
+        x_d=x_d,
+        log_loss=np.log(table["loss"].to_numpy(dtype=float)),
+        family_idx=table["family_idx"].to_numpy(dtype=np.int32),
+        run_idx=table["run_idx"].to_numpy(dtype=np.int32),
+        filters=filters,
+    )

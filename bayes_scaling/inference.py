@@ -1,0 +1,320 @@
+"""NUTS fits of a spec to a runs table, returning a :class:`Fit` that holds InferenceData.
+
+The only state is the returned object: ``fit`` never stores anything elsewhere, and the
+same seed gives the same draws. Saving is NetCDF with the resolved spec, filters, seed,
+sampler settings and package versions in the posterior's attrs (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import arviz as az
+import jax
+import numpy as np
+import scipy.optimize
+from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
+
+from .convergence import check_convergence
+from .data import Filters, RunsData, prepare
+from .errors import ConvergenceWarning, FitError
+from .laws import PARAM_NAMES, chinchilla_log_loss
+from .model import ModelInputs, build_model, site_dims
+from .spec import Spec, load_spec, spec_from_json
+
+ATTR_PREFIX = "bayes_scaling_"
+#: Sites carried in the dense block of the mass matrix; run offsets stay diagonal.
+DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_z", "sigma_obs", "sigma_run")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted model: arviz InferenceData plus convenient views of its attrs.
+
+    Attributes
+    ----------
+    idata : arviz.InferenceData
+        Groups posterior, sample_stats, log_likelihood, observed_data, constant_data.
+        Coords ``family``, ``run``, ``param`` and ``checkpoint``.
+    """
+
+    idata: az.InferenceData
+
+    def _attr(self, key: str):
+        try:
+            return self.idata.posterior.attrs[ATTR_PREFIX + key]
+        except KeyError as exc:
+            raise FitError(f"this InferenceData was not written by bayes_scaling (no attr {ATTR_PREFIX + key})") from exc
+
+    @property
+    def spec(self) -> Spec:
+        return spec_from_json(self._attr("spec"))
+
+    @property
+    def filters(self) -> dict:
+        return json.loads(self._attr("filters"))
+
+    @property
+    def settings(self) -> dict:
+        """Sampler settings (chains, warmup, draws, seed, ...)."""
+        return json.loads(self._attr("settings"))
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(str(f) for f in self.idata.posterior["family"].values)
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return tuple(str(r) for r in self.idata.posterior["run"].values) if "run" in self.idata.posterior.coords else ()
+
+    def require_family(self, family: str) -> int:
+        """Index of ``family``; FitError naming the known families when absent."""
+        if family not in self.families:
+            known = ", ".join(self.families[:12]) + (" ..." if len(self.families) > 12 else "")
+            raise FitError(f"family {family!r} is not in this fit (families: {known})")
+        return self.families.index(family)
+
+    def save(self, path) -> Path:
+        """Write the fit as NetCDF; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.idata.to_netcdf(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Fit":
+        """Read a fit written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FitError(f"fit file not found: {path}")
+        try:
+            idata = az.from_netcdf(str(path))
+        except (OSError, ValueError) as exc:
+            raise FitError(f"cannot read fit file {path}: {exc}") from exc
+        if "posterior" not in idata.groups():
+            raise FitError(f"{path} has no posterior group; not a bayes_scaling fit")
+        fit = cls(idata)
+        fit.spec  # fail early, naming the file, if attrs are missing  # noqa: B018
+        return fit
+
+
+def versions() -> dict[str, str]:
+    """Versions of this package and of the libraries that produce the numbers."""
+    out = {}
+    for dist_name in ("bayes-scaling", "numpyro", "jax", "jaxlib", "arviz", "numpy", "pandas", "xarray"):
+        try:
+            out[dist_name] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            out[dist_name] = "not installed"
+    return out
+
+
+def point_estimate(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
+    """Fast penalised least-squares fit of each family, used to initialise NUTS.
+
+    Fits theta per family on log loss with a soft-L1 loss, plus a weak pull towards the
+    spec's prior means, so that parameters the data cannot identify (``log_a`` and
+    ``alpha`` of a one-size family) stay at the prior instead of wandering off.
+
+    Returns
+    -------
+    dict
+        ``theta`` (family, param) and ``sigma_obs`` (family), in model units.
+    """
+    loc = np.array([p.kwargs()["loc"] for p in spec.mean_priors])
+    scale = np.array([p.kwargs()["scale"] for p in spec.mean_priors])
+    thetas, sigmas = [], []
+    for f in range(len(data.families)):
+        mask = data.family_idx == f
+        x_n, x_d, y = data.x_n[mask], data.x_d[mask], data.log_loss[mask]
+        start = loc.copy()
+        start[0] = np.log(max(np.exp(y).min() * 0.8, 1e-3))
+
+        def residuals(theta, x_n=x_n, x_d=x_d, y=y):
+            pred = np.logaddexp.reduce([np.full_like(x_n, theta[0]), theta[1] - theta[3] * x_n, theta[2] - theta[4] * x_d])
+            # weight the prior like ~1 checkpoint at the prior scale
+            return np.concatenate([(pred - y) / 0.02, (theta - loc) / scale])
+
+        result = scipy.optimize.least_squares(residuals, start, loss="soft_l1", max_nfev=2000)
+        theta = result.x
+        resid = np.asarray(chinchilla_log_loss(x_n, x_d, *theta)) - y
+        thetas.append(theta)
+        sigmas.append(float(np.clip(1.4826 * np.median(np.abs(resid - np.median(resid))), 1e-3, 0.5)))
+    return {"theta": np.array(thetas), "sigma_obs": np.array(sigmas)}
+
+
+def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
+    """Starting point for NUTS in the spec's sample sites, from :func:`point_estimate`."""
+    est = point_estimate(data, spec)
+    theta = est["theta"]
+    values = {"sigma_obs": est["sigma_obs"]}
+    if spec.run_offsets:
+        values["run_z"] = np.zeros(len(data.runs))
+    if spec.pooling == "none":
+        values["theta"] = theta
+        return values
+    mu = theta.mean(axis=0) if len(theta) > 1 else theta[0]
+    values["mu"] = mu
+    if spec.pooling == "partial":
+        tau = np.clip(theta.std(axis=0) if len(theta) > 2 else np.array([p.kwargs()["scale"] for p in spec.family_scale_priors]) / 2, 0.02, None)
+        values["tau"] = tau
+        values["corr_cholesky"] = np.eye(len(PARAM_NAMES))
+        if spec.family_effects == "centred":
+            values["theta"] = theta
+        else:
+            values["theta_z"] = (theta - mu) / tau
+    return values
+
+
+def _chain_method(chains: int, chain_method: str) -> str:
+    if chain_method != "auto":
+        return chain_method
+    return "parallel" if chains > 1 and jax.local_device_count() >= chains else "sequential"
+
+
+def fit(
+    runs,
+    spec: Spec | str | Path = "chinchilla_hierarchical",
+    *,
+    filters: Filters | None = None,
+    chains: int = 4,
+    warmup: int = 500,
+    draws: int = 500,
+    seed: int = 0,
+    target_accept: float = 0.85,
+    max_tree_depth: int = 10,
+    chain_method: str = "auto",
+    init: str = "point",
+    progress_bar: bool = False,
+    log_likelihood: bool = True,
+) -> Fit:
+    """Fit a model spec to a runs table with NUTS.
+
+    Parameters
+    ----------
+    runs : path, DataFrame or RunsData
+        The runs table (see :mod:`bayes_scaling.data`), or data already prepared.
+    spec : Spec, name or path
+        Model spec; shipped names are ``chinchilla_hierarchical`` and ``chinchilla_independent``.
+    filters : Filters, optional
+        Data filters; default: the spec's ``[data]`` defaults. Ignored for RunsData input.
+    chains, warmup, draws : int
+        NUTS chains, warmup (adaptation) iterations and kept draws per chain.
+    seed : int
+        Seed of the sampler; same seed, same draws.
+    target_accept : float
+        Target acceptance probability of step-size adaptation.
+    max_tree_depth : int
+        NUTS maximum tree depth.
+    chain_method : {"auto", "parallel", "sequential", "vectorized"}
+        ``auto`` runs chains in parallel when JAX has a device per chain (the CLI sets
+        the host device count), else sequentially.
+    init : {"point", "median"}
+        Start from a penalised least-squares fit per family (``point``) or from prior medians.
+    progress_bar : bool
+        Show NumPyro's progress bar (the CLI turns it on).
+    log_likelihood : bool
+        Store the pointwise log likelihood (needed for LOO; costs memory).
+
+    Returns
+    -------
+    Fit
+
+    Warns
+    -----
+    ConvergenceWarning
+        When r_hat > 1.01, ESS is low or there are divergences; the message has the numbers.
+    """
+    spec = load_spec(spec)
+    if isinstance(runs, RunsData):
+        data = runs
+    else:
+        data = prepare(runs, filters if filters is not None else Filters(**spec.data), spec.reference_params, spec.reference_tokens)
+    for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
+        if int(value) != value or value < (0 if name == "warmup" else 1):
+            raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
+    if init not in ("point", "median"):
+        raise FitError(f"init must be 'point' or 'median', got {init!r}")
+    inputs = ModelInputs.from_data(data)
+    model = build_model(spec)
+    init_strategy = init_to_value(values={k: jax.numpy.asarray(v) for k, v in initial_values(data, spec).items()}) if init == "point" else init_to_median(num_samples=15)
+    dense = [tuple(s for s in DENSE_SITES if s != ("theta_z" if spec.family_effects == "centred" else "theta"))]
+    kernel = NUTS(
+        model,
+        dense_mass=dense,
+        init_strategy=init_strategy,
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_warmup=int(warmup),
+        num_samples=int(draws),
+        num_chains=int(chains),
+        chain_method=_chain_method(chains, chain_method),
+        progress_bar=progress_bar,
+    )
+    mcmc.run(jax.random.PRNGKey(seed), **inputs.as_kwargs(), extra_fields=("diverging", "num_steps", "accept_prob"))
+    jax.block_until_ready(mcmc.get_samples())
+    idata = _to_inference_data(mcmc, data, spec, log_likelihood)
+    idata.posterior.attrs.update(
+        {
+            ATTR_PREFIX + "spec": spec.to_json(),
+            ATTR_PREFIX + "spec_source": spec.source,
+            ATTR_PREFIX + "filters": json.dumps(data.filters.to_dict()),
+            ATTR_PREFIX + "settings": json.dumps(
+                {
+                    "chains": int(chains),
+                    "warmup": int(warmup),
+                    "draws": int(draws),
+                    "seed": int(seed),
+                    "target_accept": target_accept,
+                    "max_tree_depth": max_tree_depth,
+                    "init": init,
+                }
+            ),
+            ATTR_PREFIX + "versions": json.dumps(versions()),
+        }
+    )
+    result = Fit(idata)
+    report = check_convergence(idata)
+    if report.problems():
+        warnings.warn(
+            f"NUTS did not converge cleanly ({'; '.join(report.problems())}); "
+            "run more warmup/draws or check the model before trusting these numbers",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool) -> az.InferenceData:
+    coords = {
+        "family": list(data.families),
+        "run": list(data.runs),
+        "param": list(PARAM_NAMES),
+        "param_": list(PARAM_NAMES),
+        "checkpoint": np.arange(data.n_checkpoints),
+    }
+    dims = site_dims(spec)
+    constant = {
+        "x_n": data.x_n,
+        "x_d": data.x_d,
+        "family_idx": data.family_idx,
+        "run_idx": data.run_idx,
+        "run_family": data.run_family,
+        "num_params": data.table["num_params"].to_numpy(),
+        "tokens": data.table["tokens"].to_numpy(),
+    }
+    constant_dims = {k: ["checkpoint"] for k in constant} | {"run_family": ["run"]}
+    return az.from_numpyro(
+        mcmc,
+        coords=coords,
+        dims=dims | constant_dims,
+        constant_data=constant,
+        log_likelihood=log_likelihood,
+    )

@@ -1,0 +1,173 @@
+"""NumPyro models built from a :class:`~bayes_scaling.spec.Spec`; the model reads arrays only.
+
+Sample sites and the dimensions they become in InferenceData:
+
+============== ================= ===============================================
+site           dims              meaning
+============== ================= ===============================================
+mu             param             population mean of theta (partial/complete)
+tau            param             population sd of theta (partial)
+corr_cholesky  param, param_     Cholesky factor of the theta correlation
+theta          family, param     (log_e, log_a, log_b, alpha, beta) per family
+sigma_run      - or family       sd of run offsets on log loss
+run_offset     run               shift of one run's log loss
+sigma_obs      family            observation noise on log loss
+log_loss       checkpoint        observed natural log of the loss
+============== ================= ===============================================
+
+Deterministic sites ``log_e`` ... ``beta`` (dims family) and ``corr`` (param, param_)
+make the posterior read as ``alpha.sel(family="pythia")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from .data import RunsData
+from .laws import PARAM_NAMES, chinchilla_log_loss
+from .spec import Prior, Spec
+
+N_PARAMS = len(PARAM_NAMES)
+
+_NUMPYRO = {
+    "normal": dist.Normal,
+    "student_t": dist.StudentT,
+    "half_normal": dist.HalfNormal,
+    "half_cauchy": dist.HalfCauchy,
+    "lognormal": dist.LogNormal,
+    "exponential": dist.Exponential,
+    "gamma": dist.Gamma,
+}
+
+
+def prior_distribution(priors: Prior | tuple[Prior, ...]) -> dist.Distribution:
+    """NumPyro distribution of one prior, or a batch of same-kind priors (one per parameter)."""
+    batch = priors if isinstance(priors, tuple) else (priors,)
+    names = [name for name, _ in batch[0].args]
+    args = {name: jnp.asarray([p.kwargs()[name] for p in batch]) for name in names}
+    if not isinstance(priors, tuple):
+        args = {name: value[0] for name, value in args.items()}
+    return _NUMPYRO[batch[0].dist](**args)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The arrays a model reads: one entry per checkpoint, plus the run -> family map."""
+
+    x_n: np.ndarray
+    x_d: np.ndarray
+    family_idx: np.ndarray
+    run_idx: np.ndarray
+    run_family: np.ndarray
+    n_families: int
+    log_loss: np.ndarray | None = None
+
+    @classmethod
+    def from_data(cls, data: RunsData) -> "ModelInputs":
+        return cls(
+            x_n=data.x_n,
+            x_d=data.x_d,
+            family_idx=data.family_idx,
+            run_idx=data.run_idx,
+            run_family=data.run_family,
+            n_families=len(data.families),
+            log_loss=data.log_loss,
+        )
+
+    def as_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _family_parameters(spec: Spec, n_families: int):
+    """Sample theta[family, param] under the spec's pooling."""
+    mean_prior = prior_distribution(spec.mean_priors).to_event(1)
+    if spec.pooling == "none":
+        with numpyro.plate("family", n_families):
+            return numpyro.sample("theta", mean_prior)
+    mu = numpyro.sample("mu", mean_prior)
+    if spec.pooling == "complete":
+        return numpyro.deterministic("theta", jnp.broadcast_to(mu, (n_families, N_PARAMS)))
+    tau = numpyro.sample("tau", prior_distribution(spec.family_scale_priors).to_event(1))
+    corr_chol = numpyro.sample(
+        "corr_cholesky", dist.LKJCholesky(N_PARAMS, spec.correlation_prior.kwargs()["concentration"])
+    )
+    numpyro.deterministic("corr", corr_chol @ corr_chol.T)
+    scale_tril = tau[:, None] * corr_chol
+    with numpyro.plate("family", n_families):
+        if spec.family_effects == "centred":
+            return numpyro.sample("theta", dist.MultivariateNormal(mu, scale_tril=scale_tril))
+        z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
+        return numpyro.deterministic("theta", mu + z @ scale_tril.T)
+
+
+def _run_offsets(spec: Spec, run_family, n_families: int):
+    """Per-run shift of log loss, non-centred (most runs are short or final-only)."""
+    n_runs = len(run_family)
+    if not spec.run_offsets:
+        return jnp.zeros(n_runs)
+    if spec.pooling == "none":
+        with numpyro.plate("family", n_families):
+            sigma_run = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
+        run_scale = sigma_run[run_family]
+    else:
+        run_scale = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
+    with numpyro.plate("run", n_runs):
+        z = numpyro.sample("run_z", dist.Normal(0.0, 1.0))
+    return numpyro.deterministic("run_offset", run_scale * z)
+
+
+def build_model(spec: Spec):
+    """Return the NumPyro model function for ``spec``.
+
+    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, n_families, log_loss=None)``
+    takes the fields of :class:`ModelInputs`; with ``log_loss=None`` it samples the
+    prior predictive.
+    """
+
+    def model(x_n, x_d, family_idx, run_idx, run_family, n_families, log_loss=None):
+        theta = _family_parameters(spec, n_families)
+        for i, name in enumerate(PARAM_NAMES):
+            numpyro.deterministic(name, theta[:, i])
+        offset = _run_offsets(spec, run_family, n_families)
+        with numpyro.plate("family", n_families):
+            sigma_obs = numpyro.sample("sigma_obs", prior_distribution(spec.noise_scale_prior))
+        th = theta[family_idx]
+        mean = chinchilla_log_loss(x_n, x_d, th[:, 0], th[:, 1], th[:, 2], th[:, 3], th[:, 4]) + offset[run_idx]
+        scale = sigma_obs[family_idx]
+        if spec.likelihood == "student_t":
+            likelihood = dist.StudentT(spec.likelihood_df, mean, scale)
+        else:
+            likelihood = dist.Normal(mean, scale)
+        with numpyro.plate("checkpoint", len(x_n)):
+            numpyro.sample("log_loss", likelihood, obs=log_loss)
+
+    return model
+
+
+#: InferenceData dims of every site (see module docstring).
+SITE_DIMS = {
+    "mu": ["param"],
+    "tau": ["param"],
+    "corr_cholesky": ["param", "param_"],
+    "corr": ["param", "param_"],
+    "theta": ["family", "param"],
+    "theta_z": ["family", "param"],
+    "run_z": ["run"],
+    "run_offset": ["run"],
+    "sigma_obs": ["family"],
+    "log_loss": ["checkpoint"],
+    **{name: ["family"] for name in PARAM_NAMES},
+}
+
+
+def site_dims(spec: Spec) -> dict[str, list[str]]:
+    """Dims per site for ``arviz.from_numpyro`` (sigma_run is per family without pooling)."""
+    dims = dict(SITE_DIMS)
+    if spec.pooling == "none":
+        dims["sigma_run"] = ["family"]
+    return dims

@@ -1,0 +1,202 @@
+"""Posterior predictive loss at new (family, N, D) points; never mutates the fit.
+
+Three kinds of prediction, each a distribution over posterior draws:
+
+``family``
+    the family's expected loss curve at (N, D): parameter uncertainty only;
+``new_run``
+    a run of that family not yet trained: adds a run offset drawn with ``sigma_run``
+    (seeds alone move loss by a few percent), which is what a planned run needs;
+``new_family``
+    a family absent from the data: theta drawn from the population
+    ``MultivariateNormal(mu, Sigma)`` per draw, plus a new run offset.
+
+With ``observation_noise=True`` a checkpoint's noise (the likelihood, per family) is added,
+which is what an observed loss value is compared against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import DataError, FitError
+from .inference import Fit
+from .laws import PARAM_NAMES, centre, chinchilla_log_loss
+
+KINDS = ("family", "new_run", "new_family")
+SUMMARY_QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
+
+
+def _population_theta(fit: Fit, rng: np.random.Generator) -> xr.DataArray:
+    post = fit.idata.posterior
+    if "tau" not in post or "corr_cholesky" not in post:
+        if "mu" in post:  # complete pooling: every family is the population
+            return post["mu"]
+        raise FitError(f"spec {fit.spec.name!r} has no population (pooling='{fit.spec.pooling}'); a new family needs partial pooling")
+    mu = post["mu"].values  # chain, draw, param
+    scale_tril = post["tau"].values[..., :, None] * post["corr_cholesky"].values
+    z = rng.standard_normal(mu.shape)
+    theta = mu + np.einsum("cdij,cdj->cdi", scale_tril, z)
+    return xr.DataArray(theta, dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
+
+
+def _sigma_run(fit: Fit, family_index: int | None) -> np.ndarray:
+    """Posterior draws of the run-offset sd that applies to one family (zeros without offsets)."""
+    post = fit.idata.posterior
+    shape = (post.sizes["chain"], post.sizes["draw"])
+    if "sigma_run" not in post:
+        return np.zeros(shape)
+    sigma = post["sigma_run"]
+    if "family" in sigma.dims:
+        if family_index is None:
+            raise FitError("a new family needs a population run scale; this fit has none (pooling='none')")
+        return sigma.isel(family=family_index).values
+    return sigma.values
+
+
+def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int = 0) -> xr.Dataset:
+    """Posterior draws of one family's law, ready to evaluate anywhere.
+
+    Parameters
+    ----------
+    fit : Fit
+    family : str or None
+        A family of the fit; ignored (may be None) for ``kind="new_family"``.
+    kind : {"family", "new_run", "new_family"}
+        See the module docstring.
+    seed : int
+        Seed for the run offset and population draws.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``log_e, log_a, log_b, alpha, beta`` (centred units, see
+        :mod:`bayes_scaling.laws`), ``run_offset`` (on log loss; 0 for ``family``) and
+        ``sigma_obs`` (checkpoint noise sd on log loss); dims ``(chain, draw)``. Attrs carry
+        the reference points, the likelihood and its ``df``.
+    """
+    if kind not in KINDS:
+        raise FitError(f"kind must be one of {KINDS}, got {kind!r}")
+    rng = np.random.default_rng(seed)
+    post = fit.idata.posterior
+    spec = fit.spec
+    if kind == "new_family":
+        theta = _population_theta(fit, rng)
+        # noise of an unseen family: that of a family picked at random per draw
+        sigma_obs_all = post["sigma_obs"].values
+        pick = rng.integers(0, sigma_obs_all.shape[-1], size=sigma_obs_all.shape[:2])
+        sigma_obs = np.take_along_axis(sigma_obs_all, pick[..., None], axis=-1)[..., 0]
+        sigma_run = _sigma_run(fit, None)
+    else:
+        f = fit.require_family(family)
+        theta = post["theta"].isel(family=f)
+        sigma_obs = post["sigma_obs"].isel(family=f).values
+        sigma_run = _sigma_run(fit, f)
+    offset = np.zeros_like(sigma_run) if kind == "family" else sigma_run * rng.standard_normal(sigma_run.shape)
+    coords = {"chain": post.chain.values, "draw": post.draw.values}
+    dims = ("chain", "draw")
+    data = {name: (dims, np.asarray(theta.sel(param=name).values, dtype=float)) for name in PARAM_NAMES}
+    data["run_offset"] = (dims, offset)
+    data["sigma_obs"] = (dims, np.asarray(sigma_obs, dtype=float))
+    attrs = {
+        "family": "" if family is None else str(family),
+        "kind": kind,
+        "reference_params": spec.reference_params,
+        "reference_tokens": spec.reference_tokens,
+        "likelihood": spec.likelihood,
+        "likelihood_df": spec.likelihood_df if spec.likelihood_df is not None else 0.0,
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _points(num_params, tokens) -> tuple[np.ndarray, np.ndarray]:
+    n, d = np.broadcast_arrays(np.atleast_1d(np.asarray(num_params, dtype=float)), np.atleast_1d(np.asarray(tokens, dtype=float)))
+    for name, values in (("num_params", n), ("tokens", d)):
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise DataError(f"{name} must be finite and > 0, got {values[~(np.isfinite(values) & (values > 0))][:3].tolist()}")
+    return n.ravel(), d.ravel()
+
+
+def loss_from_draws(draws: xr.Dataset, num_params, tokens, observation_noise: bool = False, seed: int = 0) -> xr.DataArray:
+    """Evaluate the law of :func:`family_draws` output at (N, D) points.
+
+    Returns
+    -------
+    xarray.DataArray
+        Loss in the family's units (nats), dims ``(chain, draw, point)`` with coords
+        ``num_params`` and ``tokens`` on ``point``.
+    """
+    n, d = _points(num_params, tokens)
+    x_n, x_d = centre(n, d, draws.attrs["reference_params"], draws.attrs["reference_tokens"])
+    p = {name: draws[name].values[..., None] for name in PARAM_NAMES}
+    log_loss = np.asarray(chinchilla_log_loss(x_n, x_d, p["log_e"], p["log_a"], p["log_b"], p["alpha"], p["beta"]), dtype=float)
+    log_loss = log_loss + draws["run_offset"].values[..., None]
+    if observation_noise:
+        rng = np.random.default_rng(seed)
+        shape = log_loss.shape
+        eps = rng.standard_t(draws.attrs["likelihood_df"], shape) if draws.attrs["likelihood"] == "student_t" else rng.standard_normal(shape)
+        log_loss = log_loss + draws["sigma_obs"].values[..., None] * eps
+    return xr.DataArray(
+        np.exp(log_loss),
+        dims=("chain", "draw", "point"),
+        coords={"chain": draws.chain.values, "draw": draws.draw.values, "num_params": ("point", n), "tokens": ("point", d)},
+        name="loss",
+        attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "units": "loss (nats), as in the family's data"},
+    )
+
+
+def predict_loss(
+    fit: Fit,
+    family: str | None,
+    num_params,
+    tokens,
+    kind: str = "family",
+    observation_noise: bool = False,
+    seed: int = 0,
+) -> xr.DataArray:
+    """Posterior predictive loss of ``family`` at (N, D) points.
+
+    Parameters
+    ----------
+    fit : Fit
+    family : str or None
+        Family of the fit (None allowed for ``kind="new_family"``).
+    num_params, tokens : float or array
+        Parameter count and training tokens (plain counts, broadcast together).
+    kind : {"family", "new_run", "new_family"}
+        See the module docstring.
+    observation_noise : bool
+        Add checkpoint noise (compare against observed losses).
+    seed : int
+        Seed of the random parts (run offset, population draw, noise).
+
+    Returns
+    -------
+    xarray.DataArray
+        Loss (nats), dims ``(chain, draw, point)``.
+    """
+    draws = family_draws(fit, family, kind=kind, seed=seed)
+    return loss_from_draws(draws, num_params, tokens, observation_noise=observation_noise, seed=seed + 1)
+
+
+def summarize(pred: xr.DataArray) -> pd.DataFrame:
+    """Median, mean and central 50% / 90% intervals per point of a prediction.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``num_params, tokens, mean, median, q05, q25, q75, q95`` (and ``family``,
+        ``kind`` when known), one row per point.
+    """
+    stacked = pred.stack(sample=("chain", "draw")).transpose("point", "sample").values
+    out = pd.DataFrame({"num_params": pred["num_params"].values, "tokens": pred["tokens"].values})
+    if pred.attrs.get("family"):
+        out.insert(0, "family", pred.attrs["family"])
+    if pred.attrs.get("kind"):
+        out["kind"] = pred.attrs["kind"]
+    out["mean"] = stacked.mean(axis=1)
+    for col, q in SUMMARY_QUANTILES.items():
+        out[col] = np.quantile(stacked, q, axis=1)
+    return out[[c for c in out.columns if c != "kind"] + (["kind"] if "kind" in out else [])]
