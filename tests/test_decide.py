@@ -229,3 +229,65 @@ def test_plots_return_axes(draws):
     assert decide_plots.frontier(decide.compute_optimal(draws, flops), "loss", ax=ax) is ax
     assert all(isinstance(a, matplotlib.axes.Axes) for a in axes)
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- with a real (tiny) fit
+
+
+@pytest.fixture(scope="module")
+def fit_path(small_fit, tmp_path_factory):
+    return small_fit.save(tmp_path_factory.mktemp("decide") / "fit.nc")
+
+
+def _cli(argv):
+    from bayes_scaling import cli
+
+    if "decide" not in cli.COMMAND_MODULES:  # registered by the one-line entry in cli/__init__.py
+        cli.COMMAND_MODULES.append("decide")
+    return cli.main(argv)
+
+
+def test_compare_families_of_one_fit(small_fit):
+    from bayes_scaling.predict import family_draws
+
+    fam_a, fam_b = small_fit.families[:2]
+    a = family_draws(small_fit, fam_a, kind="family")
+    b = family_draws(small_fit, fam_b, kind="family")
+    res = decide.compare(a, b, flops=np.geomspace(1e18, 1e24, 5))
+    assert res.joint
+    np.testing.assert_allclose(res.table["p_a_better"] + res.table["p_b_better"], 1.0)
+    assert res.draws.sizes["chain"] == small_fit.idata.posterior.sizes["chain"]
+    with pytest.raises(FitError, match="not in this fit"):
+        family_draws(small_fit, "no-such-family", kind="new_run")
+
+
+def test_cli_budget_and_compare(small_fit, fit_path, tmp_path, capsys):
+    fam_a, fam_b = small_fit.families[:2]
+    rc = _cli(["budget", str(fit_path), "--family", fam_a, "--flops", "1e21", "--target-loss", "3.0", "--prob", "0.5",
+               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "N* (params)" in out and "expected_loss" in out
+    assert {p.name for p in tmp_path.glob("*.png")} >= {f"budget_{fam_a}_isoflop.png", f"budget_{fam_a}_frontier.png"}
+    rc = _cli(["compare", str(fit_path), "--a", fam_a, "--b", fam_b, "--params", "1e9", "--tokens", "2e10",
+               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "P(A better)" in out
+    assert (tmp_path / f"compare_{fam_a}_vs_{fam_b}_p_a_better.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["budget", "FIT", "--family", "nope", "--flops", "1e21"], "not in this fit"),
+        (["budget", "FIT", "--family", "FAM", "--flops", "0"], "--flops"),
+        (["budget", "FIT", "--family", "FAM", "--flops=-5e20"], "--flops"),
+        (["budget", "FIT", "--family", "FAM", "--flops", "1e21", "--target-loss", "1e-6"], "impossible"),
+        (["compare", "FIT", "--a", "FAM", "--b", "nope", "--flops", "1e21"], "not in this fit"),
+        (["compare", "FIT", "--a", "FAM", "--b", "FAM", "--flops", "1e21", "--params", "1e9"], "either --flops"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(small_fit, fit_path, capsys, argv, message):
+    argv = [str(fit_path) if a == "FIT" else small_fit.families[0] if a == "FAM" else a for a in argv]
+    assert _cli([*argv, "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
