@@ -51,6 +51,7 @@ __all__ = [
     "ppc_bands",
     "ppc_coverage",
     "population_ellipse",
+    "prior_predictive",
     "with_posterior_predictive",
 ]
 
@@ -186,13 +187,17 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
     if not names:  # a foreign InferenceData: check whatever it has
         names = list(post.data_vars)
     table = _summary_table(idata, names, min_ess)
-    worst = check_convergence(idata) if var_names is None and "theta" in post else check_convergence(idata, var_names=names)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # r_hat of stuck chains divides by zero
+        worst = check_convergence(idata) if var_names is None and "theta" in post else check_convergence(idata, var_names=names)
 
     failures = []
     if not table.empty:
         r_hat = table["r_hat"].dropna()
         if chains > 1 and len(r_hat) and r_hat.max() > MAX_R_HAT:
-            failures.append(f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {r_hat.max():.3f} at {r_hat.idxmax()})")
+            failures.append(
+                f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {_fmt_r_hat(r_hat.max())} at {r_hat.idxmax()})"
+            )
         for column, name in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
             low = table[column] < min_ess
             if low.any():
@@ -320,6 +325,67 @@ def checkpoint_predictive(fit, *, seed: int = 0) -> xr.DataArray:
         )
     out = xr.concat(pieces, dim="checkpoint").sortby("checkpoint")
     return out.rename("log_loss")
+
+
+def prior_predictive(runs, spec="chinchilla_hierarchical", *, filters=None, draws: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Prior predictive check: does the spec's prior put the observed losses within reach?
+
+    Samples the model with no data (NumPyro ``Predictive``, no NUTS) at the fitted
+    checkpoints and scores each family's observations against the prior predictive.
+
+    Parameters
+    ----------
+    runs : path, DataFrame or RunsData
+        The runs table, as for :func:`bayes_scaling.inference.fit`.
+    spec : Spec, name or path
+    filters : Filters, optional
+        Default: the spec's ``[data]`` defaults.
+    draws : int
+        Prior draws.
+    seed : int
+
+    Returns
+    -------
+    DataFrame
+        One row per checkpoint: ``family, run, num_params, tokens, loss`` and the prior
+        predictive loss quantiles ``q05, q25, median, q75, q95`` (nats). ``attrs["coverage_90"]``
+        holds, per family, the fraction of observations inside the central 90% (a prior that
+        is too tight gives less than about 0.9; one that is far too wide gives 1.0 with
+        very wide bands).
+    """
+    import jax
+    from numpyro.infer import Predictive
+
+    from .data import Filters, RunsData, prepare
+    from .model import ModelInputs, build_model
+    from .spec import load_spec
+
+    spec = load_spec(spec)
+    if int(draws) != draws or draws < 1:
+        raise FitError(f"draws must be a positive integer, got {draws!r}")
+    data = runs if isinstance(runs, RunsData) else prepare(
+        runs, filters if filters is not None else Filters(**spec.data), spec.reference_params, spec.reference_tokens
+    )
+    inputs = ModelInputs.from_data(data).as_kwargs()
+    inputs["log_loss"] = None
+    sampled = Predictive(build_model(spec), num_samples=int(draws), return_sites=["log_loss"])(jax.random.PRNGKey(seed), **inputs)
+    log_loss = np.asarray(sampled["log_loss"], dtype=float)  # draw, checkpoint
+    quantiles = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
+    table = data.table
+    out = pd.DataFrame(
+        {
+            "family": table["family"].to_numpy(),
+            "run": np.asarray(data.runs)[data.run_idx],
+            "num_params": table["num_params"].to_numpy(dtype=float),
+            "tokens": table["tokens"].to_numpy(dtype=float),
+            "loss": np.exp(np.asarray(data.log_loss, dtype=float)),
+        }
+    )
+    for name, q in quantiles.items():
+        out[name] = np.exp(np.quantile(log_loss, q, axis=0))
+    inside = (out["loss"] >= out["q05"]) & (out["loss"] <= out["q95"])
+    out.attrs["coverage_90"] = inside.groupby(out["family"], sort=False).mean().to_dict()
+    return out
 
 
 def ppc_bands(fit, family: str, *, n_grid: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -627,6 +693,10 @@ _VERDICT_LINES = {
 }
 
 
+def _fmt_r_hat(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.1e}"
+
+
 def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> str:
     """One screen of text summarising a :class:`ConvergenceReport`, verdict first.
 
@@ -653,7 +723,7 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
         return col[label], label
 
     value, where = extreme("r_hat", True)
-    r_hat_text = f"{value:.3f} at {where}" if where else "n/a (one chain)"
+    r_hat_text = f"{_fmt_r_hat(value)} at {where}" if where else "n/a (one chain)"
     lines.append(f"  max r_hat      {r_hat_text:<44} (needs <= {MAX_R_HAT})")
     for column, name in (("ess_bulk", "bulk ESS"), ("ess_tail", "tail ESS")):
         value, where = extreme(column, False)
@@ -665,7 +735,7 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
             lines.append(f"  max MCSE/sd    {ratio.max():.3f} at {ratio.idxmax()}")
     lines.append(f"  divergences    {report.divergences} ({report.divergences / max(n, 1):.1%} of draws)")
     if report.tree_depth_hits is not None:
-        lines.append(f"  max tree depth {report.tree_depth_hits} draws at depth {report.max_tree_depth} ({report.tree_depth_hits / max(n, 1):.1%})")
+        lines.append(f"  max tree depth {report.tree_depth_hits} of {n} draws reached depth {report.max_tree_depth} ({report.tree_depth_hits / max(n, 1):.1%})")
     bfmi = ", ".join(f"{b:.2f}" for b in report.bfmi) if report.bfmi else "not recorded (sample_stats has no energy)"
     lines.append(f"  E-BFMI         {bfmi}")
     for title, items in (("failed", report.failures), ("warnings", report.warnings)):
@@ -676,5 +746,5 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
     if len(flagged):
         lines.append(f"  worst quantities ({len(flagged)} flagged):")
         for label, row in flagged.head(max_rows).iterrows():
-            lines.append(f"    {label:<32} r_hat {row['r_hat']:.3f}  bulk ESS {row['ess_bulk']:6.0f}  tail ESS {row['ess_tail']:6.0f}")
+            lines.append(f"    {label:<32} r_hat {_fmt_r_hat(row['r_hat'])}  bulk ESS {row['ess_bulk']:6.0f}  tail ESS {row['ess_tail']:6.0f}")
     return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Diagnostics: verdicts, PPC, LOO and the diagnose report.
+
+One extra NUTS compilation (the deliberately bad fit, on a tiny corpus); everything else
+reuses the session fixture ``small_fit`` or InferenceData built by hand.
+"""
+
+import warnings
+
+import arviz as az
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_scaling import datasets, diagnostics
+from bayes_scaling.cli import main
+from bayes_scaling.cli.diagnose import write_report
+from bayes_scaling.data import Filters
+from bayes_scaling.errors import ConvergenceWarning, FitError
+from bayes_scaling.inference import fit
+from bayes_scaling.laws import PARAM_NAMES
+from bayes_scaling.plots import diagnostics as dplots
+
+matplotlib.use("Agg")
+
+
+def iid_idata(chains=4, draws=500, families=("a", "b", "c"), seed=0, diverging=0):
+    """InferenceData of independent draws (a sampler that mixes perfectly), contract names."""
+    rng = np.random.default_rng(seed)
+    shape = (chains, draws)
+    posterior = {
+        "mu": rng.normal(size=shape + (5,)),
+        "tau": np.abs(rng.normal(size=shape + (5,))),
+        "sigma_run": np.abs(rng.normal(size=shape)),
+        "theta": rng.normal(size=shape + (len(families), 5)),
+        "sigma_obs": np.abs(rng.normal(size=shape + (len(families),))),
+    }
+    stats = {"diverging": np.zeros(shape, bool), "tree_depth": np.full(shape, 3), "energy": rng.normal(size=shape)}
+    stats["diverging"].flat[:diverging] = True
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        coords={"param": list(PARAM_NAMES), "family": list(families)},
+        dims={"mu": ["param"], "tau": ["param"], "theta": ["family", "param"], "sigma_obs": ["family"]},
+    )
+
+
+def test_well_mixed_draws_pass():
+    report = diagnostics.convergence_report(iid_idata())
+    assert report.verdict == "pass", report.failures + report.warnings
+    assert report.ok and report.divergences == 0 and report.tree_depth_hits == 0
+    assert len(report.bfmi) == 4 and min(report.bfmi) > diagnostics.MIN_BFMI
+    assert {"mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"} <= set(report.table.columns)
+    assert "theta[b, alpha]" in report.table.index
+    text = diagnostics.format_convergence_summary(report)
+    assert text.splitlines()[0].startswith("convergence: PASS")
+
+
+def test_divergences_and_few_draws_fail():
+    report = diagnostics.convergence_report(iid_idata(draws=60, diverging=2))
+    assert report.verdict == "fail"
+    assert any("divergent" in f for f in report.failures)
+    assert any("bulk ESS" in f for f in report.failures)
+    assert "FAIL" in diagnostics.format_convergence_summary(report).splitlines()[0]
+
+
+def test_single_chain_warns():
+    report = diagnostics.convergence_report(iid_idata(chains=1, draws=500))
+    assert any("single chain" in w for w in report.warnings)
+    assert report.verdict == "warn"
+
+
+@pytest.fixture(scope="module")
+def bad_fit():
+    """A handful of warmup steps on a tiny corpus: the step size and mass matrix are unadapted."""
+    runs, _ = datasets.synthetic(n_families=2, seed=5, n_checkpoints=6, sizes_per_family=(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit(runs, filters=Filters(min_tokens=1e9), chains=2, warmup=3, draws=40, seed=1)
+
+
+def test_bad_fit_is_flagged(bad_fit):
+    report = diagnostics.convergence_report(bad_fit)
+    assert report.verdict == "fail"
+    assert not report.ok
+    assert len(report.flagged()) > 0
+    text = diagnostics.format_convergence_summary(report)
+    assert "do not trust" in text
+    assert len(text.splitlines()) <= 30  # one screen
+
+
+def test_small_fit_report_covers_every_quantity(small_fit):
+    report = diagnostics.convergence_report(small_fit)
+    assert report.verdict in ("pass", "warn", "fail")
+    assert report.chains == 2 and report.draws == 200
+    assert report.tree_depth_hits is not None
+    for family in small_fit.families:
+        assert f"theta[{family}, alpha]" in report.table.index
+    # the unit diagonal of corr is constant and left out; each off-diagonal pair appears once
+    corr = report.table[report.table["variable"] == "corr"]
+    assert len(corr) == 10
+
+
+@pytest.fixture(scope="module")
+def predictive(small_fit):
+    return diagnostics.checkpoint_predictive(small_fit, seed=0)
+
+
+def test_checkpoint_predictive_aligned(small_fit, predictive):
+    obs = small_fit.idata.observed_data["log_loss"]
+    assert predictive.dims == ("chain", "draw", "checkpoint")
+    assert predictive.sizes["checkpoint"] == obs.sizes["checkpoint"]
+    # replicates sit around the observations: median absolute log error of a few percent at most
+    err = np.abs(predictive.median(("chain", "draw")).values - obs.values)
+    assert np.median(err) < 0.05
+
+
+def test_ppc_coverage_names_every_family(small_fit, predictive):
+    cov = diagnostics.ppc_coverage(small_fit, predictive)
+    assert list(cov.index) == list(small_fit.families)
+    assert cov["checkpoints"].sum() == small_fit.idata.observed_data.sizes["checkpoint"]
+    # synthetic data come from the model: the 90% band holds most checkpoints
+    assert cov["coverage_90"].mean() > 0.75
+    assert ((cov["coverage_50"] <= cov["coverage_90"]) | cov["coverage_50"].isna()).all()
+
+
+def test_ppc_bands_one_band_per_run(small_fit):
+    family = small_fit.families[0]
+    bands = diagnostics.ppc_bands(small_fit, family, n_grid=5)
+    table = diagnostics.checkpoint_table(small_fit)
+    runs = table.loc[table["family"] == family, "run"].unique()
+    assert set(bands["run"]) == set(runs)
+    assert len(bands) == 5 * len(runs)
+    assert (bands["q05"] <= bands["median"]).all() and (bands["median"] <= bands["q95"]).all()
+    with pytest.raises(FitError, match="not in this fit"):
+        diagnostics.ppc_bands(small_fit, "no-such-family")
+
+
+def test_loo_and_compare(small_fit):
+    report = diagnostics.loo(small_fit)
+    assert np.isfinite(report.elpd) and report.se > 0
+    assert list(report.by_family.index) == list(small_fit.families)
+    assert len(report.pareto_k) == small_fit.idata.observed_data.sizes["checkpoint"]
+    table = diagnostics.compare({"a": small_fit, "b": small_fit})
+    assert isinstance(table, pd.DataFrame) and set(table.index) == {"a", "b"}
+    with pytest.raises(FitError, match="at least two"):
+        diagnostics.compare({"a": small_fit})
+
+
+def test_compare_refuses_different_data(small_fit, bad_fit):
+    with pytest.raises(FitError, match="different data"):
+        diagnostics.compare({"small": small_fit, "bad": bad_fit})
+
+
+def test_family_parameter_correlations(small_fit):
+    corr = diagnostics.family_parameter_correlations(small_fit)
+    assert list(corr.index) == ["alpha ~ log_a", "beta ~ log_b"]
+    values = corr[["across_families", "population", "raw_units"]].to_numpy()
+    assert np.all(np.abs(values) <= 1)
+
+
+def test_prior_predictive_covers_data(synthetic_runs):
+    runs, _ = synthetic_runs
+    pp = diagnostics.prior_predictive(runs, draws=50, seed=0)
+    assert set(pp.attrs["coverage_90"]) == set(runs["family"])
+    assert (pp["q05"] <= pp["q95"]).all()
+    assert min(pp.attrs["coverage_90"].values()) > 0.5  # weakly informative, not contradicted
+
+
+def test_plots_return_axes_and_write_files(small_fit, predictive, tmp_path):
+    import matplotlib.pyplot as plt
+
+    family = small_fit.families[0]
+    made = {
+        "rank": dplots.plot_rank(small_fit),
+        "ppc_one": dplots.plot_family_ppc(small_fit, family),
+        "ppc_grid": dplots.plot_ppc_grid(small_fit, small_fit.families[:2]),
+        "params": dplots.plot_family_parameters(small_fit, "log_b", "beta"),
+        "loo_pit": dplots.plot_loo_pit(small_fit, predictive),
+        "pareto_k": dplots.plot_pareto_k(diagnostics.loo(small_fit)),
+    }
+    for name, result in made.items():
+        axes = np.atleast_1d(result).ravel()
+        assert all(isinstance(ax, plt.Axes) for ax in axes), name
+        path = tmp_path / f"{name}.png"
+        axes[0].figure.savefig(path)
+        assert path.stat().st_size > 1000
+        plt.close(axes[0].figure)
+    _, ax = plt.subplots()
+    assert dplots.plot_family_ppc(small_fit, family, ax=ax) is ax
+    plt.close("all")
+
+
+def test_diagnose_report_names_every_family(small_fit, tmp_path):
+    path, report = write_report(small_fit, tmp_path / "report", source="small.nc", dpi=40)
+    text = path.read_text()
+    for family in small_fit.families:
+        assert family in text
+    assert f"## Verdict: {report.verdict.upper()}" in text
+    for png in ("rank.png", "ppc.png", "parameters.png", "loo.png"):
+        assert (path.parent / png).stat().st_size > 1000
+        assert f"]({png})" in text
+
+
+def test_diagnose_cli(small_fit, tmp_path, capsys):
+    saved = small_fit.save(tmp_path / "fit.nc")
+    out = tmp_path / "out"
+    assert main(["diagnose", str(saved), "--out", str(out), "--families", small_fit.families[0], "--dpi", "30"]) == 0
+    assert capsys.readouterr().out.startswith("convergence: ")
+    assert (out / "report.md").is_file()
+    assert main(["diagnose", str(tmp_path / "missing.nc"), "--out", str(out)]) == 2
+    assert main(["diagnose", str(saved), "--out", str(out), "--families", "nope"]) == 2

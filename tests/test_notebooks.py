@@ -1,0 +1,77 @@
+"""Re-execute every notebook in notebooks/ with small sampler settings; a cell error fails.
+
+Each notebook has a code cell tagged ``parameters`` holding its settings (CHAINS, WARMUP,
+DRAWS, ...). A cell with :data:`SMOKE_SETTINGS` is inserted right after it (as papermill
+does), so the notebook runs end to end in seconds to minutes instead of its published size.
+Notebooks run in a temporary directory; the shared corpus is passed through
+``BAYES_SCALING_DATA`` (notebooks that read it are skipped when it is absent) and the
+repository through ``PYTHONPATH``.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+#: Code run right after the ``parameters`` cell. QUICK lets a notebook shrink its corpus.
+SMOKE_SETTINGS = """\
+# injected by tests/test_notebooks.py: smoke-test settings
+CHAINS = 1
+WARMUP = 50
+DRAWS = 50
+QUICK = True
+if "MAX_CHECKPOINTS" in globals():
+    MAX_CHECKPOINTS = min(MAX_CHECKPOINTS, 8)
+"""
+#: Seconds one cell may run before the notebook fails.
+CELL_TIMEOUT = 900
+
+
+def inject_smoke_settings(nb):
+    """Insert :data:`SMOKE_SETTINGS` after the cell tagged ``parameters``; returns the notebook."""
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if index is None:
+        raise AssertionError("no code cell tagged 'parameters': the test cannot shrink the sampler settings")
+    cell = nbformat.v4.new_code_cell(SMOKE_SETTINGS, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
+def _needs_corpus(nb) -> bool:
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return "BAYES_SCALING_DATA" in text or "default_data_dir" in text or "runs.csv" in text
+
+
+def _corpus_dir() -> Path:
+    env = os.environ.get("BAYES_SCALING_DATA")
+    return Path(env).resolve() if env else (ROOT / ".." / "shared" / "data").resolve()
+
+
+def test_every_notebook_has_a_parameters_cell():
+    assert NOTEBOOKS, "no notebooks found"
+    for path in NOTEBOOKS:
+        inject_smoke_settings(nbformat.read(path, as_version=4))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    nb = inject_smoke_settings(nbformat.read(path, as_version=4))
+    corpus = _corpus_dir()
+    if _needs_corpus(nb) and not (corpus / "runs.csv.gz").is_file():
+        pytest.skip(f"{path.name} reads the shared corpus, not found at {corpus}")
+    monkeypatch.setenv("BAYES_SCALING_DATA", str(corpus))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    workdir = tmp_path / "notebooks"
+    shutil.copytree(path.parent, workdir, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
+    client.execute()  # raises CellExecutionError naming the cell and the traceback
