@@ -65,9 +65,9 @@ def _positive_array(name, value):
     return arr
 
 
-def _probability(name, value, *, open_interval=True):
+def _probability(name, value):
     p = float(value)
-    if not np.isfinite(p) or not (0.0 < p < 1.0 if open_interval else 0.0 <= p <= 1.0):
+    if not np.isfinite(p) or not 0.0 < p < 1.0:
         raise DataError(f"{name} must be strictly between 0 and 1, got {value!r}")
     return p
 
@@ -521,6 +521,7 @@ class BudgetForTarget:
     required_flops : xr.DataArray
         Per draw, the C at which that draw's optimal loss reaches the target (inf where the
         target is below that draw's irreducible loss); ``flops`` is its ``prob``-quantile.
+        NaN with a custom ``flops_fn`` (solved by bisection on the probability instead).
     p_reachable : float
         Fraction of draws for which the target is reachable at any budget.
     allocation : Allocation
@@ -676,6 +677,9 @@ def compare(draws_a, draws_b, num_params=None, tokens=None, flops=None, flops_fn
     same fit), draws are paired by (chain, draw), which keeps the joint posterior (shared
     hierarchy and correlations). Draws from two fits (independent) are paired the same way
     when shapes match, else both are subsampled to a common size with ``seed``.
+
+    With ``kind="new_run"`` draws, draw A and B with different seeds so that the two runs'
+    offsets are independent (the same seed gives both runs the same seed luck).
 
     Parameters
     ----------
