@@ -48,12 +48,16 @@ class Filters:
         Keep only rows with ``is_primary`` (one metric per family) when that column exists.
     families : tuple of str or None
         Keep only these families. None keeps all.
+    drop_emptied : bool
+        Drop a family that a filter leaves empty (recorded in
+        ``RunsData.dropped_families``) instead of raising DataError.
     """
 
     min_tokens: float = 1e10
     max_checkpoints: int | None = 30
     primary_only: bool = True
     families: tuple[str, ...] | None = None
+    drop_emptied: bool = False
 
     def __post_init__(self):
         if not np.isfinite(self.min_tokens) or self.min_tokens < 0:
@@ -89,6 +93,8 @@ class RunsData:
         Family and run index per checkpoint.
     filters : Filters
         The filters that produced this table.
+    dropped_families : dict
+        Family -> the filter that emptied it (only with ``Filters(drop_emptied=True)``).
     """
 
     table: pd.DataFrame
@@ -101,6 +107,7 @@ class RunsData:
     family_idx: np.ndarray
     run_idx: np.ndarray
     filters: Filters
+    dropped_families: dict
 
     @property
     def n_checkpoints(self) -> int:
@@ -221,20 +228,24 @@ def thin_log_spaced(tokens: np.ndarray, max_points: int) -> np.ndarray:
 def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFrame:
     """Apply the data filters to a validated runs table; returns a new DataFrame.
 
+    Families emptied by a filter are listed in ``attrs["dropped_families"]`` of the
+    result when ``filters.drop_emptied`` is set.
+
     Raises
     ------
     DataError
-        When a requested family is absent, or a family is left empty, naming the filter
-        that emptied it.
+        When a requested family is absent, or (unless ``drop_emptied``) a family is left
+        empty, naming the filter that emptied it.
     """
     df = runs
+    dropped: dict[str, str] = {}
     if filters.families is not None:
         unknown = sorted(set(filters.families) - set(df["family"]))
         if unknown:
             raise DataError(f"families not in the runs table: {unknown}")
         df = df[df["family"].isin(filters.families)]
     if filters.primary_only and "is_primary" in df.columns:
-        df = _drop_emptied(df, df["is_primary"], "primary_only (no row with is_primary=True)")
+        df = _drop_emptied(df, df["is_primary"], "primary_only (no row with is_primary=True)", filters.drop_emptied, dropped)
     curve = [c for c in ("metric", "eval_set") if c in df.columns]
     if curve:
         n_curves = df.groupby(["family", "model"])[curve].nunique().max(axis=1)
@@ -245,24 +256,27 @@ def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFr
                 f"{len(several)} runs have several (metric, eval_set) curves (first: family={fam} model={model}); "
                 "keep one per run (set is_primary or filter the table)"
             )
-    df = _drop_emptied(df, df["tokens"] >= filters.min_tokens, f"min_tokens={filters.min_tokens:g}")
+    df = _drop_emptied(df, df["tokens"] >= filters.min_tokens, f"min_tokens={filters.min_tokens:g}", filters.drop_emptied, dropped)
     if filters.max_checkpoints is not None:
         keep = []
         for _, group in df.groupby(["family", "model"], sort=False):
             idx = thin_log_spaced(group["tokens"].to_numpy(), filters.max_checkpoints)
             keep.append(group.index.to_numpy()[idx])
         df = df.loc[np.sort(np.concatenate(keep))]
-    return df.reset_index(drop=True)
+    out = df.reset_index(drop=True)
+    out.attrs["dropped_families"] = dropped  # family -> the filter that emptied it
+    return out
 
 
-def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str) -> pd.DataFrame:
+def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str, allowed: bool, dropped: dict) -> pd.DataFrame:
     kept = df[np.asarray(keep_mask)]
     emptied = sorted(set(df["family"]) - set(kept["family"]))
-    if emptied:
+    if emptied and not allowed:
         raise DataError(
             f"filter {filter_name} leaves no rows for famil{'y' if len(emptied) == 1 else 'ies'} {emptied}; "
             "lower the cut or drop the family"
         )
+    dropped.update({family: filter_name for family in emptied})
     return kept
 
 
@@ -288,6 +302,9 @@ def prepare(
     RunsData
     """
     table = apply_filters(load_runs(runs), filters)
+    if len(table) == 0:
+        raise DataError(f"no rows left after filtering ({filters})")
+    dropped = dict(table.attrs.get("dropped_families", {}))
     families = tuple(dict.fromkeys(table["family"]))
     table["family_idx"] = table["family"].map({f: i for i, f in enumerate(families)}).astype(int)
     run_names = table["family"] + "/" + table["model"]
@@ -310,4 +327,5 @@ def prepare(
         family_idx=table["family_idx"].to_numpy(dtype=np.int32),
         run_idx=table["run_idx"].to_numpy(dtype=np.int32),
         filters=filters,
+        dropped_families=dropped,
     )

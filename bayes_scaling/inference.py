@@ -27,8 +27,9 @@ from .model import ModelInputs, build_model, site_dims
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
-#: Sites carried in the dense block of the mass matrix; run offsets stay diagonal.
-DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_z", "sigma_obs", "sigma_run")
+#: Sites that share the dense block of the mass matrix when the model has them. Run offsets
+#: are in it: with one run per model size they trade off against the N term of the law.
+DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_z", "sigma_obs", "sigma_run", "run_z")
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,14 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
     return values
 
 
+def _sample_sites(model, inputs: ModelInputs) -> set[str]:
+    """Names of the latent sample sites of ``model`` (one cheap trace, no sampling)."""
+    from numpyro import handlers
+
+    tr = handlers.trace(handlers.seed(model, 0)).get_trace(**inputs.as_kwargs())
+    return {name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]}
+
+
 def _chain_method(chains: int, chain_method: str) -> str:
     if chain_method != "auto":
         return chain_method
@@ -242,7 +251,8 @@ def fit(
     inputs = ModelInputs.from_data(data)
     model = build_model(spec)
     init_strategy = init_to_value(values={k: jax.numpy.asarray(v) for k, v in initial_values(data, spec).items()}) if init == "point" else init_to_median(num_samples=15)
-    dense = [tuple(s for s in DENSE_SITES if s != ("theta_z" if spec.family_effects == "centred" else "theta"))]
+    sites = _sample_sites(model, inputs)
+    dense = [tuple(s for s in DENSE_SITES if s in sites)]
     kernel = NUTS(
         model,
         dense_mass=dense,

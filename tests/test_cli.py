@@ -1,0 +1,76 @@
+"""The command line, in-process: exit codes, outputs, one-line errors."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bayes_scaling import datasets
+from bayes_scaling.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs_csv(tmp_path_factory):
+    runs, _ = datasets.synthetic(n_families=2, seed=5, n_checkpoints=10, sizes_per_family=(3, 3))
+    path = tmp_path_factory.mktemp("cli") / "runs.csv.gz"
+    runs.drop(columns="true_loss").to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(runs_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "fit.nc"
+    code = main(["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_fit_writes_netcdf(fitted):
+    assert fitted.is_file() and fitted.stat().st_size > 0
+
+
+def test_predict_formats(fitted, capsys):
+    assert main(["predict", str(fitted), "--family", "synth-00", "--params", "1e9", "3e9", "--tokens", "1e11", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and rows[0]["q05"] <= rows[0]["median"] <= rows[0]["q95"]
+    assert main(["predict", str(fitted), "--family", "synth-01", "--params", "1e9", "--tokens", "1e11", "--new-run", "--format", "csv"]) == 0
+    table = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert table["kind"].iloc[0] == "new_run"
+    assert main(["predict", str(fitted), "--params", "1e9", "--tokens", "1e11", "--new-family"]) == 0
+    assert "median" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "{fit}", "--family", "nope", "--params", "1e9", "--tokens", "1e11"], "not in this fit"),
+        (["predict", "{fit}", "--params", "1e9", "--tokens", "1e11"], "--family is required"),
+        (["predict", "{fit}", "--family", "synth-00", "--params", "1e9", "2e9", "3e9", "--tokens", "1e11", "2e11"], "equal counts"),
+        (["predict", "missing.nc", "--family", "a", "--params", "1e9", "--tokens", "1e11"], "not found"),
+        (["fit", "missing.csv", "--out", "x.nc"], "not found"),
+        (["fit", "{runs}", "--out", "x.nc", "--spec", "nope"], "unknown spec"),
+        (["fit", "{runs}", "--out", "x.nc", "--families", "gpt"], "not in the runs table"),
+        (["fit", "{runs}", "--out", "x.nc", "--min-tokens", "1e13"], "leaves no rows"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, fitted, runs_csv, capsys):
+    argv = [a.format(fit=fitted, runs=runs_csv) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "x.nc", "--params", "-5", "--tokens", "1e11"])
+    assert info.value.code == 2
+
+
+def test_demo_quick_writes_outputs(tmp_path, monkeypatch, capsys):
+    # the smallest demo that still exercises every step: 3 families, 1 chain
+    monkeypatch.setattr("bayes_scaling.demo.QUICK_SETTINGS", {"n_families": 3, "chains": 1, "warmup": 40, "draws": 40})
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage of 90% intervals" in out and "synth-02" in out
+    for name in ("demo_predictions.csv", "demo_curves.png", "demo_fit.nc"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -1,0 +1,102 @@
+"""Tier 3: a real NUTS fit (shared session fixture): recovery, save/load, determinism."""
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_scaling import datasets
+from bayes_scaling.errors import ConvergenceWarning, FitError
+from bayes_scaling.inference import Fit, fit
+from bayes_scaling.laws import PARAM_NAMES
+
+
+def test_idata_has_groups_coords_and_attrs(small_fit, synthetic_runs):
+    runs, _ = synthetic_runs
+    idata = small_fit.idata
+    for group in ("posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data"):
+        assert group in idata.groups()
+    assert small_fit.families == tuple(sorted(runs["family"].unique()))
+    assert set(small_fit.runs) == set(runs["family"] + "/" + runs["model"])
+    assert list(idata.posterior["param"].values) == list(PARAM_NAMES)
+    assert float(idata.posterior["alpha"].sel(family="synth-00").mean()) > 0
+    assert idata.log_likelihood["log_loss"].sizes["checkpoint"] == idata.observed_data["log_loss"].size
+    assert small_fit.spec.name == "chinchilla_hierarchical"
+    assert small_fit.settings["seed"] == 0 and small_fit.settings["draws"] == 200
+    assert "numpyro" in json.loads(idata.posterior.attrs["bayes_scaling_versions"])
+    assert small_fit.filters["min_tokens"] == 1e10
+
+
+def within_94(samples: np.ndarray, value: float) -> bool:
+    lo, hi = np.quantile(samples, [0.03, 0.97])
+    return lo <= value <= hi
+
+
+def test_recovers_family_parameters(small_fit, synthetic_runs):
+    # truth inside the 94% interval for most family parameters (tolerance: >= 80% of 30)
+    _, truth = synthetic_runs
+    post = small_fit.idata.posterior
+    hits = [
+        within_94(post[p].sel(family=f).values.ravel(), truth.loc[f, p]) for f in small_fit.families for p in PARAM_NAMES
+    ]
+    assert np.mean(hits) >= 0.8, f"only {np.mean(hits):.0%} of family parameters inside 94% intervals"
+
+
+def test_recovers_population_and_noise(small_fit, synthetic_runs):
+    _, truth = synthetic_runs
+    post = small_fit.idata.posterior
+    mean = truth.attrs["population_mean"]
+    hits = [within_94(post["mu"].sel(param=p).values.ravel(), mean[p]) for p in PARAM_NAMES]
+    assert sum(hits) >= 4, f"population means inside 94%: {dict(zip(PARAM_NAMES, hits))}"
+    assert within_94(post["sigma_run"].values.ravel(), truth.attrs["sigma_run"])
+    # checkpoint noise is Normal(0, 0.005) in the truth; the Student-t scale sits below that sd
+    assert 0.001 < float(post["sigma_obs"].median()) < 0.008
+
+
+def test_save_load_round_trip_is_exact(small_fit, tmp_path):
+    path = small_fit.save(tmp_path / "fit.nc")
+    loaded = Fit.load(path)
+    for group in small_fit.idata.groups():
+        original, back = getattr(small_fit.idata, group), getattr(loaded.idata, group)
+        assert set(original.data_vars) == set(back.data_vars), group
+        for name in original.data_vars:
+            np.testing.assert_array_equal(original[name].values, back[name].values)
+    assert loaded.idata.posterior.attrs == small_fit.idata.posterior.attrs
+    assert loaded.spec == small_fit.spec
+    assert loaded.families == small_fit.families
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FitError, match="not found"):
+        Fit.load(tmp_path / "missing.nc")
+    bad = tmp_path / "bad.nc"
+    bad.write_text("not netcdf")
+    with pytest.raises(FitError, match="cannot read"):
+        Fit.load(bad)
+
+
+def test_same_seed_same_draws_and_bad_fit_warns():
+    # one tiny family, 1 chain: cheap enough to fit twice; 5 warmup steps cannot converge
+    runs, _ = datasets.synthetic(n_families=1, seed=11, n_checkpoints=8, sizes_per_family=(3, 3))
+    kwargs = dict(spec="chinchilla_independent", chains=1, warmup=5, draws=20, seed=7, log_likelihood=False)
+    with pytest.warns(ConvergenceWarning, match="ESS"):
+        first = fit(runs, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        second = fit(runs, **kwargs)
+    np.testing.assert_array_equal(first.idata.posterior["theta"].values, second.idata.posterior["theta"].values)
+
+
+def test_bad_sampler_arguments(synthetic_runs):
+    runs, _ = synthetic_runs
+    with pytest.raises(FitError, match="draws"):
+        fit(runs, draws=0)
+    with pytest.raises(FitError, match="init"):
+        fit(runs, init="random")
+
+
+def test_unknown_family(small_fit):
+    with pytest.raises(FitError, match="not in this fit"):
+        small_fit.require_family("gpt-5")

@@ -1,0 +1,90 @@
+"""Tier 1: strict parsing of model specs (every SpecError names file and key)."""
+
+import pytest
+
+from bayes_scaling.errors import SpecError
+from bayes_scaling.spec import load_spec, shipped_specs, spec_from_dict
+
+HIER = load_spec("chinchilla_hierarchical")
+
+
+def test_shipped_specs_load():
+    assert {"chinchilla_hierarchical", "chinchilla_independent"} <= set(shipped_specs())
+    indep = load_spec("chinchilla_independent")
+    assert HIER.pooling == "partial" and indep.pooling == "none"
+    assert HIER.likelihood == "student_t" and HIER.likelihood_df == 4.0
+    assert HIER.correlation_prior.dist == "lkj"
+    assert HIER.data["min_tokens"] == 1e10
+
+
+def test_dict_round_trip():
+    assert spec_from_dict(HIER.to_dict(), HIER.source) == HIER
+
+
+def write(tmp_path, text):
+    path = tmp_path / "my_model.toml"
+    path.write_text(text)
+    return path
+
+
+def mutated(**changes):
+    """The hierarchical spec's TOML with one table value replaced, as a dict."""
+    raw = HIER.to_dict()
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        table = raw
+        for p in parents:
+            table = table[p]
+        table[key] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"model.colour": "blue"}, "model.colour"),
+        ({"model.pooling": "some"}, "model.pooling"),
+        ({"priors.mean.alpha": {"dist": "cauchy_ish", "loc": 0, "scale": 1}}, "priors.mean.alpha.dist"),
+        ({"priors.mean.alpha": {"dist": "normal", "loc": 0}}, "priors.mean.alpha.scale"),
+        ({"priors.mean.alpha": {"dist": "normal", "loc": 0, "scale": -1}}, "priors.mean.alpha.scale"),
+        ({"priors.mean.alpha": {"dist": "normal", "loc": "zero", "scale": 1}}, "priors.mean.alpha.loc"),
+        ({"priors.mean.alpha": {"dist": "normal", "loc": 0, "scale": 1, "shape": 2}}, "priors.mean.alpha.shape"),
+        ({"priors.mean.alpha": {"dist": "half_normal", "scale": 1}}, "priors.mean.alpha.dist"),
+        ({"priors.mean.alpha": {"dist": "student_t", "df": 3, "loc": 0, "scale": 1}}, "priors.mean"),
+        ({"priors.correlation": {"dist": "normal", "loc": 0, "scale": 1}}, "priors.correlation.dist"),
+        ({"likelihood.dist": "cauchy"}, "likelihood.dist"),
+        ({"likelihood.df": -2.0}, "likelihood.df"),
+        ({"data.min_tokens": "10B"}, "data.min_tokens"),
+        ({"data.thinning": 3}, "data.thinning"),
+        ({"reference.params": 0.0}, "reference.params"),
+    ],
+)
+def test_bad_spec_names_file_and_key(changes, key):
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(mutated(**changes), "my_model.toml")
+    message = str(info.value)
+    assert message.startswith("my_model.toml:"), message
+    assert f"'{key}" in message, message
+
+
+def test_missing_required_table(tmp_path):
+    path = write(tmp_path, '[model]\nname = "x"\npooling = "partial"\n')
+    with pytest.raises(SpecError, match=r"my_model.toml: key 'priors' is required"):
+        load_spec(path)
+
+
+def test_invalid_toml_and_unknown_name(tmp_path):
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_spec(write(tmp_path, "[model\nname ="))
+    with pytest.raises(SpecError, match="unknown spec 'nope'"):
+        load_spec("nope")
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_user_copy_of_shipped_file_loads(tmp_path):
+    from importlib import resources
+
+    text = (resources.files("bayes_scaling.models") / "chinchilla_hierarchical.toml").read_text()
+    spec = load_spec(write(tmp_path, text.replace("df = 4.0", "df = 6.0")))
+    assert spec.likelihood_df == 6.0 and spec.source.endswith("my_model.toml")
