@@ -1,0 +1,1098 @@
+"""Back-test of scaling-law estimators with the protocol of "A Hitchhiker's Guide to
+Scaling Law Estimation" (Choshen, Zhang, Andreas, ICML 2025, section 3.2).
+
+Protocol
+--------
+* Families with at least 3 distinct ``num_params`` (primary metric rows only).
+* Target: every run of the largest ``num_params`` (several runs at that size: each is its
+  own target and the family's score is their mean). Target checkpoints: that run's
+  checkpoints with ``tokens >= 0.7 * max tokens of the run`` (the last 30% of training).
+  The token cut does **not** apply to targets, so both cuts score the same points.
+* A target whose loss rises over its last 30% (mean loss of the last third of the target
+  window above the mean of its first third by more than 2%, well above checkpoint noise) "diverged": it is excluded
+  from scoring and listed.
+* Training set for ``k`` = 1 .. (number of smaller sizes): all runs of the ``k`` smallest
+  sizes, their checkpoints with ``tokens >= min_tokens`` (the token cut), and optionally
+  only the first fraction ``p`` of training: ``tokens <= p * max tokens over the selected
+  training runs``. Then each run is thinned to at most ``max_checkpoints`` log-spaced
+  checkpoints (:func:`bayes_scaling.data.thin_log_spaced`; None keeps all). Every
+  estimator sees exactly the same training points and targets.
+* Scores per (family, target, k, fraction, cut, estimator): ARE = mean over target
+  checkpoints of ``|L - L_hat| / L``; coverage of central 20..95% intervals; mean relative
+  interval width; relative CRPS (from draws). Aggregates over families use the median and
+  the mean of ARE capped at 100%, plus counts of wild (> 100%) and failed fits; a failed fit
+  counts as ARE = inf (capped to 100%) so estimators are compared on the same cells.
+
+Estimators
+----------
+``classic`` and ``classic_huber``: :mod:`bayes_scaling.pointfit`.
+
+``bayes_independent``: the held-out family alone, no pooling, with the weak priors of the
+``chinchilla_independent`` spec (:func:`bayes_scaling.cellfit.independent_prior`).
+
+``bayes_hierarchical``: partial pooling with the other families, made affordable in two
+stages. (1) Population: every family with >= 3 sizes at the token cut is fitted once, on
+all its data, with the same single-family model and the independent prior; the prior of
+the held-out family f is the moment-matched mixture of every *other* family's posterior
+(leave-one-family-out, so no target data leak into its own prior; see
+:func:`population_priors` and :func:`bayes_scaling.cellfit.mixture_prior`). (2) Each cell is
+fitted as a small single-family NUTS model under that prior
+(:func:`bayes_scaling.cellfit.fit_cell`: padded shapes and ``jit_model_args`` so one
+compilation serves every cell of a shape bucket). The target is predicted as a *new run* of
+its family: theta from the cell posterior, a fresh run offset ``u ~ N(0, sigma_run)``, and
+observation noise (targets are measured checkpoints).
+Why not the full hierarchical NUTS model of :mod:`bayes_scaling.inference`: one fit of the
+corpus takes many minutes on the shared 2-core machine, and an honest back-test needs one
+per held-out family (or fold) and token cut. The two-stage empirical-Bayes version keeps
+leave-one-family-out exact and costs one small fit per family. ``population_priors(...,
+method="hierarchical")`` runs the K-fold variant with the full hierarchical fit instead.
+
+Bayesian point prediction: posterior-predictive median. Classic interval: draws from the
+fitted covariance ``N(popt, pcov)`` (parameter uncertainty only, the naive baseline).
+
+Running
+-------
+:func:`protocol_cells` lists the cells; :func:`build_cells` attaches estimators and priors;
+:func:`evaluate_cell` is a pure function ``(Cell, seed) -> list of row dicts``;
+:func:`run_cells` maps it over an iterable of cells with an *executor* and hands every
+finished cell's rows to a *sink* as soon as it completes (so a run can be resumed by
+skipping :attr:`Cell.key` values already written). An executor is any object with
+
+    map_unordered(fn, items) -> iterator of (item, fn(item))
+
+yielding pairs in completion order; :class:`LocalExecutor` runs them in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .data import Filters, apply_filters, load_runs, thin_log_spaced
+from .errors import DataError
+from .laws import PARAM_NAMES, centre
+
+ESTIMATORS = ("classic", "classic_huber", "bayes_independent", "bayes_hierarchical")
+BAYES_ESTIMATORS = ("bayes_independent", "bayes_hierarchical")
+FRACTIONS = (0.1, 0.2, 0.3, 0.5, 1.0)
+TARGET_START = 0.7
+MIN_SIZES = 3
+DIVERGENCE_RISE = 0.02
+#: Central interval levels scored (coverage columns ``cov_20`` ... ``cov_95``).
+LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
+#: Families never used in a population fit (data README: values not in nats/token).
+POPULATION_EXCLUDE = ("llm360-mamba",)
+#: Columns that identify a row (the rest are scores and diagnostics).
+ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
+CELL_KEY_COLUMNS = ("min_tokens", "family", "k", "fraction", "estimator")
+ARE_CAP = 1.0
+
+#: Default sampler settings of the Bayesian cell fits.
+BAYES_SETTINGS = dict(chains=2, warmup=200, draws=200, target_accept=0.9, max_tree_depth=7, n_pred_draws=400)
+#: Default settings of each population fit (one per fold and cut).
+POPULATION_SETTINGS = dict(method="lofo", chains=1, warmup=200, draws=200, max_checkpoints=8, n_folds=3)
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target run: its checkpoints in the last 30% of training (nats, tokens)."""
+
+    model: str
+    num_params: float
+    tokens: np.ndarray
+    loss: np.ndarray
+
+
+@dataclass(frozen=True)
+class CellData:
+    """Training points and targets of one (family, k, fraction, token cut), no estimator."""
+
+    family: str
+    k: int
+    fraction: float
+    min_tokens: float
+    train_num_params: np.ndarray
+    train_tokens: np.ndarray
+    train_loss: np.ndarray
+    train_run: np.ndarray  # int run index 0 .. n_runs-1
+    train_models: tuple[str, ...]
+    targets: tuple[Target, ...]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_loss)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A unit of work: one estimator on one :class:`CellData` (picklable, self-contained).
+
+    ``prior`` is the :class:`~bayes_scaling.cellfit.CellPrior` of the Bayesian estimators
+    (None for the point fits); ``settings`` are sampler settings as sorted (key, value) pairs.
+    """
+
+    data: CellData
+    estimator: str
+    prior: object = None
+    settings: tuple = ()
+
+    @property
+    def key(self) -> tuple:
+        """``(min_tokens, family, k, fraction, estimator)``: unique per cell."""
+        d = self.data
+        return (float(d.min_tokens), d.family, int(d.k), float(d.fraction), self.estimator)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Cells of the protocol plus what it excluded, with reasons."""
+
+    cells: tuple[CellData, ...]
+    families: tuple[str, ...]
+    skipped_families: pd.DataFrame  # family, reason
+    diverged_targets: pd.DataFrame  # family, target, rise
+    empty_cells: pd.DataFrame  # min_tokens, family, k, fraction, reason
+
+
+def primary_table(runs) -> pd.DataFrame:
+    """Validated runs table with one curve per run (primary metric), no token cut."""
+    return apply_filters(load_runs(runs), Filters(min_tokens=0.0, max_checkpoints=None, primary_only=True))
+
+
+def target_window(tokens, loss, start=TARGET_START):
+    """Sorted (tokens, loss) of the checkpoints with ``tokens >= start * max(tokens)``."""
+    tokens = np.asarray(tokens, float)
+    loss = np.asarray(loss, float)
+    order = np.argsort(tokens)
+    tokens, loss = tokens[order], loss[order]
+    keep = tokens >= start * tokens.max()
+    return tokens[keep], loss[keep]
+
+
+def diverged(loss) -> tuple[bool, float]:
+    """Whether a target window's loss rises: mean of last third vs first third.
+
+    Returns ``(diverged, relative rise)``; windows of fewer than 3 points never diverge.
+    """
+    loss = np.asarray(loss, float)
+    if len(loss) < 3:
+        return False, 0.0
+    third = max(1, len(loss) // 3)
+    rise = float(loss[-third:].mean() / loss[:third].mean() - 1.0)
+    return rise > DIVERGENCE_RISE, rise
+
+
+def _check_values(ks, fractions, min_tokens_list, max_checkpoints):
+    for k in ks or ():
+        if int(k) != k or k < 1:
+            raise DataError(f"k values must be integers >= 1, got {k!r}")
+    for p in fractions:
+        if not (0 < p <= 1):
+            raise DataError(f"fractions must be in (0, 1], got {p!r}")
+    for c in min_tokens_list:
+        if not np.isfinite(c) or c < 0:
+            raise DataError(f"min_tokens must be finite and >= 0, got {c!r}")
+    if max_checkpoints is not None and (int(max_checkpoints) != max_checkpoints or max_checkpoints < 1):
+        raise DataError(f"max_checkpoints must be a positive integer or None, got {max_checkpoints!r}")
+
+
+def protocol_cells(
+    runs,
+    *,
+    ks: Iterable[int] | None = None,
+    fractions: Iterable[float] = FRACTIONS,
+    min_tokens: float | Iterable[float] = 1e10,
+    max_checkpoints: int | None = 30,
+    families: Iterable[str] | None = None,
+) -> Protocol:
+    """Select the back-test cells of a runs table.
+
+    Parameters
+    ----------
+    runs : path or DataFrame
+        Runs table (validated with :func:`bayes_scaling.data.load_runs`; primary rows kept).
+    ks : iterable of int, optional
+        Numbers of smallest sizes to train on; default every k from 1 to the number of
+        smaller sizes. Values above a family's number of smaller sizes are skipped for it.
+    fractions : iterable of float
+        Fractions of training kept (``tokens <= p * max tokens of the training runs``).
+    min_tokens : float or iterable of float
+        Token cut(s) applied to the training checkpoints (one set of cells per cut).
+    max_checkpoints : int or None
+        Thin each training run to at most this many log-spaced checkpoints.
+    families : iterable of str, optional
+        Restrict to these families.
+
+    Returns
+    -------
+    Protocol
+    """
+    cuts = (float(min_tokens),) if np.isscalar(min_tokens) else tuple(float(c) for c in min_tokens)
+    fractions = tuple(float(p) for p in fractions)
+    ks = None if ks is None else tuple(sorted({int(k) for k in ks}))
+    _check_values(ks, fractions, cuts, max_checkpoints)
+    table = primary_table(runs)
+    if families is not None:
+        families = tuple(families)
+        unknown = sorted(set(families) - set(table["family"]))
+        if unknown:
+            raise DataError(f"families not in the runs table: {unknown}")
+        table = table[table["family"].isin(families)]
+    cells, kept, skipped, div_rows, empty = [], [], [], [], []
+    for family, g in table.groupby("family", sort=True):
+        sizes = np.sort(g["num_params"].unique())
+        if len(sizes) < MIN_SIZES:
+            skipped.append({"family": family, "reason": f"{len(sizes)} distinct sizes (< {MIN_SIZES})"})
+            continue
+        targets = []
+        for model, run in g[g["num_params"] == sizes[-1]].groupby("model", sort=True):
+            tok, loss = target_window(run["tokens"], run["loss"])
+            is_div, rise = diverged(loss)
+            if is_div:
+                div_rows.append({"family": family, "target": model, "rise": rise, "n_points": len(loss)})
+                continue
+            targets.append(Target(str(model), float(sizes[-1]), tok, loss))
+        if not targets:
+            skipped.append({"family": family, "reason": "every target run diverged"})
+            continue
+        kept.append(family)
+        family_ks = range(1, len(sizes)) if ks is None else [k for k in ks if k < len(sizes)]
+        for cut in cuts:
+            for k in family_ks:
+                pool = g[g["num_params"].isin(sizes[:k])]
+                max_tokens = pool["tokens"].max()
+                pool = pool[pool["tokens"] >= cut]
+                for p in fractions:
+                    sel = pool[pool["tokens"] <= p * max_tokens]
+                    if len(sel) == 0:
+                        empty.append(
+                            {"min_tokens": cut, "family": family, "k": k, "fraction": p, "reason": "no training checkpoints"}
+                        )
+                        continue
+                    cells.append(_cell_data(family, k, p, cut, sel, max_checkpoints, tuple(targets)))
+    return Protocol(
+        cells=tuple(cells),
+        families=tuple(kept),
+        skipped_families=pd.DataFrame(skipped, columns=["family", "reason"]),
+        diverged_targets=pd.DataFrame(div_rows, columns=["family", "target", "rise", "n_points"]),
+        empty_cells=pd.DataFrame(empty, columns=["min_tokens", "family", "k", "fraction", "reason"]),
+    )
+
+
+def _cell_data(family, k, p, cut, sel, max_checkpoints, targets) -> CellData:
+    parts = []
+    for _, run in sel.groupby("model", sort=True):
+        if max_checkpoints is not None:
+            run = run.iloc[np.sort(thin_log_spaced(run["tokens"].to_numpy(), int(max_checkpoints)))]
+        else:
+            run = run.sort_values("tokens")
+        parts.append(run)
+    sel = pd.concat(parts)
+    models = tuple(str(m) for m in dict.fromkeys(sel["model"]))
+    run_idx = sel["model"].map({m: i for i, m in enumerate(models)}).to_numpy(dtype=int)
+    return CellData(
+        family=str(family),
+        k=int(k),
+        fraction=float(p),
+        min_tokens=float(cut),
+        train_num_params=sel["num_params"].to_numpy(dtype=float),
+        train_tokens=sel["tokens"].to_numpy(dtype=float),
+        train_loss=sel["loss"].to_numpy(dtype=float),
+        train_run=run_idx,
+        train_models=models,
+        targets=targets,
+    )
+
+
+# --------------------------------------------------------------------------- priors
+
+
+def assign_folds(families: Iterable[str], n_folds: int, seed: int = 0) -> dict[str, int]:
+    """Deterministic assignment of families to ``n_folds`` folds (seeded permutation)."""
+    families = sorted(set(families))
+    if n_folds < 1:
+        raise DataError(f"n_folds must be >= 1, got {n_folds}")
+    order = np.random.default_rng(seed).permutation(len(families))
+    return {families[i]: int(j % n_folds) for j, i in enumerate(order)}
+
+
+def population_priors(
+    runs,
+    scored_families: Iterable[str],
+    min_tokens: float,
+    *,
+    method: str = POPULATION_SETTINGS["method"],
+    n_folds: int = POPULATION_SETTINGS["n_folds"],
+    max_checkpoints: int | None = POPULATION_SETTINGS["max_checkpoints"],
+    chains: int = POPULATION_SETTINGS["chains"],
+    warmup: int = POPULATION_SETTINGS["warmup"],
+    draws: int = POPULATION_SETTINGS["draws"],
+    seed: int = 0,
+    exclude: Iterable[str] = POPULATION_EXCLUDE,
+    progress: Callable | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    """Population priors for ``bayes_hierarchical``, never using the target family's data.
+
+    Two methods:
+
+    ``"lofo"`` (default, affordable)
+        Every family with >= 3 sizes at the token cut (minus ``exclude``) is fitted once on
+        *all* its data (thinned to ``max_checkpoints`` per run) with the single-family cell
+        model and the independent prior (:func:`bayes_scaling.cellfit.fit_cell`). The prior
+        of family f is the moment-matched mixture of every *other* family's posterior
+        (:func:`bayes_scaling.cellfit.mixture_prior`): leave-one-family-out at the cost of
+        one small fit per family.
+    ``"hierarchical"``
+        K-fold over the scored families: one ``chinchilla_hierarchical`` NUTS fit
+        (:func:`bayes_scaling.inference.fit`) of every family outside the fold, summarised
+        by :func:`bayes_scaling.cellfit.population_prior`. Closer to the full model but one
+        large fit per fold and cut (too slow for the whole corpus on 2 busy cores).
+
+    Returns
+    -------
+    priors : dict
+        scored family -> CellPrior.
+    info : DataFrame
+        One row per population fit (family for lofo, fold for hierarchical) with seconds
+        and diagnostics.
+    """
+    if method not in ("lofo", "hierarchical"):
+        raise DataError(f"population method must be 'lofo' or 'hierarchical', got {method!r}")
+    table = primary_table(runs)
+    scored = sorted(set(scored_families))
+    at_cut = table[table["tokens"] >= min_tokens]
+    at_cut = at_cut[~at_cut["family"].isin(tuple(exclude))]
+    if method == "lofo":
+        return _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, seed, progress)
+    return _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress)
+
+
+def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, seed, progress):
+    from .cellfit import fit_cell, independent_prior, mixture_prior
+
+    base = independent_prior()
+    sizes = at_cut.groupby("family")["num_params"].nunique()
+    members = sorted(sizes[sizes >= MIN_SIZES].index)
+    posts, info = {}, []
+    for family in members:
+        g = at_cut[at_cut["family"] == family]
+        parts = []
+        for _, run in g.groupby("model", sort=True):
+            if max_checkpoints is not None:
+                run = run.iloc[np.sort(thin_log_spaced(run["tokens"].to_numpy(), int(max_checkpoints)))]
+            parts.append(run)
+        g = pd.concat(parts)
+        models = {m: i for i, m in enumerate(dict.fromkeys(g["model"]))}
+        x_n, x_d = centre(g["num_params"], g["tokens"])
+        start = time.perf_counter()
+        with _threads_limited():
+            post = fit_cell(
+                x_n,
+                x_d,
+                g["model"].map(models).to_numpy(dtype=int),
+                np.log(g["loss"].to_numpy(dtype=float)),
+                base,
+                seed=cell_seed((min_tokens, family, "population"), seed),
+                chains=chains,
+                warmup=warmup,
+                draws=draws,
+            )
+        posts[family] = post
+        info.append(
+            {
+                "min_tokens": min_tokens,
+                "fold": family,
+                "held_out": "",
+                "n_population": 1,
+                "n_points": len(g),
+                "seconds": time.perf_counter() - start,
+                "problems": f"divergences={post.divergences}, max_rhat={post.max_rhat:.3f}",
+                **{f"post_mean_{p}": v for p, v in zip(PARAM_NAMES, post.theta.mean(axis=0))},
+            }
+        )
+        if progress is not None:
+            progress(family)
+    priors = {}
+    for family in scored:
+        others = [posts[f] for f in members if f != family]
+        if len(others) < 2:
+            raise DataError(f"fewer than 2 other families to build the population prior of {family!r}")
+        priors[family] = mixture_prior(others, source=f"mixture of {len(others)} other families (LOFO)")
+    return priors, pd.DataFrame(info)
+
+
+def _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress):
+    import warnings
+
+    from .cellfit import population_prior
+    from .inference import fit
+
+    folds = assign_folds(scored, min(n_folds, max(len(scored), 1)), seed)
+    available = set(at_cut["family"])
+    priors, info = {}, []
+    for fold in sorted(set(folds.values())):
+        held = sorted(f for f, j in folds.items() if j == fold)
+        members = tuple(sorted(available - set(held)))
+        if len(members) < 2:
+            raise DataError(f"fold {fold} leaves {len(members)} families for the population fit; need >= 2")
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pop_fit = fit(
+                at_cut,
+                "chinchilla_hierarchical",
+                filters=Filters(min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=members),
+                chains=chains,
+                warmup=warmup,
+                draws=draws,
+                seed=seed + fold,
+            )
+        prior = population_prior(pop_fit, seed=seed + fold)
+        problems = "; ".join(str(w.message)[:200] for w in caught if "converge" in str(w.message).lower())
+        info.append(
+            {
+                "min_tokens": min_tokens,
+                "fold": fold,
+                "held_out": ",".join(held),
+                "n_population": len(members),
+                "seconds": time.perf_counter() - start,
+                "problems": problems,
+            }
+        )
+        if progress is not None:
+            progress(fold)
+        for f in held:
+            priors[f] = prior
+    return priors, pd.DataFrame(info)
+
+
+def build_cells(
+    protocol: Protocol,
+    estimators: Iterable[str] = ESTIMATORS,
+    *,
+    bayes_fractions: Iterable[float] | None = None,
+    bayes_ks: Iterable[int] | None = None,
+    population: dict | None = None,
+    bayes_settings: dict | None = None,
+) -> list[Cell]:
+    """Attach estimators (and priors) to the protocol's cells.
+
+    Parameters
+    ----------
+    protocol : Protocol
+    estimators : iterable of str
+        Subset of :data:`ESTIMATORS`.
+    bayes_fractions, bayes_ks : iterable, optional
+        Restrict the (costly) Bayesian estimators to these fractions / k values; the point
+        fits run on every cell.
+    population : dict, optional
+        ``{min_tokens: {family: CellPrior}}`` for ``bayes_hierarchical`` (from
+        :func:`population_priors`); required when that estimator is requested.
+    bayes_settings : dict, optional
+        Overrides of :data:`BAYES_SETTINGS`.
+    """
+    estimators = tuple(estimators)
+    unknown = sorted(set(estimators) - set(ESTIMATORS))
+    if unknown:
+        raise DataError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)}")
+    settings = tuple(sorted({**BAYES_SETTINGS, **(bayes_settings or {})}.items()))
+    indep = None
+    if "bayes_independent" in estimators:
+        from .cellfit import independent_prior
+
+        indep = independent_prior()
+    bf = None if bayes_fractions is None else {float(p) for p in bayes_fractions}
+    bk = None if bayes_ks is None else {int(k) for k in bayes_ks}
+    cells = []
+    for data in protocol.cells:
+        for est in estimators:
+            if est in BAYES_ESTIMATORS:
+                if (bf is not None and data.fraction not in bf) or (bk is not None and data.k not in bk):
+                    continue
+                if est == "bayes_independent":
+                    cells.append(Cell(data, est, indep, settings))
+                else:
+                    try:
+                        prior = population[data.min_tokens][data.family]
+                    except (KeyError, TypeError) as exc:
+                        raise DataError(
+                            f"no population prior for family {data.family!r} at min_tokens={data.min_tokens:g}; "
+                            "run population_priors first"
+                        ) from exc
+                    cells.append(Cell(data, est, prior, settings))
+            else:
+                cells.append(Cell(data, est))
+    return cells
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def cell_seed(key: tuple, seed: int) -> int:
+    """Seed of a cell: a hash of its key mixed with the run seed (order independent)."""
+    return (zlib.crc32(repr(key).encode()) ^ (int(seed) * 2654435761)) % (2**31)
+
+
+def crps_from_draws(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CRPS of each column of ``draws`` (S, P) against ``y`` (P,), same units as y.
+
+    Uses the sorted-sample identity ``E|X - y| - E|X - X'| / 2``.
+    """
+    x = np.sort(draws, axis=0)
+    s = x.shape[0]
+    term1 = np.mean(np.abs(x - y[None, :]), axis=0)
+    weights = (2 * np.arange(1, s + 1) - s - 1)[:, None]
+    term2 = np.sum(weights * x, axis=0) / (s * s)
+    return term1 - term2
+
+
+def score_target(y: np.ndarray, point: np.ndarray, draws: np.ndarray | None) -> dict:
+    """ARE, coverage, width and CRPS of one target (relative to the observed loss)."""
+    out = {"n_target_points": len(y)}
+    with np.errstate(invalid="ignore", over="ignore"):
+        rel = np.abs(y - point) / y
+    out["are"] = float(np.mean(rel)) if np.all(np.isfinite(rel)) else float("inf")
+    out["are_last"] = float(rel[-1]) if np.isfinite(rel[-1]) else float("inf")
+    out["pred_last"] = float(point[-1])
+    out["loss_last"] = float(y[-1])
+    for level in LEVELS:
+        tag = f"{int(round(level * 100))}"
+        if draws is None:
+            out[f"cov_{tag}"] = np.nan
+            if level in (0.5, 0.9):
+                out[f"width_{tag}"] = np.nan
+            continue
+        q = (1 - level) / 2
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanquantile(draws, [q, 1 - q], axis=0)
+        if np.any(np.isnan(lo) | np.isnan(hi)):
+            out[f"cov_{tag}"] = np.nan
+            if level in (0.5, 0.9):
+                out[f"width_{tag}"] = np.nan
+            continue
+        out[f"cov_{tag}"] = float(np.mean((y >= lo) & (y <= hi)))
+        if level in (0.5, 0.9):
+            with np.errstate(invalid="ignore", over="ignore"):
+                out[f"width_{tag}"] = float(np.mean((hi - lo) / y))
+    if draws is None:
+        out["crps_rel"] = np.nan
+    else:
+        finite = np.all(np.isfinite(draws), axis=0)
+        out["crps_rel"] = float(np.mean(crps_from_draws(draws, y) / y)) if finite.all() else float("inf")
+    return out
+
+
+def _threads_limited():
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:  # pragma: no cover - optional speed-up
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def evaluate_cell(cell: Cell, seed: int = 0) -> list[dict]:
+    """Fit one estimator on one cell and score every target: a pure function.
+
+    Never raises for a failed fit: the rows then have ``status="failed"`` and the message.
+
+    Returns
+    -------
+    list of dict
+        One row per target (columns :data:`ROW_KEY_COLUMNS` plus scores and diagnostics).
+    """
+    data = cell.data
+    settings = dict(cell.settings)
+    s = cell_seed(cell.key, seed)
+    base = {
+        "min_tokens": data.min_tokens,
+        "family": data.family,
+        "k": data.k,
+        "fraction": data.fraction,
+        "estimator": cell.estimator,
+        "n_train_points": data.n_train,
+        "n_train_runs": len(data.train_models),
+        "max_train_params": float(np.max(data.train_num_params)),
+        "max_train_tokens": float(np.max(data.train_tokens)),
+        "seed": s,
+    }
+    start = time.perf_counter()
+    diag = {"status": "ok", "message": "", "divergences": np.nan, "max_rhat": np.nan}
+    predictors = None
+    try:
+        with _threads_limited():
+            predictors, diag = _fit_estimator(cell, settings, s, diag)
+    except Exception as exc:  # noqa: BLE001 - any estimator failure is a scored outcome
+        diag = {**diag, "status": "failed", "message": f"{type(exc).__name__}: {exc}"[:300]}
+    fit_seconds = time.perf_counter() - start
+    rows = []
+    for t_i, target in enumerate(data.targets):
+        row = {**base, "target": target.model, "target_params": target.num_params, **diag, "fit_seconds": fit_seconds}
+        if predictors is None:
+            row.update({"n_target_points": len(target.loss), "are": np.nan})
+        else:
+            point, draws = predictors(target, s + 7919 * (t_i + 1))
+            row.update(score_target(target.loss, point, draws))
+            if not np.isfinite(row["are"]):
+                row["status"] = "nonfinite"
+        rows.append(row)
+    return rows
+
+
+def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict):
+    d = cell.data
+    if cell.estimator in ("classic", "classic_huber"):
+        from .pointfit import fit_classic, fit_classic_huber
+
+        pf = (fit_classic if cell.estimator == "classic" else fit_classic_huber)(d.train_num_params, d.train_tokens, d.train_loss)
+        diag = {**diag, "message": pf.message}
+        if not pf.ok:
+            raise RuntimeError(pf.message)
+
+        def predictors(target, s):
+            n = np.full_like(target.tokens, target.num_params)
+            with np.errstate(over="ignore", invalid="ignore"):
+                return pf.predict(n, target.tokens), pf.draws(n, target.tokens, n_draws=1000, seed=s)
+
+        return predictors, diag
+    from .cellfit import fit_cell
+
+    x_n, x_d = centre(d.train_num_params, d.train_tokens)
+    post = fit_cell(
+        x_n,
+        x_d,
+        d.train_run,
+        np.log(d.train_loss),
+        cell.prior,
+        seed=seed,
+        chains=int(settings["chains"]),
+        warmup=int(settings["warmup"]),
+        draws=int(settings["draws"]),
+        target_accept=float(settings["target_accept"]),
+        max_tree_depth=int(settings["max_tree_depth"]),
+    )
+    diag = {**diag, "divergences": post.divergences, "max_rhat": post.max_rhat}
+    n_pred = int(settings.get("n_pred_draws", 0)) or len(post.theta)
+
+    def predictors(target, s):
+        tn, td = centre(np.full_like(target.tokens, target.num_params), target.tokens)
+        draws = post.predict_new_run(tn, td, seed=s)
+        if n_pred < len(draws):
+            draws = draws[np.random.default_rng(s).choice(len(draws), n_pred, replace=False)]
+        return np.median(draws, axis=0), draws
+
+    return predictors, diag
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class LocalExecutor:
+    """Evaluate cells one after another in this process (the default executor).
+
+    Any object with ``map_unordered(fn, items)`` yielding ``(item, fn(item))`` in completion
+    order can replace it (e.g. a Ray pool); ``fn`` is a pure, picklable function.
+    """
+
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        for item in items:
+            yield item, fn(item)
+
+
+class CsvSink:
+    """Append finished rows to a CSV file as they arrive (header written once)."""
+
+    def __init__(self, path, columns: Iterable[str] | None = None):
+        self.path = Path(path)
+        self.columns = list(columns) if columns is not None else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self.path.unlink()
+
+    def __call__(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self.columns is None:
+            self.columns = list(rows[0].keys())
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+
+def run_cells(
+    cells: Iterable[Cell],
+    *,
+    seed: int = 0,
+    executor=None,
+    sink: Callable[[list[dict]], None] | None = None,
+    progress: Callable[[Cell], None] | None = None,
+) -> pd.DataFrame:
+    """Evaluate cells with an executor, streaming each finished cell's rows to ``sink``.
+
+    Parameters
+    ----------
+    cells : iterable of Cell
+        Work items; skip keys already done to resume a run.
+    seed : int
+        Run seed; each cell's seed is :func:`cell_seed` of its key and this.
+    executor : object, optional
+        Has ``map_unordered(fn, items)``; default :class:`LocalExecutor`.
+    sink : callable, optional
+        Called with the list of rows of every finished cell, in completion order.
+    progress : callable, optional
+        Called with each finished cell (e.g. a tqdm bar's update).
+
+    Returns
+    -------
+    DataFrame
+        All rows (one per family x target x k x fraction x cut x estimator).
+    """
+    executor = executor or LocalExecutor()
+    fn = functools.partial(evaluate_cell, seed=seed)
+    rows = []
+    for cell, cell_rows in executor.map_unordered(fn, cells):
+        rows.extend(cell_rows)
+        if sink is not None:
+            sink(cell_rows)
+        if progress is not None:
+            progress(cell)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def family_scores(results: pd.DataFrame, by: Iterable[str] = ("min_tokens", "estimator", "k", "fraction")) -> pd.DataFrame:
+    """Per-family scores: mean over targets (and any dims not in ``by``) of each score.
+
+    Failed or non-finite fits count as ARE = inf; ``are_capped`` caps each family's ARE
+    at 100% before any further averaging.
+    """
+    by = list(by)
+    df = results.copy()
+    df["are"] = df["are"].where(np.isfinite(df["are"].astype(float)) | df["are"].isna(), np.inf)
+    df.loc[df["status"] != "ok", "are"] = np.inf
+    df["failed"] = (df["status"] == "failed").astype(float)
+    # per (cell) family ARE: mean over targets, then cap, then average over remaining dims
+    cell_cols = list(dict.fromkeys([*by, "family", "k", "fraction", "min_tokens", "estimator"]))
+    score_cols = [c for c in df.columns if c.startswith(("cov_", "width_")) or c == "crps_rel"]
+    cell = df.groupby(cell_cols, dropna=False).agg(
+        are=("are", "mean"), failed=("failed", "max"), **{c: (c, "mean") for c in score_cols}
+    ).reset_index()
+    cell["are_capped"] = cell["are"].clip(upper=ARE_CAP)
+    cell["wild"] = (cell["are"] > ARE_CAP) & (cell["failed"] == 0)
+    fam = cell.groupby([*by, "family"], dropna=False).agg(
+        are=("are", "mean"),
+        are_capped=("are_capped", "mean"),
+        wild=("wild", "max"),
+        failed=("failed", "max"),
+        **{c: (c, "mean") for c in score_cols},
+    )
+    return fam.reset_index()
+
+
+def aggregate(results: pd.DataFrame, by: Iterable[str] = ("min_tokens", "estimator", "k")) -> pd.DataFrame:
+    """Macro aggregates over families: median ARE, capped-mean ARE, wild/failed counts,
+    interval coverage (mean over families), relative width and CRPS."""
+    by = list(by)
+    fam = family_scores(results, by)
+    score_cols = [c for c in fam.columns if c.startswith(("cov_", "width_")) or c == "crps_rel"]
+    agg = fam.groupby(by, dropna=False).agg(
+        n_families=("family", "nunique"),
+        are_median=("are", "median"),
+        are_capped_mean=("are_capped", "mean"),
+        n_wild=("wild", "sum"),
+        n_failed=("failed", "sum"),
+        **{c: (c, "mean") for c in score_cols},
+    )
+    return agg.reset_index()
+
+
+def _pct(x, digits=1):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    if np.isinf(x):
+        return "inf"
+    return f"{100 * x:.{digits}f}"
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _cut_label(c):
+    return f"{c:g}"
+
+
+def bars(results: pd.DataFrame, min_tokens: float = 1e10, fraction: float = 1.0) -> pd.DataFrame:
+    """The issue's bars, checked on the common cells: hierarchical vs classic by k, and
+    90% coverage of the Bayesian intervals."""
+    sub = results[(results["min_tokens"] == min_tokens) & (results["fraction"] == fraction)]
+    if sub.empty or not {"classic", "bayes_hierarchical"} <= set(sub["estimator"]):
+        return pd.DataFrame()
+    # common cells only: those where hierarchical ran
+    hier_cells = sub[sub["estimator"] == "bayes_hierarchical"][["family", "k"]].drop_duplicates()
+    sub = sub.merge(hier_cells, on=["family", "k"])
+    agg = aggregate(sub, ("estimator", "k"))
+    rows = []
+    for k in sorted(agg["k"].unique()):
+        a = agg[agg["k"] == k].set_index("estimator")
+        if not {"classic", "bayes_hierarchical"} <= set(a.index):
+            continue
+        c, h = a.loc["classic"], a.loc["bayes_hierarchical"]
+        need = 0.75 if k <= 2 else 1.0
+        med_ok = h["are_median"] <= need * c["are_median"]
+        cap_ok = h["are_capped_mean"] <= need * c["are_capped_mean"]
+        rows.append(
+            {
+                "k": k,
+                "bar": "hier <= 0.75 x classic" if k <= 2 else "hier <= classic",
+                "classic median %": _pct(c["are_median"], 2),
+                "hier median %": _pct(h["are_median"], 2),
+                "classic capped mean %": _pct(c["are_capped_mean"], 2),
+                "hier capped mean %": _pct(h["are_capped_mean"], 2),
+                "hier 90% coverage": _pct(h.get("cov_90", np.nan)),
+                "met": "yes" if (med_ok and cap_ok) else "no",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, meta: dict | None = None, population_info: pd.DataFrame | None = None) -> str:
+    """Markdown report: settings, macro ARE by estimator x k and x fraction, coverage,
+    the bars, a per-family table and the exclusions."""
+    out = ["# Back-test: ARE and interval coverage", ""]
+    if meta:
+        out += ["## Settings", ""] + [f"- **{k}**: {v}" for k, v in meta.items()] + [""]
+    out += [
+        "ARE = mean over target checkpoints of |L - L_hat| / L, averaged over a family's targets; "
+        "cells are aggregated over families by the median and by the mean of ARE capped at 100%. "
+        "Failed fits count as ARE = inf (100% capped). Entries: `median / capped mean` in %, "
+        "then `(wild, failed)` counts of families. Coverage = share of target checkpoints inside the "
+        "central interval, averaged over targets then families.",
+        "",
+    ]
+    estimators = [e for e in ESTIMATORS if e in set(results["estimator"])]
+    for cut in sorted(results["min_tokens"].unique(), reverse=True):
+        sub = results[results["min_tokens"] == cut]
+        out += [f"## Token cut {_cut_label(cut)}", ""]
+        full = sub[sub["fraction"] == 1.0]
+        if not full.empty:
+            agg = aggregate(full, ("estimator", "k"))
+            out += [f"### ARE by estimator x k (fraction 1.0)", ""]
+            table = {"k": sorted(agg["k"].unique())}
+            for est in estimators:
+                a = agg[agg["estimator"] == est].set_index("k")
+                table[est] = [
+                    f"{_pct(a.loc[k, 'are_median'])} / {_pct(a.loc[k, 'are_capped_mean'])} "
+                    f"({int(a.loc[k, 'n_wild'])}, {int(a.loc[k, 'n_failed'])}; n={int(a.loc[k, 'n_families'])})"
+                    if k in a.index
+                    else "-"
+                    for k in table["k"]
+                ]
+            out += [_md_table(pd.DataFrame(table)), ""]
+        agg = aggregate(sub, ("estimator", "fraction"))
+        out += ["### ARE by estimator x fraction (each family's ARE averaged over its k, capped first)", ""]
+        table = {"fraction": sorted(agg["fraction"].unique())}
+        for est in estimators:
+            a = agg[agg["estimator"] == est].set_index("fraction")
+            table[est] = [
+                f"{_pct(a.loc[p, 'are_median'])} / {_pct(a.loc[p, 'are_capped_mean'])}" if p in a.index else "-"
+                for p in table["fraction"]
+            ]
+        out += [_md_table(pd.DataFrame(table)), ""]
+        agg = aggregate(sub[sub["fraction"] == 1.0] if not full.empty else sub, ("estimator", "k"))
+        out += ["### Interval coverage and width (fraction 1.0; nominal 50% and 90%)", ""]
+        rows = []
+        for _, r in agg.iterrows():
+            if np.isnan(r.get("cov_90", np.nan)):
+                continue
+            rows.append(
+                {
+                    "estimator": r["estimator"],
+                    "k": r["k"],
+                    "cov 50%": _pct(r.get("cov_50", np.nan)),
+                    "cov 90%": _pct(r["cov_90"]),
+                    "width 50% (rel)": _pct(r.get("width_50", np.nan), 2),
+                    "width 90% (rel)": _pct(r.get("width_90", np.nan), 2),
+                    "CRPS (rel, %)": _pct(r.get("crps_rel", np.nan), 2),
+                    "n": int(r["n_families"]),
+                }
+            )
+        if rows:
+            out += [_md_table(pd.DataFrame(rows)), ""]
+        cov_all = aggregate(full if not full.empty else sub, ("estimator",))
+        rows = [
+            {"estimator": r["estimator"], **{f"{int(round(100 * l))}%": _pct(r.get(f"cov_{int(round(100 * l))}", np.nan)) for l in LEVELS}}
+            for _, r in cov_all.iterrows()
+            if not np.isnan(r.get("cov_90", np.nan))
+        ]
+        if rows:
+            out += ["### Calibration: empirical coverage at each nominal level (all k, fraction 1.0)", "", _md_table(pd.DataFrame(rows)), ""]
+        b = bars(results, cut, 1.0)
+        if not b.empty:
+            out += ["### Bars of issue 3 (cells where bayes_hierarchical ran)", "", _md_table(b), ""]
+        if not full.empty:
+            fam = family_scores(full, ("estimator", "k"))
+            pt = fam.pivot_table(index=["family", "k"], columns="estimator", values="are", aggfunc="mean")
+            pt = pt[[e for e in estimators if e in pt.columns]]
+            pt = pt.map(lambda v: _pct(v, 2)).reset_index()
+            out += ["### Per-family ARE % (fraction 1.0)", "", _md_table(pt), ""]
+    if population_info is not None and len(population_info):
+        cols = ["min_tokens", "fold", "n_population", "held_out", "seconds", "problems"]
+        pi = population_info[[c for c in cols if c in population_info.columns]].copy()
+        pi["seconds"] = pi["seconds"].map(lambda s: f"{s:.0f}")
+        out += ["## Population fits (bayes_hierarchical)", "", _md_table(pi), ""]
+    if protocol is not None:
+        out += ["## Exclusions", ""]
+        if len(protocol.diverged_targets):
+            d = protocol.diverged_targets.copy()
+            d["rise"] = d["rise"].map(lambda r: f"{100 * r:.2f}%")
+            out += ["Diverged targets (loss rising over the last 30%; not scored):", "", _md_table(d), ""]
+        else:
+            out += ["No diverged targets.", ""]
+        if len(protocol.skipped_families):
+            out += ["Families not back-tested:", "", _md_table(protocol.skipped_families), ""]
+        if len(protocol.empty_cells):
+            e = protocol.empty_cells.groupby(["min_tokens", "family"]).size().reset_index(name="cells without training data")
+            out += ["Cells with no training checkpoints (not scored):", "", _md_table(e), ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- fan data
+
+
+def fan_data(
+    runs,
+    family: str,
+    k: int,
+    *,
+    estimators: Iterable[str] = ("classic", "bayes_independent"),
+    fraction: float = 1.0,
+    min_tokens: float = 1e10,
+    max_checkpoints: int | None = 30,
+    priors: dict | None = None,
+    n_grid: int = 60,
+    seed: int = 0,
+) -> dict:
+    """Data of a fan chart: training points, target points and each estimator's
+    prediction (median, 50% and 90% bands) along the target run's token axis.
+
+    ``priors`` maps estimator name -> CellPrior for the Bayesian estimators (default:
+    the independent prior for ``bayes_independent``; ``bayes_hierarchical`` needs one).
+
+    Returns
+    -------
+    dict with ``train`` (DataFrame), ``targets`` (DataFrame) and ``bands`` (DataFrame:
+    estimator, tokens, median, q05, q25, q75, q95).
+    """
+    proto = protocol_cells(runs, ks=[k], fractions=[fraction], min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=[family])
+    if not proto.cells:
+        raise DataError(f"no back-test cell for family {family!r} at k={k}, fraction={fraction}, min_tokens={min_tokens:g}")
+    data = proto.cells[0]
+    target = data.targets[0]
+    lo_tok = min(data.train_tokens.min(), target.tokens.min())
+    grid = np.geomspace(lo_tok, target.tokens.max(), n_grid)
+    grid_target = Target(target.model, target.num_params, grid, np.ones_like(grid))
+    bands = []
+    for est in estimators:
+        prior = (priors or {}).get(est)
+        if est == "bayes_independent" and prior is None:
+            from .cellfit import independent_prior
+
+            prior = independent_prior()
+        cell = Cell(data, est, prior, tuple(sorted(BAYES_SETTINGS.items())))
+        predictors, _ = _fit_estimator(cell, dict(cell.settings), cell_seed(cell.key, seed), {})
+        point, draws = predictors(grid_target, seed)
+        row = {"estimator": est, "tokens": grid, "median": point}
+        if draws is not None:
+            with np.errstate(invalid="ignore"):
+                q = np.nanquantile(draws, [0.05, 0.25, 0.75, 0.95], axis=0)
+            row.update(q05=q[0], q25=q[1], q75=q[2], q95=q[3])
+        bands.append(pd.DataFrame(row))
+    train = pd.DataFrame({"num_params": data.train_num_params, "tokens": data.train_tokens, "loss": data.train_loss})
+    targets = pd.concat(
+        [pd.DataFrame({"model": t.model, "num_params": t.num_params, "tokens": t.tokens, "loss": t.loss}) for t in data.targets]
+    )
+    return {"family": family, "k": k, "train": train, "targets": targets, "bands": pd.concat(bands, ignore_index=True)}
+
+
+# --------------------------------------------------------------------------- one call
+
+
+@dataclass
+class BacktestResult:
+    """Rows, the protocol and the population-fit info of a back-test."""
+
+    results: pd.DataFrame
+    protocol: Protocol
+    population_info: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def summary(self, meta: dict | None = None) -> str:
+        return summary_markdown(self.results, self.protocol, meta, self.population_info)
+
+
+def backtest(
+    runs,
+    *,
+    estimators: Iterable[str] = ESTIMATORS,
+    ks: Iterable[int] | None = None,
+    fractions: Iterable[float] = FRACTIONS,
+    min_tokens: float | Iterable[float] = 1e10,
+    max_checkpoints: int | None = 30,
+    families: Iterable[str] | None = None,
+    bayes_fractions: Iterable[float] | None = None,
+    bayes_ks: Iterable[int] | None = None,
+    bayes_settings: dict | None = None,
+    population_settings: dict | None = None,
+    seed: int = 0,
+    executor=None,
+    sink=None,
+    progress=None,
+    on_cells: Callable[[list], None] | None = None,
+) -> BacktestResult:
+    """Run the whole back-test: protocol, population fits, every cell, in one call.
+
+    See :func:`protocol_cells`, :func:`population_priors`, :func:`build_cells` and
+    :func:`run_cells` for the parameters. ``on_cells`` receives the list of cells before
+    they run (e.g. to size a progress bar).
+    """
+    table = primary_table(runs)
+    protocol = protocol_cells(table, ks=ks, fractions=fractions, min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=families)
+    estimators = tuple(estimators)
+    population, info = None, []
+    if "bayes_hierarchical" in estimators:
+        population = {}
+        cuts = sorted({c.min_tokens for c in protocol.cells})
+        for cut in cuts:
+            scored = sorted({c.family for c in protocol.cells if c.min_tokens == cut})
+            priors, pinfo = population_priors(table, scored, cut, seed=seed, **(population_settings or {}))
+            population[cut] = priors
+            info.append(pinfo)
+    cells = build_cells(
+        protocol, estimators, bayes_fractions=bayes_fractions, bayes_ks=bayes_ks, population=population, bayes_settings=bayes_settings
+    )
+    if on_cells is not None:
+        on_cells(cells)
+    results = run_cells(cells, seed=seed, executor=executor, sink=sink, progress=progress)
+    return BacktestResult(results, protocol, pd.concat(info, ignore_index=True) if info else pd.DataFrame())

@@ -1,0 +1,406 @@
+"""Small single-family NUTS fits with a given prior, compiled once for many back-test cells.
+
+The back-test (:mod:`bayes_scaling.backtest`) fits hundreds of cells: one family's
+training runs for one (k, fraction, token cut). Compiling a NUTS sampler per cell would
+cost more than the sampling, so this module fits every cell with *one* small model whose
+prior arrives as array arguments:
+
+    theta = loc + scale_tril @ z,    z ~ Normal(0, 1)^5          (non-centred)
+    sigma_run ~ prior_run,  u_r = sigma_run * z_r               (run offsets on log loss)
+    sigma_obs ~ prior_obs
+    log L_i ~ StudentT(nu, chinchilla_log_loss(theta) + u_run(i), sigma_obs), masked
+
+The data are padded to a bucket of shapes (points and runs rounded up to powers of two) and
+a boolean mask removes the padding from the likelihood; NumPyro's
+``MCMC(jit_model_args=True)`` then reuses one compiled sampler for every cell with the same
+bucket and prior kind. Padded run offsets are sampled from their prior and never used.
+
+Two priors feed this model:
+
+* :func:`independent_prior` - the ``chinchilla_independent`` spec's weak priors
+  (``bayes_independent``: the held-out family alone, no pooling);
+* :func:`population_prior` - a summary of a hierarchical fit of *other* families
+  (``bayes_hierarchical``): the population predictive of a new family's theta, moment-matched
+  to a multivariate normal (mean and covariance of ``mu + diag(tau) L z`` over posterior
+  draws, so uncertainty in mu, tau and the correlation is carried), a log-normal matched to
+  the posterior of ``sigma_run``, and a log-normal matched to the posterior medians of the
+  per-family noise scales ``sigma_obs`` (the spec gives those no hierarchy, so the spread
+  across families is the best available statement of what noise a new family has).
+
+This is an empirical-Bayes style two-stage approximation of the full hierarchical model:
+the held-out family's data update its own theta but do not feed back into the population.
+With dozens of families in the population and one family held out, that feedback would be
+small; the saving is one large NUTS fit per fold instead of one per cell.
+
+Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)``,
+``x_d = log(D / 1e11)``), loss in nats, scales on natural-log loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC, NUTS, init_to_median
+
+from .laws import PARAM_NAMES, chinchilla_log_loss
+
+N_PARAMS = len(PARAM_NAMES)
+SCALE_PRIOR_KINDS = ("half_normal", "lognormal")
+
+
+@dataclass(frozen=True)
+class CellPrior:
+    """Prior of a single-family cell fit (all plain NumPy, picklable).
+
+    Attributes
+    ----------
+    loc : ndarray (5,)
+        Prior mean of theta = (log_e, log_a, log_b, alpha, beta), centred units.
+    scale_tril : ndarray (5, 5)
+        Lower Cholesky factor of the prior covariance of theta.
+    scale_kind : {"half_normal", "lognormal"}
+        Family of the priors on ``sigma_run`` and ``sigma_obs``.
+    run_scale : (float, float)
+        ``(scale, unused)`` for half_normal, ``(mean of log, sd of log)`` for lognormal.
+    noise_scale : (float, float)
+        Same convention, for the observation noise on log loss.
+    nu : float
+        Degrees of freedom of the Student-t likelihood.
+    source : str
+        Where the prior came from (for reports).
+    """
+
+    loc: np.ndarray
+    scale_tril: np.ndarray
+    scale_kind: str
+    run_scale: tuple[float, float]
+    noise_scale: tuple[float, float]
+    nu: float = 4.0
+    source: str = ""
+
+    def __post_init__(self):
+        if self.scale_kind not in SCALE_PRIOR_KINDS:
+            raise ValueError(f"scale_kind must be one of {SCALE_PRIOR_KINDS}, got {self.scale_kind!r}")
+        loc = np.asarray(self.loc, float)
+        tril = np.asarray(self.scale_tril, float)
+        if loc.shape != (N_PARAMS,) or tril.shape != (N_PARAMS, N_PARAMS):
+            raise ValueError(f"loc must be (5,) and scale_tril (5, 5), got {loc.shape} and {tril.shape}")
+        object.__setattr__(self, "loc", loc)
+        object.__setattr__(self, "scale_tril", tril)
+
+    @property
+    def cov(self) -> np.ndarray:
+        return self.scale_tril @ self.scale_tril.T
+
+    def to_dict(self) -> dict:
+        return {
+            "loc": self.loc.tolist(),
+            "sd": np.sqrt(np.diag(self.cov)).tolist(),
+            "scale_kind": self.scale_kind,
+            "run_scale": list(self.run_scale),
+            "noise_scale": list(self.noise_scale),
+            "nu": self.nu,
+            "source": self.source,
+        }
+
+
+def independent_prior(spec="chinchilla_independent") -> CellPrior:
+    """Cell prior from a spec without pooling (default: ``chinchilla_independent``).
+
+    Requires normal mean priors and half-normal run/noise scale priors (as shipped).
+    """
+    from .spec import load_spec
+
+    spec = load_spec(spec)
+    for prior in spec.mean_priors:
+        if prior.dist != "normal":
+            raise ValueError(f"independent_prior needs normal mean priors, spec {spec.name} has {prior.dist}")
+    for name, prior in (("run_scale", spec.run_scale_prior), ("noise_scale", spec.noise_scale_prior)):
+        if prior.dist != "half_normal":
+            raise ValueError(f"independent_prior needs a half_normal {name} prior, spec {spec.name} has {prior.dist}")
+    loc = np.array([p.kwargs()["loc"] for p in spec.mean_priors])
+    sd = np.array([p.kwargs()["scale"] for p in spec.mean_priors])
+    return CellPrior(
+        loc=loc,
+        scale_tril=np.diag(sd),
+        scale_kind="half_normal",
+        run_scale=(float(spec.run_scale_prior.kwargs()["scale"]), 0.0),
+        noise_scale=(float(spec.noise_scale_prior.kwargs()["scale"]), 0.0),
+        nu=float(spec.likelihood_df or 1e6),
+        source=f"spec {spec.name}",
+    )
+
+
+def _lognormal_match(values) -> tuple[float, float]:
+    logs = np.log(np.asarray(values, float).ravel())
+    logs = logs[np.isfinite(logs)]
+    return float(np.mean(logs)), float(max(np.std(logs), 1e-3))
+
+
+def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
+    """Summarise a hierarchical :class:`~bayes_scaling.inference.Fit` as a :class:`CellPrior`.
+
+    Parameters
+    ----------
+    fit : Fit
+        A partial-pooling fit (posterior has ``mu``, ``tau``, ``corr``, ``sigma_run``,
+        ``sigma_obs``).
+    n_draws : int
+        Draws of a new family's theta used for the moment match.
+    seed : int
+        Seed of those draws.
+    """
+    post = fit.idata.posterior
+    for name in ("mu", "tau", "corr", "sigma_obs"):
+        if name not in post:
+            raise ValueError(f"population_prior needs a partial-pooling fit; posterior has no {name!r}")
+    mu = post["mu"].transpose("chain", "draw", "param").values.reshape(-1, N_PARAMS)
+    tau = post["tau"].transpose("chain", "draw", "param").values.reshape(-1, N_PARAMS)
+    corr = post["corr"].transpose("chain", "draw", "param", "param_").values.reshape(-1, N_PARAMS, N_PARAMS)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(mu), n_draws)
+    chol = np.linalg.cholesky(corr[idx] + 1e-9 * np.eye(N_PARAMS))
+    z = rng.standard_normal((n_draws, N_PARAMS))
+    theta = mu[idx] + tau[idx] * np.einsum("sij,sj->si", chol, z)
+    loc = theta.mean(axis=0)
+    cov = np.cov(theta, rowvar=False)
+    if "sigma_run" in post:
+        run_scale = _lognormal_match(post["sigma_run"].values)
+    else:
+        run_scale = (np.log(1e-3), 1e-3)
+    noise_medians = post["sigma_obs"].median(("chain", "draw")).values
+    spec = fit.spec
+    return CellPrior(
+        loc=loc,
+        scale_tril=np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS)),
+        scale_kind="lognormal",
+        run_scale=run_scale,
+        noise_scale=_lognormal_match(noise_medians),
+        nu=float(spec.likelihood_df or 1e6),
+        source=f"population of {len(fit.families)} families",
+    )
+
+
+def _scale_dist(kind, a, b):
+    if kind == "half_normal":
+        return dist.HalfNormal(a)
+    return dist.LogNormal(a, b)
+
+
+@lru_cache(maxsize=None)
+def _model(scale_kind: str):
+    def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, log_loss=None):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
+        theta = numpyro.deterministic("theta", loc + scale_tril @ z)
+        sigma_run = numpyro.sample("sigma_run", _scale_dist(scale_kind, run_a, run_b))
+        run_z = numpyro.sample("run_z", dist.Normal(0.0, 1.0).expand([run_mask.shape[0]]).to_event(1))
+        sigma_obs = numpyro.sample("sigma_obs", _scale_dist(scale_kind, noise_a, noise_b))
+        mean = chinchilla_log_loss(x_n, x_d, *[theta[i] for i in range(N_PARAMS)]) + sigma_run * run_z[run_idx]
+        numpyro.sample("log_loss", dist.StudentT(nu, mean, sigma_obs).mask(mask).to_event(1), obs=log_loss)
+
+    return model
+
+
+def _bucket(n: int, minimum: int) -> int:
+    return int(max(minimum, 2 ** int(np.ceil(np.log2(max(n, 1))))))
+
+
+@lru_cache(maxsize=None)
+def _sampler(
+    scale_kind: str, n_points: int, n_runs: int, chains: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+):
+    """One MCMC object per shape bucket: with jit_model_args it compiles once and is reused."""
+    kernel = NUTS(
+        _model(scale_kind),
+        dense_mass=[("z", "sigma_run", "sigma_obs")],  # run offsets stay diagonal
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        init_strategy=init_to_median(num_samples=15),
+    )
+    return MCMC(
+        kernel,
+        num_warmup=warmup,
+        num_samples=draws,
+        num_chains=chains,
+        chain_method="sequential",
+        jit_model_args=True,
+        progress_bar=False,
+    )
+
+
+@dataclass(frozen=True)
+class CellPosterior:
+    """Posterior draws of a cell fit (chains flattened), as NumPy arrays.
+
+    Attributes
+    ----------
+    theta : ndarray (S, 5)
+        (log_e, log_a, log_b, alpha, beta) per draw.
+    sigma_run, sigma_obs : ndarray (S,)
+    nu : float
+    divergences : int
+    max_rhat : float
+        Largest split r-hat over theta (NaN with a single chain).
+    """
+
+    theta: np.ndarray
+    sigma_run: np.ndarray
+    sigma_obs: np.ndarray
+    nu: float
+    divergences: int
+    max_rhat: float
+
+    def predict_new_run(self, x_n, x_d, seed: int = 0, observation_noise: bool = True) -> np.ndarray:
+        """Loss draws (S, points) at centred covariates for a run not in the data.
+
+        Each draw adds one run offset ``u ~ Normal(0, sigma_run)`` shared by all points
+        (they belong to one new run) and, with ``observation_noise``, independent Student-t
+        noise per point: the distribution of a *measured* checkpoint loss (nats).
+        """
+        x_n = np.asarray(x_n, float)
+        x_d = np.asarray(x_d, float)
+        rng = np.random.default_rng(seed)
+        th = self.theta
+        log_mean = np.asarray(
+            chinchilla_log_loss(x_n[None, :], x_d[None, :], *[th[:, i : i + 1] for i in range(N_PARAMS)])
+        )
+        s = len(th)
+        log_mean = log_mean + (self.sigma_run * rng.standard_normal(s))[:, None]
+        if observation_noise:
+            log_mean = log_mean + self.sigma_obs[:, None] * rng.standard_t(self.nu, size=log_mean.shape)
+        return np.exp(log_mean)
+
+
+def _split_rhat(x: np.ndarray) -> float:
+    """Max split r-hat over the last axis of x with shape (chains, draws, k)."""
+    c, n = x.shape[:2]
+    if c < 2 or n < 4:
+        return float("nan")
+    half = n // 2
+    parts = np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
+    m, n2 = parts.shape[:2]
+    means = parts.mean(axis=1)
+    w = parts.var(axis=1, ddof=1).mean(axis=0)
+    b = n2 * means.var(axis=0, ddof=1)
+    var = (n2 - 1) / n2 * w + b / n2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.nanmax(np.sqrt(var / w)))
+
+
+def fit_cell(
+    x_n,
+    x_d,
+    run_idx,
+    log_loss,
+    prior: CellPrior,
+    *,
+    seed: int = 0,
+    chains: int = 2,
+    warmup: int = 300,
+    draws: int = 300,
+    target_accept: float = 0.9,
+    max_tree_depth: int = 8,
+) -> CellPosterior:
+    """NUTS fit of one family's checkpoints under ``prior``.
+
+    Parameters
+    ----------
+    x_n, x_d : array (n,)
+        Centred covariates ``log(N / 1e9)``, ``log(D / 1e11)``.
+    run_idx : array of int (n,)
+        Run of each checkpoint, 0 .. n_runs - 1.
+    log_loss : array (n,)
+        Natural log of the observed loss.
+    prior : CellPrior
+    seed : int
+        PRNG seed of the sampler.
+    chains, warmup, draws : int
+        Chains run sequentially; draws are kept per chain.
+    target_accept, max_tree_depth
+        NUTS settings.
+
+    Returns
+    -------
+    CellPosterior
+    """
+    x_n = np.asarray(x_n, float)
+    x_d = np.asarray(x_d, float)
+    log_loss = np.asarray(log_loss, float)
+    run_idx = np.asarray(run_idx, int)
+    n = len(log_loss)
+    if n == 0:
+        raise ValueError("fit_cell needs at least one checkpoint")
+    if not (len(x_n) == len(x_d) == len(run_idx) == n):
+        raise ValueError("x_n, x_d, run_idx and log_loss differ in length")
+    n_runs = int(run_idx.max()) + 1
+    n_pad = _bucket(n, 16)
+    r_pad = _bucket(n_runs, 4)
+
+    def pad(a, fill):
+        out = np.full(n_pad, fill, dtype=a.dtype)
+        out[:n] = a
+        return out
+
+    mask = pad(np.ones(n, bool), False)
+    args = (
+        jnp.asarray(pad(x_n, 0.0)),
+        jnp.asarray(pad(x_d, 0.0)),
+        jnp.asarray(pad(run_idx, 0)),
+        jnp.asarray(mask),
+        jnp.asarray(np.arange(r_pad) < n_runs),
+        jnp.asarray(prior.loc),
+        jnp.asarray(prior.scale_tril),
+        jnp.asarray(prior.run_scale[0]),
+        jnp.asarray(prior.run_scale[1]),
+        jnp.asarray(prior.noise_scale[0]),
+        jnp.asarray(prior.noise_scale[1]),
+        jnp.asarray(prior.nu),
+        jnp.asarray(pad(log_loss, 0.0)),
+    )
+    mcmc = _sampler(prior.scale_kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
+    mcmc.run(jax.random.PRNGKey(int(seed) % (2**31)), *args, extra_fields=("diverging",))
+    samples = mcmc.get_samples(group_by_chain=True)
+    theta = np.asarray(samples["theta"])
+    diverging = np.asarray(mcmc.get_extra_fields()["diverging"])
+    return CellPosterior(
+        theta=theta.reshape(-1, N_PARAMS),
+        sigma_run=np.asarray(samples["sigma_run"]).reshape(-1),
+        sigma_obs=np.asarray(samples["sigma_obs"]).reshape(-1),
+        nu=float(prior.nu),
+        divergences=int(diverging.sum()),
+        max_rhat=_split_rhat(theta),
+    )
+
+
+
+def mixture_prior(posteriors, source: str = "") -> CellPrior:
+    """Prior for a new family: the moment-matched mixture of other families' posteriors.
+
+    theta ~ N(mean, cov) with the mean and covariance of the equal-weight mixture of the
+    given :class:`CellPosterior` objects (between-family spread of the posterior means plus
+    the average within-family posterior covariance); ``sigma_run`` and ``sigma_obs`` get
+    log-normals matched to the pooled draws. This is the empirical-Bayes population used by
+    the back-test's ``bayes_hierarchical`` (see :mod:`bayes_scaling.backtest`).
+    """
+    posteriors = list(posteriors)
+    if len(posteriors) < 2:
+        raise ValueError(f"mixture_prior needs >= 2 family posteriors, got {len(posteriors)}")
+    means = np.array([p.theta.mean(axis=0) for p in posteriors])
+    within = np.mean([np.cov(p.theta, rowvar=False) for p in posteriors], axis=0)
+    loc = means.mean(axis=0)
+    cov = np.cov(means, rowvar=False) * (len(means) - 1) / len(means) + within
+    return CellPrior(
+        loc=loc,
+        scale_tril=np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS)),
+        scale_kind="lognormal",
+        run_scale=_lognormal_match(np.concatenate([p.sigma_run for p in posteriors])),
+        noise_scale=_lognormal_match(np.concatenate([p.sigma_obs for p in posteriors])),
+        nu=float(posteriors[0].nu),
+        source=source or f"mixture of {len(posteriors)} family posteriors",
+    )

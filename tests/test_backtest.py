@@ -1,0 +1,338 @@
+"""Back-test protocol, point fits, scoring, runner, CLI and plots (issue 3).
+
+NUTS budget: the Bayesian tests share one compiled cell sampler (same shape bucket and
+prior kind); the coverage study over several families is marked slow.
+"""
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling.cellfit import CellPosterior, CellPrior, fit_cell, independent_prior, mixture_prior  # noqa: E402
+from bayes_scaling.errors import DataError  # noqa: E402
+from bayes_scaling.laws import centre  # noqa: E402
+from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
+
+# --------------------------------------------------------------------------- tiny table
+
+
+def _run(family, model, n, tokens, loss):
+    return pd.DataFrame({"family": family, "model": model, "num_params": float(n), "tokens": tokens, "loss": loss})
+
+
+@pytest.fixture
+def tiny():
+    """Family 'a': sizes 1e8 (runs a1, a2), 2e8 (run b1), 4e8 (targets t1; t2 diverges).
+    Family 'z': only 2 sizes."""
+    t_small = np.array([5e9, 1e10, 2e10, 4e10])
+    rows = [
+        _run("a", "a1", 1e8, t_small, [3.0, 2.9, 2.8, 2.7]),
+        _run("a", "a2", 1e8, np.array([1e10, 3e10]), [2.95, 2.75]),
+        _run("a", "b1", 2e8, np.array([2e9, 1e10, 6e10]), [2.9, 2.7, 2.5]),
+        _run("a", "t1", 4e8, np.array([1e10, 5e10, 7e10, 8e10, 1e11]), [2.6, 2.4, 2.35, 2.33, 2.3]),
+        _run("a", "t2", 4e8, np.array([1e10, 5e10, 7e10, 8e10, 1e11]), [2.6, 2.4, 2.3, 2.5, 2.9]),
+        _run("z", "z1", 1e8, np.array([1e10, 2e10]), [3.0, 2.9]),
+        _run("z", "z2", 2e8, np.array([1e10, 2e10]), [2.9, 2.8]),
+    ]
+    return pd.concat(rows, ignore_index=True)
+
+
+def _cell(proto, cut, k, p):
+    (cell,) = [c for c in proto.cells if c.min_tokens == cut and c.k == k and c.fraction == p]
+    return cell
+
+
+def test_protocol_selects_cells_by_hand(tiny):
+    proto = bt.protocol_cells(tiny, fractions=[0.5, 1.0], min_tokens=[1e10, 0.0], max_checkpoints=None)
+    assert proto.families == ("a",)
+    assert list(proto.skipped_families["family"]) == ["z"]
+    # t2 rises over its last 30% (tokens >= 7e10: 2.3, 2.5, 2.9) -> excluded and listed
+    assert list(proto.diverged_targets["target"]) == ["t2"]
+    # k = 1, 2 only (two smaller sizes), 2 fractions, 2 cuts
+    assert sorted({(c.k, c.fraction, c.min_tokens) for c in proto.cells}) == sorted(
+        (k, p, c) for k in (1, 2) for p in (0.5, 1.0) for c in (1e10, 0.0)
+    )
+    cell = _cell(proto, 1e10, 1, 1.0)
+    (target,) = cell.targets
+    assert target.model == "t1"
+    np.testing.assert_array_equal(target.tokens, [7e10, 8e10, 1e11])  # >= 0.7 x 1e11
+    np.testing.assert_array_equal(target.loss, [2.35, 2.33, 2.3])
+    # k = 1, cut 1e10: a1 without its 5e9 point, and a2
+    assert sorted(cell.train_tokens) == sorted([1e10, 2e10, 4e10, 1e10, 3e10])
+    assert set(cell.train_num_params) == {1e8}
+    assert cell.train_models == ("a1", "a2")
+    # fraction 0.5 of the max over the training runs (4e10): tokens <= 2e10
+    assert sorted(_cell(proto, 1e10, 1, 0.5).train_tokens) == [1e10, 1e10, 2e10]
+    # cut 0 keeps the 5e9 checkpoint; k = 2 adds b1 (2e9 only without the cut)
+    assert sorted(_cell(proto, 0.0, 1, 1.0).train_tokens) == sorted([5e9, 1e10, 2e10, 4e10, 1e10, 3e10])
+    k2 = _cell(proto, 0.0, 2, 1.0)
+    assert len(k2.train_loss) == 9 and 2e9 in k2.train_tokens
+    # targets ignore the token cut: same targets for both cuts
+    np.testing.assert_array_equal(_cell(proto, 0.0, 2, 1.0).targets[0].tokens, target.tokens)
+
+
+def test_protocol_lists_empty_cells_and_thins(tiny):
+    proto = bt.protocol_cells(tiny, ks=[1, 5], fractions=[0.1], min_tokens=1e10, max_checkpoints=None)
+    # 0.1 x 4e10 = 4e9 < 1e10: nothing left; k = 5 does not exist for family a
+    assert proto.cells == ()
+    assert list(proto.empty_cells[["family", "k"]].itertuples(index=False, name=None)) == [("a", 1)]
+    thin = bt.protocol_cells(tiny, ks=[1], fractions=[1.0], min_tokens=0.0, max_checkpoints=2)
+    assert len(thin.cells[0].train_loss) == 4  # a1 thinned to 2, a2 has 2
+
+
+def test_protocol_rejects_bad_arguments(tiny):
+    with pytest.raises(DataError, match="fractions"):
+        bt.protocol_cells(tiny, fractions=[1.5])
+    with pytest.raises(DataError, match="families not in"):
+        bt.protocol_cells(tiny, families=["nope"])
+    with pytest.raises(DataError, match="unknown estimators"):
+        bt.build_cells(bt.protocol_cells(tiny), ["oracle"])
+
+
+def test_diverged_rule():
+    assert bt.diverged([2.0, 1.99, 1.98])[0] is False
+    assert bt.diverged([2.0, 2.1, 2.3])[0] is True
+    assert bt.diverged([2.0, 3.0])[0] is False  # too few points to call
+
+
+# --------------------------------------------------------------------------- point fits
+
+TRUE_RAW = (6.0, 7.0, 0.5, 0.34, 0.28)
+
+
+def _grid(noise=0.003, seed=0):
+    rng = np.random.default_rng(seed)
+    n = np.repeat([5e7, 1e8, 2e8, 4e8], 25)
+    d = np.tile(np.geomspace(1e9, 1e11, 25), 4)
+    y = raw_loss(n, d, *TRUE_RAW) * np.exp(rng.normal(0, noise, n.size))
+    return n, d, y
+
+
+@pytest.mark.parametrize("fitter", [fit_classic, fit_classic_huber])
+def test_point_fits_recover_planted_truth(fitter):
+    n, d, y = _grid()
+    pf = fitter(n, d, y)
+    assert pf.ok
+    truth = raw_loss(3e9, 2e11, *TRUE_RAW)
+    assert abs(pf.predict(3e9, 2e11)[0] / truth - 1) < 0.03
+    # in-sample fit is tight
+    assert np.mean(np.abs(pf.predict(n, d) / y - 1)) < 0.01
+
+
+def test_classic_interval_from_covariance():
+    n, d, y = _grid()
+    pf = fit_classic(n, d, y)
+    lo, hi = pf.interval([3e9], [2e11], level=0.9, seed=1)
+    point = pf.predict(3e9, 2e11)
+    assert lo[0] < point[0] < hi[0]
+    assert fit_classic_huber(n, d, y).draws([3e9], [2e11]) is None
+    # too few points: curve_fit cannot fit 5 parameters to 3 points sensibly -> no usable interval
+    few = fit_classic(n[:3], d[:3], y[:3])
+    assert not few.ok or np.isnan(few.interval([3e9], [2e11])[0][0])
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_score_target_and_crps():
+    y = np.array([2.0, 2.0])
+    s = bt.score_target(y, np.array([2.2, 1.8]), None)
+    assert s["are"] == pytest.approx(0.1)
+    assert np.isnan(s["cov_90"])
+    rng = np.random.default_rng(0)
+    draws = rng.normal(2.0, 0.1, size=(20000, 2))
+    s = bt.score_target(y, np.array([2.0, 2.0]), draws)
+    assert s["cov_90"] == 1.0 and s["width_90"] == pytest.approx(2 * 1.645 * 0.1 / 2.0, rel=0.05)
+    # CRPS of N(0, s) at its mean is s (sqrt(2) - 1) / sqrt(pi)
+    assert s["crps_rel"] == pytest.approx(0.1 * (np.sqrt(2) - 1) / np.sqrt(np.pi) / 2.0, rel=0.05)
+
+
+def _rows(family, est, are, status="ok", k=1):
+    return {
+        "min_tokens": 1e10, "family": family, "k": k, "fraction": 1.0, "estimator": est,
+        "target": "t", "are": are, "status": status, "cov_90": 0.9, "cov_50": 0.5,
+    }
+
+
+def test_aggregate_median_cap_wild_failed():
+    res = pd.DataFrame(
+        [
+            _rows("a", "classic", 0.01),
+            _rows("b", "classic", 5.0),  # wild
+            _rows("c", "classic", np.nan, status="failed"),
+            _rows("a", "bayes_hierarchical", 0.02),
+            _rows("b", "bayes_hierarchical", 0.03),
+            _rows("c", "bayes_hierarchical", 0.04),
+        ]
+    )
+    agg = bt.aggregate(res, ("estimator",)).set_index("estimator")
+    assert agg.loc["classic", "are_median"] == 5.0
+    assert agg.loc["classic", "are_capped_mean"] == pytest.approx((0.01 + 1 + 1) / 3)
+    assert agg.loc["classic", "n_wild"] == 1 and agg.loc["classic", "n_failed"] == 1
+    assert agg.loc["bayes_hierarchical", "are_median"] == pytest.approx(0.03)
+    text = bt.summary_markdown(res)
+    assert "Token cut 1e+10" in text and "bayes_hierarchical" in text
+
+
+def test_run_cells_streams_rows_any_order(tiny):
+    proto = bt.protocol_cells(tiny, fractions=[1.0], min_tokens=0.0)
+    cells = bt.build_cells(proto, ["classic", "classic_huber"])
+
+    class Reversed:
+        def map_unordered(self, fn, items):
+            for item in reversed(list(items)):
+                yield item, fn(item)
+
+    seen = []
+    a = bt.run_cells(cells, seed=3, sink=seen.append)
+    b = bt.run_cells(cells, seed=3, executor=Reversed())
+    assert len(seen) == len(cells) and sum(len(r) for r in seen) == len(a)
+    key = list(bt.ROW_KEY_COLUMNS)
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True)[key + ["are", "seed"]],
+        b.sort_values(key).reset_index(drop=True)[key + ["are", "seed"]],
+    )
+    assert set(a["status"]) <= {"ok", "failed", "nonfinite"}
+
+
+# --------------------------------------------------------------------------- Bayesian cells
+
+
+def _family_cell(runs, family, k):
+    g = runs[runs["family"] == family]
+    sizes = np.sort(g["num_params"].unique())
+    train = g[g["num_params"].isin(sizes[:k])]
+    target = g[g["num_params"] == sizes[-1]]
+    target = target[target["tokens"] >= 0.7 * target["tokens"].max()]
+    runs_idx = train["model"].map({m: i for i, m in enumerate(dict.fromkeys(train["model"]))}).to_numpy()
+    x_n, x_d = centre(train["num_params"], train["tokens"])
+    return x_n, x_d, runs_idx, np.log(train["loss"].to_numpy()), target
+
+
+def _predict(post, target, seed=0):
+    tn, td = centre(target["num_params"], target["tokens"])
+    return post.predict_new_run(tn, td, seed=seed)
+
+
+def test_bayes_cell_recovers_planted_truth(synthetic_runs):
+    runs, truth = synthetic_runs
+    family = truth.index[0]
+    x_n, x_d, r, y, target = _family_cell(runs, family, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = fit_cell(x_n, x_d, r, y, independent_prior(), seed=0, chains=2, warmup=200, draws=200)
+    draws = _predict(post, target)
+    true_loss = target["true_loss"].to_numpy()
+    assert np.all(np.abs(np.median(draws, axis=0) / true_loss - 1) < 0.03)
+    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+    assert np.mean((true_loss >= lo) & (true_loss <= hi)) >= 2 / 3
+    # 94% interval of the exponent on N contains the truth
+    a_lo, a_hi = np.quantile(post.theta[:, 3], [0.03, 0.97])
+    assert a_lo <= truth.loc[family, "alpha"] <= a_hi
+
+
+def test_mixture_prior_moments():
+    rng = np.random.default_rng(0)
+    posts = [
+        CellPosterior(rng.normal(m, 0.01, size=(400, 5)), np.full(400, 0.01), np.full(400, 0.005), 4.0, 0, 1.0)
+        for m in (0.0, 1.0)
+    ]
+    prior = mixture_prior(posts)
+    np.testing.assert_allclose(prior.loc, 0.5, atol=0.01)
+    np.testing.assert_allclose(np.diag(prior.cov), 0.25 + 1e-4, rtol=0.05)
+    assert prior.run_scale[0] == pytest.approx(np.log(0.01), abs=1e-3)
+    with pytest.raises(ValueError):
+        mixture_prior(posts[:1])
+    with pytest.raises(ValueError):
+        CellPrior(np.zeros(4), np.eye(5), "lognormal", (0, 1), (0, 1))
+
+
+def test_population_prior_from_hierarchical_fit(small_fit, synthetic_runs):
+    from bayes_scaling.cellfit import population_prior
+
+    _, truth = synthetic_runs
+    prior = population_prior(small_fit)
+    mean = np.array(list(truth.attrs["population_mean"].values()))
+    sd = np.sqrt(np.diag(prior.cov))
+    assert np.all(np.abs(prior.loc - mean) < 3 * sd)
+    assert prior.scale_kind == "lognormal" and np.isfinite(prior.run_scale).all()
+
+
+@pytest.mark.slow
+def test_bayes_coverage_near_nominal_on_synthetic():
+    """Coverage of the 50% / 90% predictive intervals over 8 synthetic families (k = 2)."""
+    from bayes_scaling.datasets import synthetic
+
+    runs, truth = synthetic(n_families=8, seed=11)
+    prior = independent_prior()
+    cov50, cov90 = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, family in enumerate(truth.index):
+            x_n, x_d, r, y, target = _family_cell(runs, family, 2)
+            post = fit_cell(x_n, x_d, r, y, prior, seed=i, chains=2, warmup=200, draws=200)
+            draws = _predict(post, target, seed=i)
+            obs = target["loss"].to_numpy()
+            for level, out in ((0.5, cov50), (0.9, cov90)):
+                lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+                out.append(np.mean((obs >= lo) & (obs <= hi)))
+    assert 0.75 <= np.mean(cov90) <= 1.0
+    assert 0.25 <= np.mean(cov50) <= 0.85
+
+
+# --------------------------------------------------------------------------- CLI and plots
+
+
+def test_cli_backtest_point_fits(tmp_path, synthetic_runs):
+    from bayes_scaling.cli import main
+
+    runs, _ = synthetic_runs
+    path = tmp_path / "runs.csv"
+    runs.drop(columns=["true_loss"]).to_csv(path, index=False)
+    out = tmp_path / "out"
+    code = main(
+        ["backtest", str(path), "--out", str(out), "--estimators", "classic", "classic_huber", "--k", "1", "2",
+         "--fractions", "0.5", "1.0", "--no-progress"]
+    )
+    assert code == 0
+    res = pd.read_csv(out / "backtest.csv")
+    assert set(res["estimator"]) == {"classic", "classic_huber"} and set(res["k"]) == {1, 2}
+    assert "ARE by estimator x k" in (out / "backtest.md").read_text()
+    assert main(["backtest", str(path), "--out", str(out), "--estimators", "oracle"]) == 2
+
+
+def test_plots_return_axes():
+    import matplotlib.pyplot as plt
+
+    from bayes_scaling.plots import plot_are_vs_k, plot_calibration, plot_fan
+
+    rows = []
+    for est in ("classic", "bayes_hierarchical"):
+        for k in (1, 2):
+            for fam in ("a", "b"):
+                r = _rows(fam, est, 0.05 / k, k=k)
+                r.update({f"cov_{int(round(100 * lv))}": lv for lv in bt.LEVELS})
+                rows.append(r)
+    res = pd.DataFrame(rows)
+    assert plot_are_vs_k(res) is not None
+    _, ax = plt.subplots()
+    assert plot_calibration(res, ax=ax) is ax
+    fan = {
+        "family": "a",
+        "k": 1,
+        "train": pd.DataFrame({"tokens": [1e9, 1e10], "loss": [3.0, 2.8]}),
+        "targets": pd.DataFrame({"tokens": [5e10, 1e11], "loss": [2.5, 2.4]}),
+        "bands": pd.DataFrame(
+            {"estimator": "classic", "tokens": [1e9, 1e11], "median": [3.0, 2.4], "q05": [2.9, 2.3], "q25": [2.95, 2.35],
+             "q75": [3.05, 2.45], "q95": [3.1, 2.5]}
+        ),
+    }
+    assert plot_fan(fan) is not None
+    plt.close("all")
