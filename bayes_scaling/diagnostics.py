@@ -133,9 +133,10 @@ def _summary_table(idata: az.InferenceData, var_names, min_ess: float) -> pd.Dat
         corr = post["corr"].stack(pair=("param", "param_"))
         params = list(post["param"].values)
         upper = [params.index(a) < params.index(b) for a, b in corr["pair"].values]
-        post = post.drop_vars("corr").assign(
-            corr=corr.isel(pair=np.flatnonzero(upper)).set_index(pair=["param", "param_"]).unstack("pair")
-        )
+        corr = corr.isel(pair=np.flatnonzero(upper))
+        labels = [f"{a}, {b}" for a, b in corr["pair"].values]
+        corr = corr.drop_vars(["pair", "param", "param_"]).assign_coords(pair=labels)
+        post = post.drop_vars("corr").assign(corr=corr)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         summary = az.summary(post, kind="all", round_to="none", hdi_prob=0.9)
