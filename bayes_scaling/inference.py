@@ -23,13 +23,13 @@ from .convergence import check_convergence
 from .data import Filters, RunsData, prepare
 from .errors import ConvergenceWarning, FitError
 from .laws import PARAM_NAMES, chinchilla_log_loss
-from .model import ModelInputs, build_model, site_dims
+from .model import MIN_CHECKPOINTS_CENTRED, ModelInputs, build_model, centred_families, site_dims
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
 #: Sites that share the dense block of the mass matrix when the model has them. Run offsets
 #: are in it: with one run per model size they trade off against the N term of the law.
-DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_z", "sigma_obs", "sigma_run", "run_z")
+DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_centred", "theta_z", "sigma_obs", "sigma_run", "run_u", "run_z")
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,9 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
     theta = est["theta"]
     values = {"sigma_obs": est["sigma_obs"]}
     if spec.run_offsets:
-        values["run_z"] = np.zeros(len(data.runs))
+        centred = _centred_runs(data)
+        values["run_u"] = np.zeros(int(centred.sum()))
+        values["run_z"] = np.zeros(int((~centred).sum()))
     if spec.pooling == "none":
         values["theta"] = theta
         return values
@@ -164,11 +166,16 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
         tau = np.clip(theta.std(axis=0) if len(theta) > 2 else np.array([p.kwargs()["scale"] for p in spec.family_scale_priors]) / 2, 0.02, None)
         values["tau"] = tau
         values["corr_cholesky"] = np.eye(len(PARAM_NAMES))
-        if spec.family_effects == "centred":
-            values["theta"] = theta
-        else:
-            values["theta_z"] = (theta - mu) / tau
+        centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
+        if centred.any():
+            values["theta_centred"] = theta[centred]
+        if not centred.all():
+            values["theta_z"] = (theta[~centred] - mu) / tau
     return values
+
+
+def _centred_runs(data: RunsData) -> np.ndarray:
+    return np.bincount(data.run_idx, minlength=len(data.runs)) >= MIN_CHECKPOINTS_CENTRED
 
 
 def _sample_sites(model, inputs: ModelInputs) -> set[str]:
@@ -303,8 +310,15 @@ def fit(
 
 
 def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool) -> az.InferenceData:
+    families, runs = np.array(data.families), np.array(data.runs)
+    centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
+    centred_runs = _centred_runs(data)
     coords = {
-        "family": list(data.families),
+        "run_centred": list(runs[centred_runs]),
+        "run_noncentred": list(runs[~centred_runs]),
+        "family": list(families),
+        "family_centred": list(families[centred]),
+        "family_noncentred": list(families[~centred]),
         "run": list(data.runs),
         "param": list(PARAM_NAMES),
         "param_": list(PARAM_NAMES),

@@ -9,6 +9,10 @@ mu             param             population mean of theta (partial/complete)
 tau            param             population sd of theta (partial)
 corr_cholesky  param, param_     Cholesky factor of the theta correlation
 theta          family, param     (log_e, log_a, log_b, alpha, beta) per family
+theta_centred  family_centred,   theta of data-rich families (partial pooling)
+               param
+theta_z        family_noncentred standardised theta of sparse families
+               , param
 sigma_run      - or family       sd of run offsets on log loss
 run_offset     run               shift of one run's log loss
 sigma_obs      family            observation noise on log loss
@@ -64,18 +68,19 @@ class ModelInputs:
     family_idx: np.ndarray
     run_idx: np.ndarray
     run_family: np.ndarray
-    n_families: int
+    family_sizes: np.ndarray
     log_loss: np.ndarray | None = None
 
     @classmethod
     def from_data(cls, data: RunsData) -> "ModelInputs":
+        sizes = data.table.groupby("family_idx")["num_params"].nunique().sort_index()
         return cls(
             x_n=data.x_n,
             x_d=data.x_d,
             family_idx=data.family_idx,
             run_idx=data.run_idx,
             run_family=data.run_family,
-            n_families=len(data.families),
+            family_sizes=sizes.to_numpy(dtype=np.int32),
             log_loss=data.log_loss,
         )
 
@@ -83,8 +88,23 @@ class ModelInputs:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _family_parameters(spec: Spec, n_families: int):
+#: With ``family_effects = "auto"``, families with at least this many distinct model sizes
+#: get centred effects (their data pin theta down); the others non-centred (their
+#: ``log_a`` and ``alpha`` are barely identified, a funnel in centred form).
+MIN_SIZES_CENTRED = 3
+
+
+def centred_families(spec: Spec, family_sizes) -> np.ndarray:
+    """Boolean mask: which families get centred effects (partial pooling only)."""
+    sizes = np.asarray(family_sizes)
+    if spec.family_effects == "auto":
+        return sizes >= MIN_SIZES_CENTRED
+    return np.full(sizes.shape, spec.family_effects == "centred")
+
+
+def _family_parameters(spec: Spec, family_sizes):
     """Sample theta[family, param] under the spec's pooling."""
+    n_families = len(family_sizes)
     mean_prior = prior_distribution(spec.mean_priors).to_event(1)
     if spec.pooling == "none":
         with numpyro.plate("family", n_families):
@@ -98,15 +118,26 @@ def _family_parameters(spec: Spec, n_families: int):
     )
     numpyro.deterministic("corr", corr_chol @ corr_chol.T)
     scale_tril = tau[:, None] * corr_chol
-    with numpyro.plate("family", n_families):
-        if spec.family_effects == "centred":
-            return numpyro.sample("theta", dist.MultivariateNormal(mu, scale_tril=scale_tril))
-        z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
-        return numpyro.deterministic("theta", mu + z @ scale_tril.T)
+    centred = centred_families(spec, family_sizes)
+    theta = jnp.zeros((n_families, N_PARAMS))
+    if centred.any():
+        with numpyro.plate("family_centred", int(centred.sum())):
+            theta_c = numpyro.sample("theta_centred", dist.MultivariateNormal(mu, scale_tril=scale_tril))
+        theta = theta.at[np.flatnonzero(centred)].set(theta_c)
+    if not centred.all():
+        with numpyro.plate("family_noncentred", int((~centred).sum())):
+            z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
+        theta = theta.at[np.flatnonzero(~centred)].set(mu + z @ scale_tril.T)
+    return numpyro.deterministic("theta", theta)
 
 
-def _run_offsets(spec: Spec, run_family, n_families: int):
-    """Per-run shift of log loss, non-centred (most runs are short or final-only)."""
+#: Runs with at least this many checkpoints get centred offsets (their data pin the offset
+#: down); runs with fewer (final-only isoFLOP points) non-centred ones (offset ~ prior).
+MIN_CHECKPOINTS_CENTRED = 3
+
+
+def _run_offsets(spec: Spec, run_family, run_checkpoints, n_families: int):
+    """Per-run shift of log loss: centred for well-logged runs, non-centred for the others."""
     n_runs = len(run_family)
     if not spec.run_offsets:
         return jnp.zeros(n_runs)
@@ -115,25 +146,34 @@ def _run_offsets(spec: Spec, run_family, n_families: int):
             sigma_run = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
         run_scale = sigma_run[run_family]
     else:
-        run_scale = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
-    with numpyro.plate("run", n_runs):
-        z = numpyro.sample("run_z", dist.Normal(0.0, 1.0))
-    return numpyro.deterministic("run_offset", run_scale * z)
+        run_scale = jnp.broadcast_to(numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior)), (n_runs,))
+    centred = np.asarray(run_checkpoints) >= MIN_CHECKPOINTS_CENTRED
+    offset = jnp.zeros(n_runs)
+    if centred.any():
+        with numpyro.plate("run_centred", int(centred.sum())):
+            u = numpyro.sample("run_u", dist.Normal(0.0, run_scale[centred]))
+        offset = offset.at[np.flatnonzero(centred)].set(u)
+    if not centred.all():
+        with numpyro.plate("run_noncentred", int((~centred).sum())):
+            z = numpyro.sample("run_z", dist.Normal(0.0, 1.0))
+        offset = offset.at[np.flatnonzero(~centred)].set(z * run_scale[~centred])
+    return numpyro.deterministic("run_offset", offset)
 
 
 def build_model(spec: Spec):
     """Return the NumPyro model function for ``spec``.
 
-    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, n_families, log_loss=None)``
-    takes the fields of :class:`ModelInputs`; with ``log_loss=None`` it samples the
-    prior predictive.
+    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, log_loss=None)``
+    takes the fields of :class:`ModelInputs` (``family_sizes``: distinct model sizes per
+    family, a concrete array); with ``log_loss=None`` it samples the prior predictive.
     """
 
-    def model(x_n, x_d, family_idx, run_idx, run_family, n_families, log_loss=None):
-        theta = _family_parameters(spec, n_families)
+    def model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, log_loss=None):
+        n_families = len(family_sizes)
+        theta = _family_parameters(spec, family_sizes)
         for i, name in enumerate(PARAM_NAMES):
             numpyro.deterministic(name, theta[:, i])
-        offset = _run_offsets(spec, run_family, n_families)
+        offset = _run_offsets(spec, run_family, np.bincount(np.asarray(run_idx), minlength=len(run_family)), n_families)
         with numpyro.plate("family", n_families):
             sigma_obs = numpyro.sample("sigma_obs", prior_distribution(spec.noise_scale_prior))
         th = theta[family_idx]
@@ -156,8 +196,10 @@ SITE_DIMS = {
     "corr_cholesky": ["param", "param_"],
     "corr": ["param", "param_"],
     "theta": ["family", "param"],
-    "theta_z": ["family", "param"],
-    "run_z": ["run"],
+    "theta_centred": ["family_centred", "param"],
+    "theta_z": ["family_noncentred", "param"],
+    "run_u": ["run_centred"],
+    "run_z": ["run_noncentred"],
     "run_offset": ["run"],
     "sigma_obs": ["family"],
     "log_loss": ["checkpoint"],

@@ -34,7 +34,7 @@ DISTRIBUTIONS = {
 POSITIVE_ARGS = {"scale", "df", "rate", "concentration"}
 
 POOLINGS = ("partial", "none", "complete")
-FAMILY_EFFECTS = ("centred", "noncentred")
+FAMILY_EFFECTS = ("auto", "centred", "noncentred")
 LIKELIHOODS = ("student_t", "normal")
 FORMS = ("chinchilla",)
 
@@ -232,7 +232,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> Spec:
     description = model.get("description", str, "")
     form = model.choice("form", FORMS, "chinchilla")
     pooling = model.choice("pooling", POOLINGS)
-    family_effects = model.choice("family_effects", FAMILY_EFFECTS, "centred")
+    family_effects = model.choice("family_effects", FAMILY_EFFECTS, "auto")
     run_offsets = model.get("run_offsets", bool, True)
     model.finish()
 

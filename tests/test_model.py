@@ -25,7 +25,7 @@ def trace(spec_name, inputs, **overrides):
 
 def test_hierarchical_sites_and_shapes(inputs):
     tr = trace("chinchilla_hierarchical", inputs)
-    n_fam, n_run, n_obs = inputs.n_families, len(inputs.run_family), len(inputs.x_n)
+    n_fam, n_run, n_obs = len(inputs.family_sizes), len(inputs.run_family), len(inputs.x_n)
     assert tr["mu"]["value"].shape == (5,)
     assert tr["tau"]["value"].shape == (5,)
     assert tr["corr_cholesky"]["value"].shape == (5, 5)
@@ -41,7 +41,7 @@ def test_hierarchical_sites_and_shapes(inputs):
 def test_independent_has_no_population(inputs):
     tr = trace("chinchilla_independent", inputs)
     assert "mu" not in tr and "tau" not in tr
-    assert tr["sigma_run"]["value"].shape == (inputs.n_families,)
+    assert tr["sigma_run"]["value"].shape == (len(inputs.family_sizes),)
 
 
 def test_prior_predictive_is_finite_and_plausible(inputs):

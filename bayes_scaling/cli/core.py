@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     fit.add_argument("--min-tokens", type=float, default=None, help="drop checkpoints below this many tokens (spec default 1e10)")
     fit.add_argument("--max-checkpoints", type=positive_int, default=None, help="thin each run to at most K log-spaced checkpoints")
     fit.add_argument("--families", nargs="+", default=None, help="fit only these families")
+    fit.add_argument("--drop-emptied", action="store_true", help="drop families a filter leaves empty instead of failing")
     add_sampler_args(fit)
     fit.set_defaults(func=run_fit)
 
@@ -124,6 +125,7 @@ def run_fit(args: argparse.Namespace) -> int:
         max_checkpoints=defaults.max_checkpoints if args.max_checkpoints is None else args.max_checkpoints,
         primary_only=defaults.primary_only,
         families=tuple(args.families) if args.families else None,
+        drop_emptied=args.drop_emptied,
     )
     data = prepare(args.runs, filters, spec.reference_params, spec.reference_tokens)
     print(
@@ -131,6 +133,8 @@ def run_fit(args: argparse.Namespace) -> int:
         f"(min_tokens={filters.min_tokens:g}, max_checkpoints={filters.max_checkpoints})",
         file=sys.stderr,
     )
+    for family, reason in data.dropped_families.items():
+        print(f"  dropped {family}: emptied by {reason}", file=sys.stderr)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below with the verdict
