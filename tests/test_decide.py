@@ -291,3 +291,37 @@ def test_cli_bad_arguments_exit_2(small_fit, fit_path, capsys, argv, message):
     assert _cli([*argv, "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_five_percent_better_family_detected_by_a_real_fit():
+    """End to end: families simulated from one law, A with every term 5% lower, B and B2 equal."""
+    import warnings
+
+    from bayes_scaling import datasets
+    from bayes_scaling.errors import ConvergenceWarning
+    from bayes_scaling.inference import fit
+    from bayes_scaling.predict import family_draws
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for family, scale in (("A", 0.95), ("B", 1.0), ("B2", 1.0)):
+        for size in (1e8, 3e8, 1e9, 3e9):
+            offset = datasets.SIGMA_RUN * rng.normal()
+            tokens = np.geomspace(2e9, 2e11, 20)
+            x_n, x_d = np.log(size / REFERENCE_PARAMS), np.log(tokens / REFERENCE_TOKENS)
+            law = np.exp(TRUTH["log_e"]) + np.exp(TRUTH["log_a"] - TRUTH["alpha"] * x_n) + np.exp(TRUTH["log_b"] - TRUTH["beta"] * x_d)
+            loss = scale * law * np.exp(offset + datasets.SIGMA_OBS * rng.normal(size=tokens.size))
+            rows += [{"family": family, "model": f"{family}-{size:.0e}", "num_params": size, "tokens": t, "loss": v}
+                     for t, v in zip(tokens, loss)]
+    import pandas as pd
+
+    runs = pd.DataFrame(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(runs, chains=2, warmup=300, draws=300, seed=0)
+    a, b, b2 = (family_draws(result, f, kind="family") for f in ("A", "B", "B2"))
+    better = decide.compare(a, b, num_params=[3e8, 3e9], tokens=[3e10, 1e11])
+    assert (better.table["p_a_better"] > 0.95).all()
+    same = decide.compare(b, b2, num_params=[3e8, 3e9], tokens=[3e10, 1e11])
+    assert ((same.table["p_a_better"] > 0.1) & (same.table["p_a_better"] < 0.9)).all()
