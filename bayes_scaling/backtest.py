@@ -713,14 +713,21 @@ class LocalExecutor:
 
 
 class CsvSink:
-    """Append finished rows to a CSV file as they arrive (header written once)."""
+    """Append finished rows to a CSV file as they arrive (header written once).
 
-    def __init__(self, path, columns: Iterable[str] | None = None):
+    ``append=False`` (default) starts a new file; ``append=True`` keeps the rows already
+    there and reuses its header (resume a run by skipping the keys it holds).
+    """
+
+    def __init__(self, path, columns: Iterable[str] | None = None, append: bool = False):
         self.path = Path(path)
         self.columns = list(columns) if columns is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if self.path.exists() and not append:
             self.path.unlink()
+        elif self.path.exists() and self.columns is None:
+            with self.path.open(newline="") as fh:
+                self.columns = next(csv.reader(fh), None)
 
     def __call__(self, rows: list[dict]) -> None:
         if not rows:
@@ -733,6 +740,18 @@ class CsvSink:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+
+
+def done_keys(path) -> set:
+    """Cell keys (:attr:`Cell.key`) already present in a results CSV (for resuming)."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    df = pd.read_csv(path, usecols=list(CELL_KEY_COLUMNS))
+    return {
+        (float(r.min_tokens), str(r.family), int(r.k), float(r.fraction), str(r.estimator))
+        for r in df.drop_duplicates().itertuples(index=False)
+    }
 
 
 def run_cells(
@@ -994,12 +1013,14 @@ def fan_data(
     priors: dict | None = None,
     n_grid: int = 60,
     seed: int = 0,
+    bayes_settings: dict | None = None,
 ) -> dict:
     """Data of a fan chart: training points, target points and each estimator's
     prediction (median, 50% and 90% bands) along the target run's token axis.
 
     ``priors`` maps estimator name -> CellPrior for the Bayesian estimators (default:
-    the independent prior for ``bayes_independent``; ``bayes_hierarchical`` needs one).
+    the independent prior for ``bayes_independent``; ``bayes_hierarchical`` needs one);
+    ``bayes_settings`` overrides :data:`BAYES_SETTINGS`.
 
     Returns
     -------
@@ -1021,7 +1042,7 @@ def fan_data(
             from .cellfit import independent_prior
 
             prior = independent_prior()
-        cell = Cell(data, est, prior, tuple(sorted(BAYES_SETTINGS.items())))
+        cell = Cell(data, est, prior, tuple(sorted({**BAYES_SETTINGS, **(bayes_settings or {})}.items())))
         predictors, _ = _fit_estimator(cell, dict(cell.settings), cell_seed(cell.key, seed), {})
         point, draws = predictors(grid_target, seed)
         row = {"estimator": est, "tokens": grid, "median": point}

@@ -10,7 +10,7 @@ prior arrives as array arguments:
     sigma_obs ~ prior_obs
     log L_i ~ StudentT(nu, chinchilla_log_loss(theta) + u_run(i), sigma_obs), masked
 
-The data are padded to a bucket of shapes (points and runs rounded up to powers of two) and
+The data are padded to a bucket of shapes (points to 64 x 4^j, runs to 8 x 8^j) and
 a boolean mask removes the padding from the likelihood; NumPyro's
 ``MCMC(jit_model_args=True)`` then reuses one compiled sampler for every cell with the same
 bucket and prior kind. Padded run offsets are sampled from their prior and never used.
@@ -207,8 +207,13 @@ def _model(scale_kind: str):
     return model
 
 
-def _bucket(n: int, minimum: int) -> int:
-    return int(max(minimum, 2 ** int(np.ceil(np.log2(max(n, 1))))))
+def _bucket(n: int, minimum: int, base: int = 4) -> int:
+    """Smallest ``minimum * base**j >= n``: coarse buckets, so few shapes (compilations)
+    serve many cells; compilation, not sampling, dominates a small cell fit."""
+    size = minimum
+    while size < n:
+        size *= base
+    return int(size)
 
 
 @lru_cache(maxsize=None)
@@ -339,8 +344,8 @@ def fit_cell(
     if not (len(x_n) == len(x_d) == len(run_idx) == n):
         raise ValueError("x_n, x_d, run_idx and log_loss differ in length")
     n_runs = int(run_idx.max()) + 1
-    n_pad = _bucket(n, 16)
-    r_pad = _bucket(n_runs, 4)
+    n_pad = _bucket(n, 64, 4)
+    r_pad = _bucket(n_runs, 8, 8)
 
     def pad(a, fill):
         out = np.full(n_pad, fill, dtype=a.dtype)
