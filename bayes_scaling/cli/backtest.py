@@ -4,7 +4,9 @@
                           [--min-tokens ...] [--bayes-fractions ...] [--bayes-k ...]
 
 Writes ``DIR/backtest.csv`` (one row per family x target x k x fraction x cut x
-estimator, appended as each cell finishes), ``DIR/backtest.md`` (summary) and, when
+estimator, appended as each cell finishes), ``DIR/cells/*.parquet`` (one file per finished
+cell, written as it completes; a rerun with the same ``--out`` skips them, ``--restart``
+discards them; ``--executor ray [--address HOST:PORT]`` runs the cells on Ray), ``DIR/backtest.md`` (summary) and, when
 ``bayes_hierarchical`` runs, ``DIR/backtest_population.csv``.
 """
 
@@ -14,6 +16,7 @@ import argparse
 import warnings
 from pathlib import Path
 
+from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
 
 
@@ -46,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--draws", type=int, default=200, help="NUTS draws per chain (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_cli_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -64,11 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
 
-    def on_cells(cells):
-        bar.total = len(cells)
-        bar.refresh()
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), CliRun(args, out, bar, bt.CsvSink(out / "backtest.csv")) as cli_run:
         warnings.simplefilter("ignore")
         result = bt.backtest(
             args.runs,
@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
             bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
             population_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
             seed=args.seed,
-            sink=bt.CsvSink(out / "backtest.csv"),
-            progress=lambda _: bar.update(),
-            on_cells=on_cells,
+            executor=cli_run.executor,
+            sink=cli_run.sink,
+            progress=cli_run.progress,
+            on_cells=cli_run.on_cells,
         )
     bar.close()
     if len(result.population_info):

@@ -1,0 +1,301 @@
+"""Many independent small NUTS fits as one vectorised JAX program.
+
+The back-test (:mod:`bayes_scaling.backtest`) and per-family population fits run hundreds
+of *independent* single-family fits of the cell model of :mod:`bayes_scaling.cellfit`.
+:func:`bayes_scaling.cellfit.fit_cell` already compiles once per shape bucket, but then runs
+one ``MCMC.run`` per cell and chain: on a CPU each run is a long chain of tiny XLA kernels
+(a few hundred flops per leapfrog step), so dispatch and loop overhead dominate, and a GPU
+would sit idle.
+
+Design
+------
+Every (cell, chain) pair becomes one *lane*. Each lane runs NumPyro's own NUTS
+(:func:`numpyro.infer.hmc.hmc`, ``algo="NUTS"``) with its own data, prior, PRNG key,
+step-size and mass-matrix adaptation; ``jax.vmap`` maps the whole warmup + sampling loop
+(one ``lax.scan``) over lanes and ``jax.jit`` compiles it once per (prior kind, shape
+bucket, number of lanes, sampler settings). Cells are padded to the same buckets as
+:func:`~bayes_scaling.cellfit.fit_cell` (points and runs rounded up to powers of two) and
+the likelihood is masked, so the lanes are exactly the fits ``fit_cell`` would run.
+
+Why this and not the alternatives:
+
+* one joint NUTS over the product of all cells' posteriors would share one step size, one
+  mass matrix and one trajectory across cells: valid draws, but the hardest cell sets the
+  step size and tree depth of all and the diagnostics of one cell are no longer its own;
+* ``MCMC(chain_method="vectorized")`` vectorises chains of *one* model with *one* set of
+  data; cells differ in data and prior, which must be batched too;
+* the lanes are independent Markov chains, so results agree with looped fits within Monte
+  Carlo error (same model, same sampler, same adaptation schedule), not bit for bit (the
+  initial point differs: prior medians plus a small seeded jitter instead of
+  ``init_to_median``'s prior draws).
+
+Cost model: under ``vmap`` NUTS' tree building (a ``while_loop``) runs in lockstep, so each
+iteration costs the *largest* tree among the lanes of a batch (finished lanes wait, masked).
+Batching pays when per-lane overhead dominates (tiny models on CPU; any GPU), and costs
+when one lane needs much deeper trees than the rest; :func:`fit_cells_batched` reports the
+per-lane leapfrog steps so that trade-off can be measured (see ``benchmarks/scale.py``).
+
+A lane's result depends only on its cell's data, prior, seed and the batch's shapes, not
+on which other cells share the batch (up to floating-point reassociation of vectorised
+kernels), so callers that chunk cells deterministically get the same numbers on any
+executor.
+
+Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in nats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import initialize_model
+
+from .cellfit import N_PARAMS, CellPosterior, CellPrior, _bucket, _model, _split_rhat
+
+#: Minimum padded sizes (same as :func:`bayes_scaling.cellfit.fit_cell`).
+MIN_POINTS, MIN_RUNS = 16, 4
+#: Dense block of the mass matrix (same as ``fit_cell``; run offsets stay diagonal).
+DENSE_SITES = ("z", "sigma_run", "sigma_obs")
+
+
+@dataclass(frozen=True)
+class CellProblem:
+    """One independent single-family fit: data, prior and seed.
+
+    Attributes
+    ----------
+    x_n, x_d : ndarray (n,)
+        Centred covariates ``log(N / 1e9)`` and ``log(D / 1e11)``.
+    run_idx : ndarray of int (n,)
+        Run of each checkpoint, 0 .. n_runs - 1.
+    log_loss : ndarray (n,)
+        Natural log of the observed loss (nats).
+    prior : CellPrior
+    seed : int
+        PRNG seed of this fit's chains.
+    """
+
+    x_n: np.ndarray
+    x_d: np.ndarray
+    run_idx: np.ndarray
+    log_loss: np.ndarray
+    prior: CellPrior
+    seed: int = 0
+
+    def __post_init__(self):
+        arrays = {k: np.asarray(getattr(self, k), int if k == "run_idx" else float) for k in ("x_n", "x_d", "run_idx", "log_loss")}
+        n = len(arrays["log_loss"])
+        if n == 0:
+            raise ValueError("a cell problem needs at least one checkpoint")
+        if any(len(a) != n for a in arrays.values()):
+            raise ValueError("x_n, x_d, run_idx and log_loss differ in length")
+        if arrays["run_idx"].min() < 0:
+            raise ValueError("run_idx must be >= 0")
+        for k, a in arrays.items():
+            object.__setattr__(self, k, a)
+
+    @property
+    def n_points(self) -> int:
+        return len(self.log_loss)
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.run_idx.max()) + 1
+
+    def bucket(self) -> tuple[str, int, int]:
+        """(prior kind, padded points, padded runs): problems with equal buckets share a compilation."""
+        return (self.prior.scale_kind, _bucket(self.n_points, MIN_POINTS), _bucket(self.n_runs, MIN_RUNS))
+
+
+@dataclass(frozen=True)
+class BatchedPosterior(CellPosterior):
+    """A :class:`~bayes_scaling.cellfit.CellPosterior` plus the sampler's work per draw.
+
+    Attributes
+    ----------
+    num_steps : ndarray (chains, draws)
+        Leapfrog steps of each kept draw (tree depth = log2(num_steps + 1)).
+    """
+
+    num_steps: np.ndarray = None
+
+
+def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...]:
+    """Padded model arguments of :func:`bayes_scaling.cellfit._model` (NumPy, float/int/bool)."""
+    n, p = problem.n_points, problem.prior
+
+    def pad(a, fill):
+        out = np.full(n_pad, fill, dtype=a.dtype)
+        out[:n] = a
+        return out
+
+    return (
+        pad(problem.x_n, 0.0),
+        pad(problem.x_d, 0.0),
+        pad(problem.run_idx, 0),
+        pad(np.ones(n, bool), False),
+        np.arange(r_pad) < problem.n_runs,
+        p.loc,
+        p.scale_tril,
+        np.float64(p.run_scale[0]),
+        np.float64(p.run_scale[1]),
+        np.float64(p.noise_scale[0]),
+        np.float64(p.noise_scale[1]),
+        np.float64(p.nu),
+        pad(problem.log_loss, 0.0),
+    )
+
+
+def _log_median(kind, a, b):
+    """Log of the prior median of a scale (unconstrained init of sigma_run / sigma_obs)."""
+    if kind == "half_normal":
+        return jnp.log(a * 0.6744897501960817)
+    return a
+
+
+@lru_cache(maxsize=None)
+def _program(
+    scale_kind: str, n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+):
+    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, diverging, num_steps)`` over L lanes."""
+    model = _model(scale_kind)
+    example = _args(
+        CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0))),
+        n_pad,
+        r_pad,
+    )
+    info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
+    potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn
+
+    def lane(key, args):
+        key_init, key_run = jax.random.split(key)
+        jitter = jax.random.uniform(key_init, (N_PARAMS + r_pad + 2,), minval=-0.2, maxval=0.2)
+        z0 = {
+            "z": jitter[:N_PARAMS],
+            "run_z": jitter[N_PARAMS : N_PARAMS + r_pad],
+            "sigma_run": _log_median(scale_kind, args[7], args[8]) + jitter[-2],
+            "sigma_obs": _log_median(scale_kind, args[9], args[10]) + jitter[-1],
+        }
+        init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+        state = init_kernel(
+            z0,
+            warmup,
+            dense_mass=[DENSE_SITES],
+            target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth,
+            model_args=args,
+            rng_key=key_run,
+        )
+
+        def step(s, _):
+            s = sample_kernel(s, model_args=args)
+            return s, (s.z, s.diverging, s.num_steps)
+
+        state, _ = jax.lax.scan(step, state, None, length=warmup)
+        _, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
+        constrained = jax.vmap(postprocess_gen(*args))(zs)
+        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], diverging, num_steps
+
+    return jax.jit(jax.vmap(lane))
+
+
+def _cells_bucket(n: int) -> int:
+    """Cells per program call, rounded up (power of two below 8, then multiples of 8) so
+    that chunks of similar size reuse one compilation; filler lanes are discarded."""
+    if n <= 8:
+        return int(2 ** int(np.ceil(np.log2(max(n, 1)))))
+    return int(8 * np.ceil(n / 8))
+
+
+def fit_cells_batched(
+    problems: Sequence[CellProblem],
+    *,
+    chains: int = 2,
+    warmup: int = 300,
+    draws: int = 300,
+    target_accept: float = 0.9,
+    max_tree_depth: int = 8,
+    max_batch: int | None = None,
+) -> list[BatchedPosterior]:
+    """Fit many independent single-family cell models in vectorised NUTS programs.
+
+    Same model and sampler settings as :func:`bayes_scaling.cellfit.fit_cell`; each
+    (problem, chain) is one lane of a ``vmap``-ed NUTS program (see module docstring).
+
+    Parameters
+    ----------
+    problems : sequence of CellProblem
+        The fits; each carries its data, prior and seed.
+    chains, warmup, draws : int
+        NUTS chains per problem, warmup iterations and kept draws per chain.
+    target_accept, max_tree_depth
+        NUTS settings.
+    max_batch : int, optional
+        At most this many problems per compiled program call (default: all problems of a
+        shape bucket at once). Chunks are taken in input order, so the same list gives the
+        same chunks on any machine.
+
+    Returns
+    -------
+    list of BatchedPosterior
+        In the order of ``problems``.
+    """
+    problems = list(problems)
+    for name, value in (("chains", chains), ("draws", draws)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault(p.bucket(), []).append(i)
+    out: list[BatchedPosterior | None] = [None] * len(problems)
+    for (kind, n_pad, r_pad), idx in groups.items():
+        size = max_batch or len(idx)
+        for start in range(0, len(idx), size):
+            chunk = idx[start : start + size]
+            for i, post in zip(chunk, _fit_chunk([problems[i] for i in chunk], kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))):
+                out[i] = post
+    return out  # type: ignore[return-value]
+
+
+def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth):
+    n_cells = len(chunk)
+    padded_cells = _cells_bucket(n_cells)
+    n_lanes = padded_cells * chains
+    cell_args = [_args(p, n_pad, r_pad) for p in chunk]
+    cell_args += [cell_args[-1]] * (padded_cells - n_cells)  # filler lanes, discarded
+    seeds = [p.seed for p in chunk] + [chunk[-1].seed] * (padded_cells - n_cells)
+    keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
+    args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
+    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth)
+    theta, sigma_run, sigma_obs, diverging, num_steps = jax.block_until_ready(program(keys, args))
+    theta = np.asarray(theta).reshape(padded_cells, chains, draws, N_PARAMS)
+    sigma_run = np.asarray(sigma_run).reshape(padded_cells, chains, draws)
+    sigma_obs = np.asarray(sigma_obs).reshape(padded_cells, chains, draws)
+    diverging = np.asarray(diverging).reshape(padded_cells, chains, draws)
+    num_steps = np.asarray(num_steps).reshape(padded_cells, chains, draws)
+    return [
+        BatchedPosterior(
+            theta=theta[c].reshape(-1, N_PARAMS),
+            sigma_run=sigma_run[c].reshape(-1),
+            sigma_obs=sigma_obs[c].reshape(-1),
+            nu=float(chunk[c].prior.nu),
+            divergences=int(diverging[c].sum()),
+            max_rhat=_split_rhat(theta[c]),
+            num_steps=num_steps[c],
+        )
+        for c in range(n_cells)
+    ]
+
+
+def problems_from(items: Iterable[tuple]) -> list[CellProblem]:
+    """``[(x_n, x_d, run_idx, log_loss, prior, seed), ...]`` -> list of :class:`CellProblem`."""
+    return [CellProblem(*item) for item in items]

@@ -1,0 +1,214 @@
+"""Scale (issue 6): batched cell fits, resumable Parquet sink, Ray executor, CLI wiring.
+
+NUTS budget: one batched program and one looped sampler, both tiny (depth <= 5, 2 x 120
+draws). Ray tests start one local Ray on 127.0.0.1 for the module (skipped without Ray) and
+use the point-fit estimators only, so workers never compile a sampler.
+"""
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayes_scaling import backtest as bt
+from bayes_scaling.batched import CellProblem, _cells_bucket, fit_cells_batched
+from bayes_scaling.cellfit import CellPrior, fit_cell, independent_prior
+from bayes_scaling.distributed import ParquetSink, ResumeExecutor, check_run_config, frame_equal_numbers
+from bayes_scaling.errors import DataError
+from bayes_scaling.laws import chinchilla_log_loss
+
+# --------------------------------------------------------------------------- batched
+
+TRUTH = np.array([0.55, 0.25, 0.05, 0.34, 0.28])
+SAMPLER = dict(chains=2, warmup=120, draws=120, target_accept=0.85, max_tree_depth=5)
+
+
+def _prior():
+    """A prior that pins the E / A / B trade-off down, so both samplers see one mode."""
+    return CellPrior(TRUTH + 0.05, np.diag([0.15, 0.3, 0.3, 0.08, 0.08]), "half_normal", (0.02, 0.0), (0.02, 0.0), nu=4.0)
+
+
+def _problem(seed, noise=0.004):
+    """5 sizes x 6 checkpoints, one run per size, planted truth, informative prior."""
+    rng = np.random.default_rng(seed)
+    n = np.repeat(np.geomspace(1e8, 2e9, 5), 6)
+    d = np.tile(np.geomspace(1e10, 2e11, 6), 5)
+    x_n, x_d = np.log(n / 1e9), np.log(d / 1e11)
+    y = np.asarray(chinchilla_log_loss(x_n, x_d, *TRUTH)) + rng.normal(0, noise, len(n))
+    return CellProblem(x_n, x_d, np.repeat(np.arange(5), 6), y, _prior(), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def batched_and_looped():
+    problems = [_problem(1), _problem(2)]
+    batched = fit_cells_batched(problems, **SAMPLER)
+    looped = [fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **SAMPLER) for p in problems]
+    return problems, batched, looped
+
+
+def test_batched_agrees_with_looped_within_mc_error(batched_and_looped):
+    problems, batched, looped = batched_and_looped
+    for b, l in zip(batched, looped):
+        assert b.theta.shape == l.theta.shape == (SAMPLER["chains"] * SAMPLER["draws"], 5)
+        sd = np.sqrt((b.theta.var(0) + l.theta.var(0)) / 2)
+        # ~240 draws each with ESS >~ 50: MC error of a mean ~0.15 sd; allow 0.75 sd
+        assert np.all(np.abs(b.theta.mean(0) - l.theta.mean(0)) <= 0.75 * sd), (b.theta.mean(0), l.theta.mean(0), sd)
+        assert 0.6 < np.median(b.sigma_obs) / np.median(l.sigma_obs) < 1.6
+        assert b.num_steps.shape == (SAMPLER["chains"], SAMPLER["draws"])
+        assert np.all((b.num_steps >= 1) & (b.num_steps <= 2 ** SAMPLER["max_tree_depth"] - 1))
+        # both recover the planted exponents
+        for post in (b, l):
+            lo, hi = np.quantile(post.theta[:, 3:], [0.01, 0.99], axis=0)
+            assert np.all((lo <= TRUTH[3:]) & (TRUTH[3:] <= hi))
+
+
+def test_batched_is_seeded_and_predicts(batched_and_looped):
+    problems, batched, _ = batched_and_looped
+    again = fit_cells_batched(problems, **SAMPLER)  # same compiled program: same seeds, same numbers
+    for a, b in zip(again, batched):
+        np.testing.assert_array_equal(a.theta, b.theta)
+    draws = batched[0].predict_new_run(np.zeros(3), np.zeros(3), seed=0)
+    assert draws.shape == (SAMPLER["chains"] * SAMPLER["draws"], 3) and np.all(draws > 0)
+
+
+def test_cells_bucket_and_bad_input():
+    assert [_cells_bucket(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 104]
+    with pytest.raises(ValueError, match="differ in length"):
+        CellProblem(np.zeros(3), np.zeros(2), np.zeros(3, int), np.zeros(3), independent_prior())
+    with pytest.raises(ValueError, match="chains"):
+        fit_cells_batched([_problem(0)], chains=0)
+
+
+# --------------------------------------------------------------------------- resume without Ray
+
+
+def _run(family, model, n, tokens, loss):
+    return pd.DataFrame({"family": family, "model": model, "num_params": float(n), "tokens": tokens, "loss": loss})
+
+
+@pytest.fixture
+def table():
+    """Two families with 4 sizes each: 2 families x 3 k x 2 fractions x 2 point estimators = 24 cells."""
+    rows = []
+    for fam, shift in (("a", 0.0), ("b", 0.1)):
+        for i, n in enumerate((1e8, 2e8, 4e8, 8e8)):
+            tok = np.geomspace(1e10, 1e11, 8)
+            loss = 1.7 + shift + 400 * n**-0.34 + 400 * tok**-0.28
+            rows.append(_run(fam, f"{fam}{i}", n, tok, loss * (1 + 0.002 * np.sin(np.arange(8) + i))))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _cells(table):
+    proto = bt.protocol_cells(table, fractions=[0.5, 1.0], max_checkpoints=None)
+    return bt.build_cells(proto, ("classic", "classic_huber"))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StopAfter:
+    """LocalExecutor that dies after n cells (a killed run)."""
+
+    def __init__(self, n):
+        self.n, self.ran = n, []
+
+    def map_unordered(self, fn, items):
+        for item in items:
+            if len(self.ran) == self.n:
+                raise _Interrupted
+            self.ran.append(item.key)
+            yield item, fn(item)
+
+
+def test_parquet_sink_resume_skips_finished_cells(tmp_path, table):
+    cells = _cells(table)
+    assert len(cells) == 24
+    full = bt.run_cells(cells, seed=5)
+    sink = ParquetSink(tmp_path / "cells")
+    with pytest.raises(_Interrupted):
+        bt.run_cells(cells, seed=5, executor=_StopAfter(7), sink=sink)
+    assert len(sink.done_keys()) == 7  # each finished cell is on disk
+    (tmp_path / "cells" / "cell-junk.parquet.tmp123").write_bytes(b"half")  # debris of a kill
+    sink = ParquetSink(tmp_path / "cells")
+    assert not list((tmp_path / "cells").glob("*.tmp*"))
+    stored = sink.stored()
+    inner = _StopAfter(10**6)
+    resumed = bt.run_cells(cells, seed=5, executor=ResumeExecutor(inner, stored), sink=sink)
+    assert len(inner.ran) == 24 - 7 and not set(inner.ran) & set(stored)
+    assert frame_equal_numbers(resumed, full)
+    assert frame_equal_numbers(sink.read(), full)
+
+
+def test_run_config_mismatch_refused(tmp_path):
+    check_run_config(tmp_path, {"seed": 0, "draws": 200})
+    (tmp_path / "cell-x.parquet").write_bytes(b"")
+    check_run_config(tmp_path, {"seed": 0, "draws": 200})
+    with pytest.raises(DataError, match="draws"):
+        check_run_config(tmp_path, {"seed": 0, "draws": 300})
+
+
+def _cli(args):
+    from bayes_scaling.cli import main
+
+    return main(["backtest", *map(str, args)])
+
+
+def test_cli_resume_and_ray_missing(tmp_path, table, monkeypatch, capsys):
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    base = [path, "--estimators", "classic", "--fractions", "0.5", "1.0", "--no-progress", "--out"]
+    assert _cli([*base, tmp_path / "o1"]) == 0
+    first = pd.read_csv(tmp_path / "o1" / "backtest.csv")
+    files = sorted((tmp_path / "o1" / "cells").glob("cell-*.parquet"))
+    assert len(files) == 12
+    files[0].unlink()
+    assert _cli([*base, tmp_path / "o1"]) == 0  # resumes: reruns one cell, CSV complete again
+    assert frame_equal_numbers(pd.read_csv(tmp_path / "o1" / "backtest.csv"), first)
+    assert _cli([*base, tmp_path / "o1", "--seed", "1"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert _cli([*base, tmp_path / "o1", "--seed", "1", "--restart"]) == 0
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert _cli([*base, tmp_path / "o2", "--executor", "ray"]) == 2
+    assert "pip install 'bayes-scaling[ray]'" in capsys.readouterr().err
+    assert _cli([*base, tmp_path / "o3", "--address", "1.2.3.4:6379"]) == 2
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    pytest.importorskip("ray")
+    from bayes_scaling.distributed import RayExecutor
+
+    ex = RayExecutor(num_cpus=2)
+    yield ex
+    ex.close()
+
+
+def test_ray_same_numbers_as_local(ray_executor, table, tmp_path):
+    cells = _cells(table)
+    local = bt.run_cells(cells, seed=5)
+    sink = ParquetSink(tmp_path / "cells")
+    order = []
+    remote = bt.run_cells(cells, seed=5, executor=ray_executor, sink=sink, progress=lambda c: order.append(c.key))
+    assert sorted(order) == sorted(c.key for c in cells)
+    assert frame_equal_numbers(remote, local)
+    assert frame_equal_numbers(sink.read(), local)
+    # resume through Ray: nothing left to run
+    resumed = bt.run_cells(cells, seed=5, executor=ResumeExecutor(ray_executor, sink.stored()))
+    assert frame_equal_numbers(resumed, local)
+
+
+def test_cli_ray_executor(ray_executor, table, tmp_path):
+    """The CLI joins the Ray already running in this process (the fixture's local one)."""
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    base = [path, "--estimators", "classic", "--fractions", "1.0", "--no-progress", "--out"]
+    assert _cli([*base, tmp_path / "ray", "--executor", "ray"]) == 0
+    assert _cli([*base, tmp_path / "loc"]) == 0
+    a = pd.read_csv(tmp_path / "ray" / "backtest.csv")
+    b = pd.read_csv(tmp_path / "loc" / "backtest.csv")
+    assert frame_equal_numbers(a, b)
