@@ -201,6 +201,8 @@ def plot_loo_pit(fit, predictive=None, *, ax=None, seed: int = 0) -> plt.Axes:
         warnings.simplefilter("ignore")
         ax = az.plot_loo_pit(idata, y="log_loss", ecdf=True, ax=ax)
     ax.set_title("LOO-PIT (ECDF difference)", fontsize=9)
+    if ax.get_legend() is not None:
+        ax.legend(fontsize=6, loc="lower left", framealpha=0.6)
     ax.tick_params(labelsize=7)
     return ax
 
