@@ -8,7 +8,6 @@ import time
 import warnings
 from pathlib import Path
 
-from ..convergence import check_convergence
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..spec import load_spec
@@ -48,14 +47,11 @@ def register(subparsers) -> None:
     predict.set_defaults(func=run_predict)
 
 
-def convergence_lines(fit) -> list[str]:
-    report = check_convergence(fit.idata)
-    verdict = "OK" if report.ok else "NOT CONVERGED: " + "; ".join(report.problems())
-    return [
-        f"convergence: {verdict}",
-        f"  max r_hat {report.max_r_hat:.3f}   min bulk ESS {report.min_ess_bulk:.0f}   "
-        f"min tail ESS {report.min_ess_tail:.0f}   divergences {report.divergences}",
-    ]
+def convergence_summary(fit) -> str:
+    """The one-screen convergence verdict printed after every fit."""
+    from ..diagnostics import convergence_report, format_convergence_summary
+
+    return format_convergence_summary(convergence_report(fit))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -94,8 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"median absolute relative error: {table['abs_rel_error'].median():.2%}")
     print(f"fit time: {elapsed:.0f} s")
-    for line in convergence_lines(result.fit):
-        print(line)
+    print(convergence_summary(result.fit))
 
     families = list(table["family"])[:9]
     fig, axes = grid_axes(len(families))
@@ -144,8 +139,7 @@ def run_fit(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     path = result.save(args.out)
     print(f"sampled in {elapsed:.0f} s; wrote {path}")
-    for line in convergence_lines(result):
-        print(line)
+    print(convergence_summary(result))
     return 0
 
 

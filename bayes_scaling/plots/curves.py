@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import matplotlib
-
-matplotlib.use("Agg", force=False)  # no display needed; notebooks keep their inline backend
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 
 def plot_loss_curves(

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import warnings
 
-import matplotlib
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Ellipse
+from scipy import stats
 
-matplotlib.use("Agg", force=False)  # no display needed; notebooks keep their inline backend
-import arviz as az  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Ellipse  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from .. import diagnostics  # noqa: E402
+from .. import diagnostics
 from .curves import grid_axes  # noqa: E402
 
 #: Population parameters shown by :func:`plot_rank` (those present in the fit).
