@@ -8,9 +8,9 @@ Writes ``backtest.csv`` (one row per family x target x k x fraction x cut x esti
 Settings sized to finish within about 60 minutes on 2 (shared) CPU cores:
 point fits on every cell (k = 1..5, fractions 0.1, 0.2, 0.3, 0.5, 1.0, cuts 1e10 and 0);
 the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1..2 at the
-0 cut, each Bayesian cell a 1-chain NUTS fit (150 warmup + 150 draws, tree depth <= 6):
-measured here a 2-chain, 200 + 200 cell fit took 25-35 s on the busy machine, which would
-not fit the budget.
+0 cut, each Bayesian cell a 2-chain NUTS fit (300 warmup + 300 draws, tree depth <= 8).
+One compiled sampler per shape bucket serves every cell (compilation, 1-2 minutes each
+on the busy machine, dominates; a cell then samples in about a second).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ def main(argv=None) -> int:
     parser.add_argument("--estimators", nargs="+", default=list(bt.ESTIMATORS))
     parser.add_argument("--families", nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chains", type=int, default=1, help="NUTS chains per Bayesian cell / population fit")
-    parser.add_argument("--warmup", type=int, default=150)
-    parser.add_argument("--draws", type=int, default=150)
-    parser.add_argument("--max-tree-depth", type=int, default=6)
+    parser.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell / population fit")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--draws", type=int, default=300)
+    parser.add_argument("--max-tree-depth", type=int, default=8)
     parser.add_argument(
         "--summarize-only",
         action="store_true",
