@@ -604,10 +604,13 @@ def _threads_limited():
         return contextlib.nullcontext()
 
 
-def evaluate_cell(cell: Cell, seed: int = 0) -> list[dict]:
+def evaluate_cell(cell: Cell, seed: int = 0, posterior=None) -> list[dict]:
     """Fit one estimator on one cell and score every target: a pure function.
 
     Never raises for a failed fit: the rows then have ``status="failed"`` and the message.
+    ``posterior`` (Bayesian estimators only): a :class:`~bayes_scaling.cellfit.CellPosterior`
+    of this cell already fitted elsewhere (e.g. :mod:`bayes_scaling.batched`), used instead
+    of fitting.
 
     Returns
     -------
@@ -634,7 +637,7 @@ def evaluate_cell(cell: Cell, seed: int = 0) -> list[dict]:
     predictors = None
     try:
         with _threads_limited():
-            predictors, diag = _fit_estimator(cell, settings, s, diag)
+            predictors, diag = _fit_estimator(cell, settings, s, diag, posterior)
     except Exception as exc:  # noqa: BLE001 - any estimator failure is a scored outcome
         diag = {**diag, "status": "failed", "message": f"{type(exc).__name__}: {exc}"[:300]}
     fit_seconds = time.perf_counter() - start
@@ -652,7 +655,7 @@ def evaluate_cell(cell: Cell, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict):
+def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict, posterior=None):
     d = cell.data
     if cell.estimator in ("classic", "classic_huber"):
         from .pointfit import fit_classic, fit_classic_huber
@@ -671,7 +674,7 @@ def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict):
     from .cellfit import fit_cell
 
     x_n, x_d = centre(d.train_num_params, d.train_tokens)
-    post = fit_cell(
+    post = posterior if posterior is not None else fit_cell(
         x_n,
         x_d,
         d.train_run,

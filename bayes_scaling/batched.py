@@ -45,9 +45,11 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +59,9 @@ from numpyro.infer.util import initialize_model
 
 from .cellfit import N_PARAMS, CellPosterior, CellPrior, _bucket, _model, _split_rhat
 
-#: Minimum padded sizes (same as :func:`bayes_scaling.cellfit.fit_cell`).
-MIN_POINTS, MIN_RUNS = 16, 4
+#: Padded sizes ``minimum * base**j`` of points and runs (same as
+#: :func:`bayes_scaling.cellfit.fit_cell`): coarse buckets, few compilations.
+POINTS_BUCKET, RUNS_BUCKET = (64, 4), (8, 8)
 #: Dense block of the mass matrix (same as ``fit_cell``; run offsets stay diagonal).
 DENSE_SITES = ("z", "sigma_run", "sigma_obs")
 
@@ -109,7 +112,7 @@ class CellProblem:
 
     def bucket(self) -> tuple[str, int, int]:
         """(prior kind, padded points, padded runs): problems with equal buckets share a compilation."""
-        return (self.prior.scale_kind, _bucket(self.n_points, MIN_POINTS), _bucket(self.n_runs, MIN_RUNS))
+        return (self.prior.scale_kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,12 @@ class BatchedPosterior(CellPosterior):
     ----------
     num_steps : ndarray (chains, draws)
         Leapfrog steps of each kept draw (tree depth = log2(num_steps + 1)).
+    warmup_steps : ndarray (chains, warmup)
+        Leapfrog steps of each warmup iteration.
     """
 
     num_steps: np.ndarray = None
+    warmup_steps: np.ndarray = None
 
 
 def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...]:
@@ -162,7 +168,8 @@ def _log_median(kind, a, b):
 def _program(
     scale_kind: str, n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
-    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, diverging, num_steps)`` over L lanes."""
+    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, diverging, num_steps,
+    warmup_steps)`` over L lanes."""
     model = _model(scale_kind)
     example = _args(
         CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0))),
@@ -196,10 +203,10 @@ def _program(
             s = sample_kernel(s, model_args=args)
             return s, (s.z, s.diverging, s.num_steps)
 
-        state, _ = jax.lax.scan(step, state, None, length=warmup)
+        state, (_, _, warmup_steps) = jax.lax.scan(step, state, None, length=warmup)
         _, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
         constrained = jax.vmap(postprocess_gen(*args))(zs)
-        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], diverging, num_steps
+        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], diverging, num_steps, warmup_steps
 
     return jax.jit(jax.vmap(lane))
 
@@ -276,12 +283,13 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
     keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
     args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
     program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth)
-    theta, sigma_run, sigma_obs, diverging, num_steps = jax.block_until_ready(program(keys, args))
+    theta, sigma_run, sigma_obs, diverging, num_steps, warmup_steps = jax.block_until_ready(program(keys, args))
     theta = np.asarray(theta).reshape(padded_cells, chains, draws, N_PARAMS)
     sigma_run = np.asarray(sigma_run).reshape(padded_cells, chains, draws)
     sigma_obs = np.asarray(sigma_obs).reshape(padded_cells, chains, draws)
     diverging = np.asarray(diverging).reshape(padded_cells, chains, draws)
     num_steps = np.asarray(num_steps).reshape(padded_cells, chains, draws)
+    warmup_steps = np.asarray(warmup_steps).reshape(padded_cells, chains, warmup)
     return [
         BatchedPosterior(
             theta=theta[c].reshape(-1, N_PARAMS),
@@ -291,6 +299,7 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
             divergences=int(diverging[c].sum()),
             max_rhat=_split_rhat(theta[c]),
             num_steps=num_steps[c],
+            warmup_steps=warmup_steps[c],
         )
         for c in range(n_cells)
     ]
@@ -299,3 +308,105 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
 def problems_from(items: Iterable[tuple]) -> list[CellProblem]:
     """``[(x_n, x_d, run_idx, log_loss, prior, seed), ...]`` -> list of :class:`CellProblem`."""
     return [CellProblem(*item) for item in items]
+
+
+# --------------------------------------------------------------------------- back-test executor
+
+
+def _problem_of(cell, seed: int) -> CellProblem:
+    from .backtest import cell_seed
+    from .laws import centre
+
+    d = cell.data
+    x_n, x_d = centre(d.train_num_params, d.train_tokens)
+    return CellProblem(np.asarray(x_n), np.asarray(x_d), d.train_run, np.log(d.train_loss), cell.prior, cell_seed(cell.key, seed))
+
+
+def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
+    """Fit a chunk of Bayesian back-test cells in one batched program, then score each
+    with :func:`bayes_scaling.backtest.evaluate_cell`; returns ``[(cell, rows), ...]``.
+
+    All cells of a chunk must share sampler settings. ``fit_seconds`` of each row is the
+    chunk's wall time divided by its number of cells.
+    """
+    from .backtest import evaluate_cell
+
+    start = time.perf_counter()
+    settings = dict(cells[0].settings)
+    posts = fit_cells_batched(
+        [_problem_of(c, seed) for c in cells],
+        chains=int(settings["chains"]),
+        warmup=int(settings["warmup"]),
+        draws=int(settings["draws"]),
+        target_accept=float(settings["target_accept"]),
+        max_tree_depth=int(settings["max_tree_depth"]),
+    )
+    out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
+    per_cell = (time.perf_counter() - start) / len(cells)
+    for _, rows in out:
+        for row in rows:
+            row["fit_seconds"] = per_cell
+    return out
+
+
+class BatchedExecutor:
+    """Back-test executor that fits Bayesian cells in vectorised chunks.
+
+    Point-fit cells run one by one; Bayesian cells (those with a prior) are sorted by
+    (settings, shape bucket, key), cut into chunks of ``batch_size`` and each chunk is one
+    :func:`evaluate_chunk` call, through ``inner`` (default in this process; a
+    :class:`~bayes_scaling.distributed.RayExecutor` runs chunks as Ray tasks). Chunks
+    depend only on the cell list, so every inner executor gives the same numbers.
+
+    Only understands ``fn = functools.partial(evaluate_cell, seed=...)`` (what
+    :func:`bayes_scaling.backtest.run_cells` passes); any other ``fn`` is mapped by ``inner``.
+    """
+
+    def __init__(self, inner=None, batch_size: int = 64):
+        from .backtest import LocalExecutor
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.inner = inner or LocalExecutor()
+        self.batch_size = int(batch_size)
+
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        from .backtest import evaluate_cell
+
+        if not (isinstance(fn, functools.partial) and fn.func is evaluate_cell and not fn.args):
+            yield from self.inner.map_unordered(fn, items)
+            return
+        seed = int(fn.keywords.get("seed", 0))
+        items = list(items)
+        bayes = [c for c in items if c.prior is not None]
+        point = [c for c in items if c.prior is None]
+
+        def order(c):
+            return (repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key))
+
+        bayes.sort(key=order)
+        chunks, current = [], []
+        for c in bayes:
+            if current and (len(current) == self.batch_size or order(current[0])[:2] != order(c)[:2]):
+                chunks.append(current)
+                current = []
+            current.append(c)
+        if current:
+            chunks.append(current)
+        work = [("chunk", ch) for ch in chunks] + [("cell", c) for c in point]
+        for (kind, _), result in self.inner.map_unordered(functools.partial(_run_work, seed=seed), work):
+            yield from result
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _run_work(work, seed: int = 0):
+    from .backtest import evaluate_cell
+
+    kind, payload = work
+    if kind == "chunk":
+        return evaluate_chunk(payload, seed)
+    return [(payload, evaluate_cell(payload, seed))]

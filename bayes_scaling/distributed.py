@@ -251,7 +251,7 @@ def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",
 # --------------------------------------------------------------------------- CLI glue
 
 #: Settings that change a cell's numbers; a resumed run must use the same ones.
-RESUME_SETTINGS = ("runs", "seed", "chains", "warmup", "draws", "max_checkpoints")
+RESUME_SETTINGS = ("runs", "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size")
 
 
 def add_cli_arguments(parser) -> None:
@@ -264,6 +264,12 @@ def add_cli_arguments(parser) -> None:
     )
     parser.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster to join (default: start a local Ray on 127.0.0.1)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="fit Bayesian cells in vectorised chunks of this many (one JAX program per chunk; 0: one by one)",
+    )
     parser.add_argument(
         "--restart", action="store_true", help="discard finished cells in OUT/cells instead of resuming from them"
     )
@@ -282,6 +288,8 @@ class CliRun:
             raise DataError("--address only applies to --executor ray")
         if args.num_cpus < 1:
             raise DataError("--num-cpus must be >= 1")
+        if args.batch_size < 0:
+            raise DataError("--batch-size must be >= 0")
         cells_dir = Path(out) / "cells"
         if args.restart and cells_dir.exists():
             for p in list(cells_dir.glob("cell-*.parquet")) + [cells_dir / "run.json"]:
@@ -293,7 +301,12 @@ class CliRun:
         self.n_stored = len(stored)
         self.bar = bar
         self.csv_sink = csv_sink
-        self.executor = ResumeExecutor(make_executor(args.executor, address=args.address, num_cpus=args.num_cpus), stored)
+        inner = make_executor(args.executor, address=args.address, num_cpus=args.num_cpus)
+        if args.batch_size:
+            from .batched import BatchedExecutor
+
+            inner = BatchedExecutor(inner, batch_size=args.batch_size)
+        self.executor = ResumeExecutor(inner, stored)
 
     def sink(self, rows: list[dict]) -> None:
         self.parquet(rows)

@@ -118,6 +118,10 @@ def main(argv=None) -> int:
         z.append(np.abs(b.theta.mean(0) - l.theta.mean(0)) / sd)
     z = np.array(z)
     steps = np.stack([b.num_steps for b in results["batched"]])  # fits, chains, draws
+    wsteps = np.stack([b.warmup_steps for b in results["batched"]])  # fits, chains, warmup
+    # lockstep cost of each phase: per iteration, the batch's largest tree
+    lock_w = wsteps.reshape(-1, wsteps.shape[-1]).max(axis=0).sum()
+    lock_s = steps.reshape(-1, steps.shape[-1]).max(axis=0).sum()
     depth = np.log2(steps + 1)
     lockstep = steps.reshape(-1, steps.shape[-1]).max(axis=0).mean() / steps.mean()
     div_b = sum(b.divergences for b in results["batched"])
@@ -137,6 +141,9 @@ def main(argv=None) -> int:
         "agreement": {"median_abs_z": float(np.median(z)), "p95_abs_z": float(np.quantile(z, 0.95)), "max_abs_z": float(z.max())},
         "sampler": {
             "mean_steps_per_draw": float(steps.mean()),
+            "mean_steps_per_warmup_iteration": float(wsteps.mean()),
+            "warmup_share_of_leapfrogs": float(wsteps.sum() / (wsteps.sum() + steps.sum())),
+            "warmup_share_of_lockstep_leapfrogs": float(lock_w / (lock_w + lock_s)),
             "mean_tree_depth": float(depth.mean()),
             "share_draws_at_max_depth": float(np.mean(steps >= 2**args.max_tree_depth - 1)),
             "lockstep_factor": float(lockstep),
@@ -181,8 +188,10 @@ def render(s: dict) -> str:
         f"Agreement (|mean_batched - mean_looped| / posterior sd over 5 parameters x {s['settings']['n_fits']} fits): "
         f"median {ag['median_abs_z']:.2f}, 95th percentile {ag['p95_abs_z']:.2f}, max {ag['max_abs_z']:.2f}.",
         "",
-        f"Sampler: {st['mean_steps_per_draw']:.1f} leapfrog steps per draw (mean tree depth {st['mean_tree_depth']:.2f}, "
-        f"{100 * st['share_draws_at_max_depth']:.1f}% of draws at max depth); lockstep factor {st['lockstep_factor']:.2f} "
+        f"Sampler: warmup {st['mean_steps_per_warmup_iteration']:.1f} and sampling {st['mean_steps_per_draw']:.1f} leapfrog steps per iteration; "
+        f"warmup is {100 * st['warmup_share_of_leapfrogs']:.0f}% of all leapfrog steps ({100 * st['warmup_share_of_lockstep_leapfrogs']:.0f}% of the batch's lockstep steps). "
+        f"Mean tree depth of kept draws {st['mean_tree_depth']:.2f} ("
+        f"{100 * st['share_draws_at_max_depth']:.1f}% at max depth); lockstep factor {st['lockstep_factor']:.2f} "
         "(mean over iterations of the batch's largest tree / mean tree: the vmap overhead of waiting for the slowest lane); "
         f"divergences batched {st['divergences_batched']}, looped {st['divergences_looped']}; "
         f"max split r-hat batched {st['max_rhat_batched']:.3f}, looped {st['max_rhat_looped']:.3f}.",
