@@ -14,6 +14,7 @@ leave-one-out estimate is unreliable.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -150,8 +151,6 @@ def _summary_table(idata: az.InferenceData, var_names, min_ess: float) -> pd.Dat
 
 
 def _max_tree_depth(idata: az.InferenceData) -> int:
-    import json
-
     raw = idata.posterior.attrs.get("bayes_scaling_settings")
     if raw:
         try:
