@@ -6,6 +6,7 @@ Kept small and at the bottom of the stack: inference uses it to warn after every
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import arviz as az
@@ -71,9 +72,11 @@ def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
     if not names:
         raise ValueError(f"none of {list(var_names)} is in the posterior")
     sub = post[list(names)]
-    r_hat = _worst(az.rhat(sub), np.nanmax) if n_chains > 1 else float("nan")
-    ess_bulk = _worst(az.ess(sub, method="bulk"), np.nanmin)
-    ess_tail = _worst(az.ess(sub, method="tail"), np.nanmin)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains divide by zero; r_hat is then inf/nan
+        r_hat = _worst(az.rhat(sub), np.nanmax) if n_chains > 1 else float("nan")
+        ess_bulk = _worst(az.ess(sub, method="bulk"), np.nanmin)
+        ess_tail = _worst(az.ess(sub, method="tail"), np.nanmin)
     divergences = 0
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         divergences = int(idata.sample_stats["diverging"].sum())

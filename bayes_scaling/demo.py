@@ -16,8 +16,8 @@ from .inference import Fit, fit
 from .predict import predict_loss, summarize
 
 #: Sampler settings of the default demo and of ``--quick``.
-DEMO_SETTINGS = {"n_families": 12, "chains": 4, "warmup": 300, "draws": 300}
-QUICK_SETTINGS = {"n_families": 6, "chains": 2, "warmup": 150, "draws": 150}
+DEMO_SETTINGS = {"n_families": 10, "chains": 4, "warmup": 300, "draws": 250}
+QUICK_SETTINGS = {"n_families": 5, "chains": 2, "warmup": 150, "draws": 150}
 
 
 @dataclass(frozen=True)

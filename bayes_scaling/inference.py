@@ -356,7 +356,7 @@ def fit(
         jax.random.PRNGKey(seed),
         **inputs.as_kwargs(),
         init_params=start.init_params if start else None,
-        extra_fields=("diverging", "num_steps", "accept_prob"),
+        extra_fields=("diverging", "num_steps", "accept_prob", "energy"),
     )
     jax.block_until_ready(mcmc.get_samples())
     idata = _to_inference_data(mcmc, data, spec, log_likelihood)
