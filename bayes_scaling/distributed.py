@@ -185,7 +185,8 @@ class RayExecutor:
             yield item, result
 
     def close(self) -> None:
-        """Shut down the local Ray this executor started (a no-op for a remote cluster it joined)."""
+        """Shut down the local Ray this executor started, or disconnect from the cluster it joined
+        (the cluster keeps running); a no-op when Ray was already initialised by the caller."""
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns = False
