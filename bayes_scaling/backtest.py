@@ -831,7 +831,8 @@ def family_scores(results: pd.DataFrame, by: Iterable[str] = ("min_tokens", "est
 
 def aggregate(results: pd.DataFrame, by: Iterable[str] = ("min_tokens", "estimator", "k")) -> pd.DataFrame:
     """Macro aggregates over families: median ARE, capped-mean ARE, wild/failed counts,
-    interval coverage (mean over families), relative width and CRPS."""
+    interval coverage (mean over families), relative width and CRPS (medians over
+    families: a single exploding classic covariance would swamp a mean)."""
     by = list(by)
     fam = family_scores(results, by)
     score_cols = [c for c in fam.columns if c.startswith(("cov_", "width_")) or c == "crps_rel"]
@@ -841,7 +842,7 @@ def aggregate(results: pd.DataFrame, by: Iterable[str] = ("min_tokens", "estimat
         are_capped_mean=("are_capped", "mean"),
         n_wild=("wild", "sum"),
         n_failed=("failed", "sum"),
-        **{c: (c, "mean") for c in score_cols},
+        **{c: (c, "median" if c.startswith("width_") or c == "crps_rel" else "mean") for c in score_cols},
     )
     return agg.reset_index()
 
@@ -911,7 +912,8 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
         "cells are aggregated over families by the median and by the mean of ARE capped at 100%. "
         "Failed fits count as ARE = inf (100% capped). Entries: `median / capped mean` in %, "
         "then `(wild, failed)` counts of families. Coverage = share of target checkpoints inside the "
-        "central interval, averaged over targets then families.",
+        "central interval, averaged over targets then families; interval width and CRPS are relative to the "
+        "observed loss, medians over families.",
         "",
     ]
     estimators = [e for e in ESTIMATORS if e in set(results["estimator"])]
@@ -980,6 +982,27 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
             pt = pt[[e for e in estimators if e in pt.columns]]
             pt = pt.map(lambda v: _pct(v, 2)).reset_index()
             out += ["### Per-family ARE % (fraction 1.0)", "", _md_table(pt), ""]
+    bayes = results[results["estimator"].isin(BAYES_ESTIMATORS)]
+    if len(bayes):
+        cells = bayes.drop_duplicates(list(CELL_KEY_COLUMNS))
+        conv = cells.groupby(["min_tokens", "estimator"]).agg(
+            cells=("family", "size"),
+            failed=("status", lambda s: int((s == "failed").sum())),
+            rhat_over_1_05=("max_rhat", lambda x: f"{100 * np.mean(x > 1.05):.0f}%"),
+            rhat_over_1_2=("max_rhat", lambda x: f"{100 * np.mean(x > 1.2):.0f}%"),
+            median_rhat=("max_rhat", lambda x: f"{np.nanmedian(x):.3f}"),
+            with_divergences=("divergences", lambda x: int((x > 0).sum())),
+            median_seconds=("fit_seconds", lambda x: f"{np.median(x):.1f}"),
+        ).reset_index()
+        out += [
+            "## Convergence of the Bayesian cell fits",
+            "",
+            "max split r-hat over the five law parameters per cell (chains of one cell fit); "
+            "cells above 1.05 have not mixed and their intervals should be read with care.",
+            "",
+            _md_table(conv),
+            "",
+        ]
     if population_info is not None and len(population_info):
         cols = ["min_tokens", "fold", "n_population", "held_out", "seconds", "problems"]
         pi = population_info[[c for c in cols if c in population_info.columns]].copy()
