@@ -983,7 +983,7 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
             pt = pt.map(lambda v: _pct(v, 2)).reset_index()
             out += ["### Per-family ARE % (fraction 1.0)", "", _md_table(pt), ""]
     bayes = results[results["estimator"].isin(BAYES_ESTIMATORS)]
-    if len(bayes):
+    if len(bayes) and {"max_rhat", "divergences", "fit_seconds", "status"} <= set(bayes.columns):
         cells = bayes.drop_duplicates(list(CELL_KEY_COLUMNS))
         conv = cells.groupby(["min_tokens", "estimator"]).agg(
             cells=("family", "size"),
