@@ -57,11 +57,8 @@ import numpy as np
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 
-from .cellfit import N_PARAMS, CellPosterior, CellPrior, _bucket, _model, _split_rhat
+from .cellfit import N_PARAMS, POINTS_BUCKET, RUNS_BUCKET, CellPosterior, CellPrior, _bucket, _model, _split_rhat
 
-#: Padded sizes ``minimum * base**j`` of points and runs (same as
-#: :func:`bayes_scaling.cellfit.fit_cell`): coarse buckets, few compilations.
-POINTS_BUCKET, RUNS_BUCKET = (64, 4), (8, 8)
 #: Dense block of the mass matrix (same as ``fit_cell``; run offsets stay diagonal).
 DENSE_SITES = ("z", "sigma_run", "sigma_obs")
 

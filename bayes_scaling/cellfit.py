@@ -207,6 +207,10 @@ def _model(scale_kind: str):
     return model
 
 
+#: (minimum, base) of the padding buckets for checkpoints and runs; shared with ``batched``.
+POINTS_BUCKET, RUNS_BUCKET = (64, 4), (8, 8)
+
+
 def _bucket(n: int, minimum: int, base: int = 4) -> int:
     """Smallest ``minimum * base**j >= n``: coarse buckets, so few shapes (compilations)
     serve many cells; compilation, not sampling, dominates a small cell fit."""
@@ -356,8 +360,8 @@ def fit_cell(
     if not (len(x_n) == len(x_d) == len(run_idx) == n):
         raise ValueError("x_n, x_d, run_idx and log_loss differ in length")
     n_runs = int(run_idx.max()) + 1
-    n_pad = _bucket(n, 64, 4)
-    r_pad = _bucket(n_runs, 8, 8)
+    n_pad = _bucket(n, *POINTS_BUCKET)
+    r_pad = _bucket(n_runs, *RUNS_BUCKET)
 
     def pad(a, fill):
         out = np.full(n_pad, fill, dtype=a.dtype)
