@@ -23,7 +23,7 @@ from .convergence import check_convergence
 from .data import Filters, RunsData, prepare
 from .errors import ConvergenceWarning, FitError
 from .laws import PARAM_NAMES, chinchilla_log_loss
-from .model import MIN_CHECKPOINTS_CENTRED, ModelInputs, build_model, centred_families, site_dims
+from .model import ModelInputs, build_model, centred_families, centred_runs, site_dims
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
@@ -156,7 +156,7 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
     theta = est["theta"]
     values = {"sigma_obs": est["sigma_obs"]}
     if spec.run_offsets:
-        centred = _centred_runs(data)
+        centred = centred_runs(data.run_idx, len(data.runs))
         values["run_u"] = np.zeros(int(centred.sum()))
         values["run_z"] = np.zeros(int((~centred).sum()))
     if spec.pooling == "none":
@@ -238,10 +238,6 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
     per_chain = [unravel(jax.numpy.asarray(x, dtype=flat0.dtype)) for x in starts]
     init_params = {k: jax.numpy.stack([p[k] for p in per_chain]) for k in z0} if chains > 1 else per_chain[0]
     return LaplaceStart(init_params, {block: jax.numpy.asarray(cov[np.ix_(order, order)])}, bool(result.success))
-
-
-def _centred_runs(data: RunsData) -> np.ndarray:
-    return np.bincount(data.run_idx, minlength=len(data.runs)) >= MIN_CHECKPOINTS_CENTRED
 
 
 def _sample_sites(model, inputs: ModelInputs) -> set[str]:
@@ -328,13 +324,10 @@ def fit(
     model = build_model(spec)
     sites = _sample_sites(model, inputs)
     dense = [tuple(s for s in DENSE_SITES if s in sites)]
-    start = None
-    if init == "laplace":
-        start = laplace_start(model, inputs, initial_values(data, spec), int(chains), seed)
-        init_strategy = init_to_median(num_samples=15)  # unused: init_params take precedence
-    elif init == "point":
+    start = laplace_start(model, inputs, initial_values(data, spec), int(chains), seed) if init == "laplace" else None
+    if init == "point":
         init_strategy = init_to_value(values={k: jax.numpy.asarray(v) for k, v in initial_values(data, spec).items()})
-    else:
+    else:  # with a Laplace start, init_params take precedence over the strategy
         init_strategy = init_to_median(num_samples=15)
     kernel = NUTS(
         model,
@@ -394,10 +387,10 @@ def fit(
 def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool) -> az.InferenceData:
     families, runs = np.array(data.families), np.array(data.runs)
     centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
-    centred_runs = _centred_runs(data)
+    runs_centred = centred_runs(data.run_idx, len(data.runs))
     coords = {
-        "run_centred": list(runs[centred_runs]),
-        "run_noncentred": list(runs[~centred_runs]),
+        "run_centred": list(runs[runs_centred]),
+        "run_noncentred": list(runs[~runs_centred]),
         "family": list(families),
         "family_centred": list(families[centred]),
         "family_noncentred": list(families[~centred]),

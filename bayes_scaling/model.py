@@ -136,7 +136,12 @@ def _family_parameters(spec: Spec, family_sizes):
 MIN_CHECKPOINTS_CENTRED = 3
 
 
-def _run_offsets(spec: Spec, run_family, run_checkpoints, n_families: int):
+def centred_runs(run_idx, n_runs: int) -> np.ndarray:
+    """Boolean mask: which runs get centred offsets (enough checkpoints to pin them down)."""
+    return np.bincount(np.asarray(run_idx), minlength=n_runs) >= MIN_CHECKPOINTS_CENTRED
+
+
+def _run_offsets(spec: Spec, run_family, run_idx, n_families: int):
     """Per-run shift of log loss: centred for well-logged runs, non-centred for the others."""
     n_runs = len(run_family)
     if not spec.run_offsets:
@@ -147,7 +152,7 @@ def _run_offsets(spec: Spec, run_family, run_checkpoints, n_families: int):
         run_scale = sigma_run[run_family]
     else:
         run_scale = jnp.broadcast_to(numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior)), (n_runs,))
-    centred = np.asarray(run_checkpoints) >= MIN_CHECKPOINTS_CENTRED
+    centred = centred_runs(run_idx, n_runs)
     offset = jnp.zeros(n_runs)
     if centred.any():
         with numpyro.plate("run_centred", int(centred.sum())):
@@ -173,7 +178,7 @@ def build_model(spec: Spec):
         theta = _family_parameters(spec, family_sizes)
         for i, name in enumerate(PARAM_NAMES):
             numpyro.deterministic(name, theta[:, i])
-        offset = _run_offsets(spec, run_family, np.bincount(np.asarray(run_idx), minlength=len(run_family)), n_families)
+        offset = _run_offsets(spec, run_family, run_idx, n_families)
         with numpyro.plate("family", n_families):
             sigma_obs = numpyro.sample("sigma_obs", prior_distribution(spec.noise_scale_prior))
         th = theta[family_idx]
