@@ -15,15 +15,17 @@ from pathlib import Path
 
 import arviz as az
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+import xarray as xr
 from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
 from .convergence import check_convergence
 from .data import Filters, RunsData, prepare
 from .errors import ConvergenceWarning, FitError
 from .laws import PARAM_NAMES, chinchilla_log_loss
-from .model import ModelInputs, build_model, centred_families, centred_runs, site_dims
+from .model import ModelInputs, build_model, centred_families, centred_runs, draw_run_offsets, site_dims
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
@@ -155,7 +157,7 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
     est = point_estimate(data, spec)
     theta = est["theta"]
     values = {"sigma_obs": est["sigma_obs"]}
-    if spec.run_offsets:
+    if spec.run_offsets and not spec.marginal_run_offsets:
         centred = centred_runs(data.run_idx, len(data.runs))
         values["run_u"] = np.zeros(int(centred.sum()))
         values["run_z"] = np.zeros(int((~centred).sum()))
@@ -205,7 +207,7 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
         jax.random.PRNGKey(seed),
         model,
         model_kwargs=inputs.as_kwargs(),
-        init_strategy=init_to_value(values={k: jax.numpy.asarray(v) for k, v in values.items()}),
+        init_strategy=init_to_value(values={k: jnp.asarray(v) for k, v in values.items()}),
     )
     z0 = init.param_info.z
     flat0, unravel = ravel_pytree(z0)
@@ -213,11 +215,11 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
     value_and_grad = jax.jit(jax.value_and_grad(lambda x: init.potential_fn(unravel(x))))
 
     def objective(x):
-        v, g = value_and_grad(jax.numpy.asarray(x, dtype=flat0.dtype))
+        v, g = value_and_grad(jnp.asarray(x, dtype=flat0.dtype))
         return float(v), np.asarray(g, dtype=float)
 
     result = scipy.optimize.minimize(objective, np.asarray(flat0, dtype=float), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
-    mode = jax.numpy.asarray(result.x, dtype=flat0.dtype)
+    mode = jnp.asarray(result.x, dtype=flat0.dtype)
     hessian = np.asarray(jax.hessian(lambda x: potential(x))(mode), dtype=float)
     hessian = 0.5 * (hessian + hessian.T)
     eigval, eigvec = np.linalg.eigh(hessian)
@@ -235,9 +237,9 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
     rng = np.random.default_rng(seed)
     chol = np.linalg.cholesky(cov + 1e-10 * np.eye(len(cov)))
     starts = np.asarray(result.x)[None, :] + 0.5 * rng.standard_normal((chains, len(cov))) @ chol.T
-    per_chain = [unravel(jax.numpy.asarray(x, dtype=flat0.dtype)) for x in starts]
-    init_params = {k: jax.numpy.stack([p[k] for p in per_chain]) for k in z0} if chains > 1 else per_chain[0]
-    return LaplaceStart(init_params, {block: jax.numpy.asarray(cov[np.ix_(order, order)])}, bool(result.success))
+    per_chain = [unravel(jnp.asarray(x, dtype=flat0.dtype)) for x in starts]
+    init_params = {k: jnp.stack([p[k] for p in per_chain]) for k in z0} if chains > 1 else per_chain[0]
+    return LaplaceStart(init_params, {block: jnp.asarray(cov[np.ix_(order, order)])}, bool(result.success))
 
 
 def _sample_sites(model, inputs: ModelInputs) -> set[str]:
@@ -326,7 +328,7 @@ def fit(
     dense = [tuple(s for s in DENSE_SITES if s in sites)]
     start = laplace_start(model, inputs, initial_values(data, spec), int(chains), seed) if init == "laplace" else None
     if init == "point":
-        init_strategy = init_to_value(values={k: jax.numpy.asarray(v) for k, v in initial_values(data, spec).items()})
+        init_strategy = init_to_value(values={k: jnp.asarray(v) for k, v in initial_values(data, spec).items()})
     else:  # with a Laplace start, init_params take precedence over the strategy
         init_strategy = init_to_median(num_samples=15)
     kernel = NUTS(
@@ -352,7 +354,7 @@ def fit(
         extra_fields=("diverging", "num_steps", "accept_prob", "energy"),
     )
     jax.block_until_ready(mcmc.get_samples())
-    idata = _to_inference_data(mcmc, data, spec, log_likelihood)
+    idata = _to_inference_data(mcmc, data, spec, log_likelihood, seed)
     idata.posterior.attrs.update(
         {
             ATTR_PREFIX + "spec": spec.to_json(),
@@ -384,7 +386,7 @@ def fit(
     return result
 
 
-def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool) -> az.InferenceData:
+def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool, seed: int) -> az.InferenceData:
     families, runs = np.array(data.families), np.array(data.runs)
     centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
     runs_centred = centred_runs(data.run_idx, len(data.runs))
@@ -410,10 +412,46 @@ def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: b
         "tokens": data.table["tokens"].to_numpy(),
     }
     constant_dims = {k: ["checkpoint"] for k in constant} | {"run_family": ["run"]}
-    return az.from_numpyro(
+    idata = az.from_numpyro(
         mcmc,
         coords=coords,
         dims=dims | constant_dims,
         constant_data=constant,
-        log_likelihood=log_likelihood,
+        log_likelihood=log_likelihood and not spec.marginal_run_offsets,
     )
+    if spec.marginal_run_offsets:
+        _add_run_offsets(idata, data, seed, log_likelihood)
+    return idata
+
+
+def _add_run_offsets(idata: az.InferenceData, data: RunsData, seed: int, log_likelihood: bool) -> None:
+    """Draw the integrated-out run offsets into the posterior, and the pointwise log likelihood.
+
+    Each posterior draw gets offsets from their exact conditional posterior, so
+    (theta, offsets) are joint posterior draws; the log likelihood of a checkpoint is then
+    its Normal density given the law and its run's offset, as in the sampled model.
+    """
+    post = idata.posterior
+    theta = jnp.asarray(post["theta"].transpose("chain", "draw", "family", "param").values)
+    sigma_obs = jnp.asarray(post["sigma_obs"].transpose("chain", "draw", "family").values)
+    sigma_run = jnp.asarray(post["sigma_run"].values)
+    run_family, family_idx, run_idx = data.run_family, data.family_idx, data.run_idx
+    if sigma_run.ndim == 2:  # one scale for all runs
+        sigma_run = jnp.broadcast_to(sigma_run[..., None], sigma_run.shape + (len(run_family),))
+    else:
+        sigma_run = jnp.asarray(post["sigma_run"].transpose("chain", "draw", "family").values)[..., run_family]
+
+    def per_draw(key, theta, sigma_obs, sigma_run):
+        th = theta[family_idx]
+        mean = chinchilla_log_loss(data.x_n, data.x_d, th[:, 0], th[:, 1], th[:, 2], th[:, 3], th[:, 4])
+        offset = draw_run_offsets(key, data.log_loss - mean, run_idx, sigma_obs[run_family], sigma_run)
+        loglik = jax.scipy.stats.norm.logpdf(data.log_loss, mean + offset[run_idx], sigma_obs[family_idx])
+        return offset, loglik
+
+    n_chains, n_draws = theta.shape[:2]
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), n_chains * n_draws).reshape(n_chains, n_draws, -1)
+    offset, loglik = jax.jit(jax.vmap(jax.vmap(per_draw)))(keys, theta, sigma_obs, sigma_run)
+    post["run_offset"] = xr.DataArray(np.asarray(offset), dims=("chain", "draw", "run"), coords={"run": list(data.runs)})
+    if log_likelihood:
+        ds = xr.Dataset({"log_loss": (("chain", "draw", "checkpoint"), np.asarray(loglik))}, coords={"chain": post["chain"], "draw": post["draw"], "checkpoint": np.arange(data.n_checkpoints)})
+        idata.add_groups({"log_likelihood": ds})

@@ -14,10 +14,19 @@ theta_centred  family_centred,   theta of data-rich families (partial pooling)
 theta_z        family_noncentred standardised theta of sparse families
                , param
 sigma_run      - or family       sd of run offsets on log loss
-run_offset     run               shift of one run's log loss
+run_offset     run               shift of one run's log loss (sampled with a Student-t
+                                 likelihood; with a Normal one it is integrated out while
+                                 sampling and drawn afterwards, see below)
 sigma_obs      family            observation noise on log loss
 log_loss       checkpoint        observed natural log of the loss
 ============== ================= ===============================================
+
+With a Normal likelihood the run offsets are integrated out exactly: given theta, the log
+losses of one run are jointly Normal with covariance ``sigma_obs**2 I + sigma_run**2 11^T``,
+so NUTS explores only the family and population parameters. Offsets confounded with the
+law (a shift common to a family's runs equals a shift of log_e, log_a and log_b) made the
+sampled version crawl at the maximum tree depth. :func:`draw_run_offsets` then draws them
+from their exact conditional posterior, so the posterior is the same as if sampled.
 
 Deterministic sites ``log_e`` ... ``beta`` (dims family) and ``corr`` (param, param_)
 make the posterior read as ``alpha.sel(family="pythia")``.
@@ -27,10 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from .data import RunsData
 from .laws import PARAM_NAMES, chinchilla_log_loss
@@ -141,17 +152,18 @@ def centred_runs(run_idx, n_runs: int) -> np.ndarray:
     return np.bincount(np.asarray(run_idx), minlength=n_runs) >= MIN_CHECKPOINTS_CENTRED
 
 
-def _run_offsets(spec: Spec, run_family, run_idx, n_families: int):
-    """Per-run shift of log loss: centred for well-logged runs, non-centred for the others."""
-    n_runs = len(run_family)
-    if not spec.run_offsets:
-        return jnp.zeros(n_runs)
+def _run_scale(spec: Spec, run_family, n_families: int):
+    """Sample sigma_run (one, or one per family without pooling); returns it per run."""
     if spec.pooling == "none":
         with numpyro.plate("family", n_families):
             sigma_run = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
-        run_scale = sigma_run[run_family]
-    else:
-        run_scale = jnp.broadcast_to(numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior)), (n_runs,))
+        return sigma_run[run_family]
+    return jnp.broadcast_to(numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior)), (len(run_family),))
+
+
+def _run_offsets(spec: Spec, run_scale, run_idx):
+    """Per-run shift of log loss: centred for well-logged runs, non-centred for the others."""
+    n_runs = len(run_scale)
     centred = centred_runs(run_idx, n_runs)
     offset = jnp.zeros(n_runs)
     if centred.any():
@@ -163,6 +175,61 @@ def _run_offsets(spec: Spec, run_family, run_idx, n_families: int):
             z = numpyro.sample("run_z", dist.Normal(0.0, 1.0))
         offset = offset.at[np.flatnonzero(~centred)].set(z * run_scale[~centred])
     return numpyro.deterministic("run_offset", offset)
+
+
+def _run_sums(resid, run_idx, n_runs: int):
+    """Per run: number of checkpoints, sum and sum of squares of the residuals."""
+    count = jax.ops.segment_sum(jnp.ones_like(resid), run_idx, n_runs)
+    return count, jax.ops.segment_sum(resid, run_idx, n_runs), jax.ops.segment_sum(resid**2, run_idx, n_runs)
+
+
+def run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run):
+    """Log density of each run's residuals with its offset integrated out.
+
+    Residuals of run r (n points) ~ Normal(0, s^2 I + t^2 11^T), s = ``sigma_obs[r]``,
+    t = ``sigma_run[r]``; Sherman-Morrison gives the inverse and determinant in closed form.
+    Returns an array with one entry per run.
+    """
+    count, total, squares = _run_sums(resid, run_idx, sigma_obs.shape[-1])
+    var, var_run = sigma_obs**2, sigma_run**2
+    denom = var + count * var_run
+    quad = squares / var - var_run * total**2 / (var * denom)
+    return -0.5 * (count * jnp.log(2 * jnp.pi) + (count - 1) * jnp.log(var) + jnp.log(denom) + quad)
+
+
+def draw_run_offsets(key, resid, run_idx, sigma_obs, sigma_run):
+    """One draw of each run offset from its conditional posterior given the law and scales.
+
+    Offset of run r | residuals ~ Normal(mean = (sum e / s^2) / P, sd = P^-1/2) with
+    precision P = n / s^2 + 1 / t^2 (Normal prior, Normal noise: conjugate).
+    """
+    count, total, _ = _run_sums(resid, run_idx, sigma_obs.shape[-1])
+    precision = count / sigma_obs**2 + 1 / sigma_run**2
+    mean = total / sigma_obs**2 / precision
+    return mean + jax.random.normal(key, mean.shape) / jnp.sqrt(precision)
+
+
+class RunMarginalNormal(dist.Distribution):
+    """Log loss of every checkpoint: Normal noise plus one Normal offset per run.
+
+    ``log_prob`` integrates the offsets out (:func:`run_marginal_log_lik`); ``sample``
+    draws them, so prior predictive checks see the same generative model.
+    """
+
+    support = constraints.real_vector
+
+    def __init__(self, mean, run_idx, sigma_obs, sigma_run, validate_args=None):
+        self.loc, self.run_idx, self.sigma_obs, self.sigma_run = mean, run_idx, sigma_obs, sigma_run
+        super().__init__(batch_shape=(), event_shape=jnp.shape(mean), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        key_run, key_obs = jax.random.split(key)
+        offset = jax.random.normal(key_run, sample_shape + jnp.shape(self.sigma_run)) * self.sigma_run
+        noise = jax.random.normal(key_obs, sample_shape + self.event_shape) * self.sigma_obs[self.run_idx]
+        return self.loc + offset[..., self.run_idx] + noise
+
+    def log_prob(self, value):
+        return run_marginal_log_lik(value - self.loc, self.run_idx, self.sigma_obs, self.sigma_run).sum(-1)
 
 
 def build_model(spec: Spec):
@@ -178,11 +245,16 @@ def build_model(spec: Spec):
         theta = _family_parameters(spec, family_sizes)
         for i, name in enumerate(PARAM_NAMES):
             numpyro.deterministic(name, theta[:, i])
-        offset = _run_offsets(spec, run_family, run_idx, n_families)
+        run_scale = _run_scale(spec, run_family, n_families) if spec.run_offsets else None
         with numpyro.plate("family", n_families):
             sigma_obs = numpyro.sample("sigma_obs", prior_distribution(spec.noise_scale_prior))
         th = theta[family_idx]
-        mean = chinchilla_log_loss(x_n, x_d, th[:, 0], th[:, 1], th[:, 2], th[:, 3], th[:, 4]) + offset[run_idx]
+        mean = chinchilla_log_loss(x_n, x_d, th[:, 0], th[:, 1], th[:, 2], th[:, 3], th[:, 4])
+        if spec.marginal_run_offsets:
+            numpyro.sample("log_loss", RunMarginalNormal(mean, run_idx, sigma_obs[run_family], run_scale), obs=log_loss)
+            return
+        if spec.run_offsets:
+            mean = mean + _run_offsets(spec, run_scale, run_idx)[run_idx]
         scale = sigma_obs[family_idx]
         if spec.likelihood == "student_t":
             likelihood = dist.StudentT(spec.likelihood_df, mean, scale)

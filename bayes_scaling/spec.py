@@ -75,6 +75,11 @@ class Spec:
     data: dict = field(default_factory=dict)
     source: str = "<dict>"
 
+    @property
+    def marginal_run_offsets(self) -> bool:
+        """Run offsets integrated out analytically (exact with a Normal likelihood) instead of sampled."""
+        return self.run_offsets and self.likelihood == "normal"
+
     def to_dict(self) -> dict:
         """The spec as the nested dict of its TOML file (round-trips through :func:`spec_from_dict`)."""
         priors = {

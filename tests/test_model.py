@@ -7,8 +7,8 @@ from numpyro import handlers
 from numpyro.infer import Predictive
 
 from bayes_scaling.data import Filters, prepare
-from bayes_scaling.model import ModelInputs, build_model
-from bayes_scaling.spec import load_spec
+from bayes_scaling.model import ModelInputs, RunMarginalNormal, build_model, draw_run_offsets, run_marginal_log_lik
+from bayes_scaling.spec import load_spec, spec_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def inputs(synthetic_runs):
 
 
 def trace(spec_name, inputs, **overrides):
-    spec = load_spec(spec_name)
+    spec = load_spec(spec_name) if isinstance(spec_name, str) else spec_name
     model = handlers.seed(build_model(spec), jax.random.PRNGKey(0))
     return handlers.trace(model).get_trace(**(inputs.as_kwargs() | overrides))
 
@@ -30,10 +30,12 @@ def test_hierarchical_sites_and_shapes(inputs):
     assert tr["tau"]["value"].shape == (5,)
     assert tr["corr_cholesky"]["value"].shape == (5, 5)
     assert tr["theta"]["value"].shape == (n_fam, 5)
-    assert tr["run_offset"]["value"].shape == (n_run,)
+    assert tr["sigma_run"]["value"].shape == ()
     assert tr["sigma_obs"]["value"].shape == (n_fam,)
     assert tr["log_loss"]["is_observed"] and tr["log_loss"]["value"].shape == (n_obs,)
-    assert tr["log_loss"]["fn"].__class__.__name__ == "StudentT"
+    # Normal likelihood: run offsets are integrated out, not sampled
+    assert isinstance(tr["log_loss"]["fn"], RunMarginalNormal)
+    assert not any(name.startswith("run_") for name in tr)
     # named deterministic views of theta
     np.testing.assert_allclose(tr["alpha"]["value"], tr["theta"]["value"][:, 3])
 
@@ -53,3 +55,45 @@ def test_prior_predictive_is_finite_and_plausible(inputs):
     assert np.isfinite(loss).all()
     # the prior puts most mass on losses between 0.5 and 50 nats
     assert 0.5 < np.median(loss) < 50
+
+
+def test_student_t_samples_run_offsets(inputs):
+    raw = load_spec("chinchilla_hierarchical").to_dict()
+    raw["likelihood"] = {"dist": "student_t", "df": 4.0}
+    tr = trace(spec_from_dict(raw), inputs)
+    assert tr["run_offset"]["value"].shape == (len(inputs.run_family),)
+    assert tr["log_loss"]["fn"].__class__.__name__ == "StudentT"
+
+
+def _runs_example():
+    rng = np.random.default_rng(0)
+    run_idx = np.array([0, 0, 0, 1, 2, 2, 2, 2, 1])  # unsorted on purpose
+    return rng.normal(0, 0.05, run_idx.size), run_idx, np.array([0.02, 0.03, 0.05]), np.array([0.04, 0.01, 0.10])
+
+
+def test_marginal_log_lik_equals_dense_gaussian():
+    """Sherman-Morrison closed form vs the dense covariance s^2 I + t^2 11^T, per run (rtol 1e-5)."""
+    from scipy.stats import multivariate_normal
+
+    resid, run_idx, sigma_obs, sigma_run = _runs_example()
+    got = np.asarray(run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run))
+    for r in range(3):
+        e = resid[run_idx == r]
+        cov = sigma_obs[r] ** 2 * np.eye(e.size) + sigma_run[r] ** 2
+        np.testing.assert_allclose(got[r], multivariate_normal(np.zeros(e.size), cov).logpdf(e), rtol=1e-5)
+    dist = RunMarginalNormal(np.zeros_like(resid), run_idx, sigma_obs, sigma_run)
+    np.testing.assert_allclose(dist.log_prob(resid), got.sum(), rtol=1e-5)
+
+
+def test_run_offset_draws_match_gaussian_conditioning():
+    """Mean and sd of 20,000 offset draws vs dense Gaussian conditioning (3 Monte Carlo se)."""
+    resid, run_idx, sigma_obs, sigma_run = _runs_example()
+    keys = jax.random.split(jax.random.PRNGKey(0), 20_000)
+    draws = np.asarray(jax.vmap(lambda k: draw_run_offsets(k, resid, run_idx, sigma_obs, sigma_run))(keys))
+    for r in range(3):
+        e = resid[run_idx == r]
+        cov = sigma_obs[r] ** 2 * np.eye(e.size) + sigma_run[r] ** 2
+        gain = sigma_run[r] ** 2 * np.linalg.solve(cov, np.ones(e.size))
+        mean, sd = gain @ e, np.sqrt(sigma_run[r] ** 2 - sigma_run[r] ** 2 * gain.sum())
+        assert abs(draws[:, r].mean() - mean) < 3 * sd / np.sqrt(len(keys))
+        assert abs(draws[:, r].std() / sd - 1) < 0.03

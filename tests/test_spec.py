@@ -12,7 +12,7 @@ def test_shipped_specs_load():
     assert {"chinchilla_hierarchical", "chinchilla_independent"} <= set(shipped_specs())
     indep = load_spec("chinchilla_independent")
     assert HIER.pooling == "partial" and indep.pooling == "none"
-    assert HIER.likelihood == "student_t" and HIER.likelihood_df == 4.0
+    assert HIER.likelihood == "normal" and HIER.likelihood_df is None and HIER.marginal_run_offsets
     assert HIER.correlation_prior.dist == "lkj"
     assert HIER.data["min_tokens"] == 1e10
 
@@ -53,7 +53,8 @@ def mutated(**changes):
         ({"priors.mean.alpha": {"dist": "student_t", "df": 3, "loc": 0, "scale": 1}}, "priors.mean"),
         ({"priors.correlation": {"dist": "normal", "loc": 0, "scale": 1}}, "priors.correlation.dist"),
         ({"likelihood.dist": "cauchy"}, "likelihood.dist"),
-        ({"likelihood.df": -2.0}, "likelihood.df"),
+        ({"likelihood.dist": "student_t", "likelihood.df": -2.0}, "likelihood.df"),
+        ({"likelihood.df": 4.0}, "likelihood.df"),  # df only goes with student_t
         ({"data.min_tokens": "10B"}, "data.min_tokens"),
         ({"data.thinning": 3}, "data.thinning"),
         ({"reference.params": 0.0}, "reference.params"),
@@ -86,5 +87,6 @@ def test_user_copy_of_shipped_file_loads(tmp_path):
     from importlib import resources
 
     text = (resources.files("bayes_scaling.models") / "chinchilla_hierarchical.toml").read_text()
-    spec = load_spec(write(tmp_path, text.replace("df = 4.0", "df = 6.0")))
-    assert spec.likelihood_df == 6.0 and spec.source.endswith("my_model.toml")
+    text = text.replace('dist = "normal"   #', 'dist = "student_t"\ndf = 6.0   #')
+    spec = load_spec(write(tmp_path, text))
+    assert spec.likelihood_df == 6.0 and not spec.marginal_run_offsets and spec.source.endswith("my_model.toml")
