@@ -25,10 +25,12 @@ from .convergence import check_convergence
 from .data import Filters, RunsData, prepare
 from .errors import ConvergenceWarning, FitError
 from .laws import PARAM_NAMES, chinchilla_log_loss
-from .model import ModelInputs, build_model, centred_families, centred_runs, draw_run_offsets, site_dims
+from .model import ModelInputs, build_model, centred_families, centred_runs, draw_run_offsets, prior_distribution, site_dims
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
+#: Sites kept at their starting values when :func:`laplace_start` looks for the mode.
+HELD_AT_START = ("tau", "corr_cholesky")
 #: Initialisations of :func:`fit`.
 INITS = ("laplace", "point", "median")
 #: Sites that share the dense block of the mass matrix when the model has them. Run offsets
@@ -167,7 +169,8 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
     mu = theta.mean(axis=0) if len(theta) > 1 else theta[0]
     values["mu"] = mu
     if spec.pooling == "partial":
-        tau = np.clip(theta.std(axis=0) if len(theta) > 2 else np.array([p.kwargs()["scale"] for p in spec.family_scale_priors]) / 2, 0.02, None)
+        prior_mean = np.asarray(prior_distribution(spec.family_scale_priors).mean)
+        tau = np.clip(theta.std(axis=0) if len(theta) > 2 else prior_mean / 2, 0.02, None)
         values["tau"] = tau
         values["corr_cholesky"] = np.eye(len(PARAM_NAMES))
         centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
@@ -197,8 +200,12 @@ class LaplaceStart:
 def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: int, max_iter: int = 3000) -> LaplaceStart:
     """Find the posterior mode with L-BFGS from ``values`` and take the Laplace covariance.
 
-    Chains start at mode + 0.5 x a draw from the Laplace approximation, so that r_hat can
-    still detect chains that disagree.
+    The population spreads (``tau``) and correlations stay at their starting values (the
+    spread of the per-family point fits): the joint mode of a hierarchical model sits at
+    tau -> 0, the neck of the funnel, where a chain started there stalls at the maximum
+    tree depth. The other parameters move to their mode given those. Chains start at that
+    point + 0.5 x a draw from the Laplace approximation, so r_hat can still detect chains
+    that disagree.
     """
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import initialize_model
@@ -218,7 +225,17 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
         v, g = value_and_grad(jnp.asarray(x, dtype=flat0.dtype))
         return float(v), np.asarray(g, dtype=float)
 
-    result = scipy.optimize.minimize(objective, np.asarray(flat0, dtype=float), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    offsets, start = {}, 0  # position of each site in the flat vector (sorted site names)
+    for name in sorted(z0):
+        size = int(np.size(z0[name]))
+        offsets[name] = np.arange(start, start + size)
+        start += size
+    x0 = np.asarray(flat0, dtype=float)
+    held = np.zeros(x0.size, dtype=bool)
+    for name in HELD_AT_START:
+        held[offsets.get(name, [])] = True
+    bounds = [(v, v) if h else (None, None) for v, h in zip(x0, held)]
+    result = scipy.optimize.minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": max_iter})
     mode = jnp.asarray(result.x, dtype=flat0.dtype)
     hessian = np.asarray(jax.hessian(lambda x: potential(x))(mode), dtype=float)
     hessian = 0.5 * (hessian + hessian.T)
@@ -227,11 +244,6 @@ def laplace_start(model, inputs: ModelInputs, values: dict, chains: int, seed: i
     eigval = np.where(eigval > 1e-3, eigval, 1.0)
     cov = (eigvec / eigval) @ eigvec.T
     # reorder the flat vector (sorted site names) into the order of the dense block
-    offsets, start = {}, 0
-    for name in sorted(z0):
-        size = int(np.size(z0[name]))
-        offsets[name] = np.arange(start, start + size)
-        start += size
     block = tuple(s for s in DENSE_SITES if s in z0)
     order = np.concatenate([offsets[s] for s in block])
     rng = np.random.default_rng(seed)
