@@ -177,36 +177,45 @@ def _run_offsets(spec: Spec, run_scale, run_idx):
     return numpyro.deterministic("run_offset", offset)
 
 
-def _run_sums(resid, run_idx, n_runs: int):
-    """Per run: number of checkpoints, sum and sum of squares of the residuals."""
+def _run_moments(resid, run_idx, n_runs: int):
+    """Per run: number of checkpoints, mean residual and sum of squared deviations from it.
+
+    Two passes instead of sums of squares: in float32 the textbook form
+    ``sum e^2 / s^2 - t^2 (sum e)^2 / (s^2 (s^2 + n t^2))`` cancels catastrophically when
+    the noise s is tiny next to the offset (s ~ 1e-3 on the corpus), which froze NUTS.
+    """
     count = jax.ops.segment_sum(jnp.ones_like(resid), run_idx, n_runs)
-    return count, jax.ops.segment_sum(resid, run_idx, n_runs), jax.ops.segment_sum(resid**2, run_idx, n_runs)
+    mean = jax.ops.segment_sum(resid, run_idx, n_runs) / jnp.maximum(count, 1.0)
+    spread = jax.ops.segment_sum((resid - mean[run_idx]) ** 2, run_idx, n_runs)
+    return count, mean, spread
 
 
 def run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run):
     """Log density of each run's residuals with its offset integrated out.
 
     Residuals of run r (n points) ~ Normal(0, s^2 I + t^2 11^T), s = ``sigma_obs[r]``,
-    t = ``sigma_run[r]``; Sherman-Morrison gives the inverse and determinant in closed form.
-    Returns an array with one entry per run.
+    t = ``sigma_run[r]``. By Sherman-Morrison the quadratic form splits into the spread
+    around the run's mean residual (noise only) and the mean itself (noise + offset):
+    ``sum (e - mean)^2 / s^2 + n mean^2 / (s^2 + n t^2)``. Returns one entry per run.
     """
-    count, total, squares = _run_sums(resid, run_idx, sigma_obs.shape[-1])
-    var, var_run = sigma_obs**2, sigma_run**2
-    denom = var + count * var_run
-    quad = squares / var - var_run * total**2 / (var * denom)
+    count, mean, spread = _run_moments(resid, run_idx, sigma_obs.shape[-1])
+    var = sigma_obs**2
+    denom = var + count * sigma_run**2
+    quad = spread / var + count * mean**2 / denom
     return -0.5 * (count * jnp.log(2 * jnp.pi) + (count - 1) * jnp.log(var) + jnp.log(denom) + quad)
 
 
 def draw_run_offsets(key, resid, run_idx, sigma_obs, sigma_run):
     """One draw of each run offset from its conditional posterior given the law and scales.
 
-    Offset of run r | residuals ~ Normal(mean = (sum e / s^2) / P, sd = P^-1/2) with
+    Offset of run r | residuals ~ Normal(n t^2 mean / (s^2 + n t^2), sd = P^-1/2) with
     precision P = n / s^2 + 1 / t^2 (Normal prior, Normal noise: conjugate).
     """
-    count, total, _ = _run_sums(resid, run_idx, sigma_obs.shape[-1])
-    precision = count / sigma_obs**2 + 1 / sigma_run**2
-    mean = total / sigma_obs**2 / precision
-    return mean + jax.random.normal(key, mean.shape) / jnp.sqrt(precision)
+    count, mean, _ = _run_moments(resid, run_idx, sigma_obs.shape[-1])
+    var_run = sigma_run**2
+    shrunk = count * var_run * mean / (sigma_obs**2 + count * var_run)
+    precision = count / sigma_obs**2 + 1 / var_run
+    return shrunk + jax.random.normal(key, shrunk.shape) / jnp.sqrt(precision)
 
 
 class RunMarginalNormal(dist.Distribution):
