@@ -16,7 +16,7 @@ from .inference import Fit, fit
 from .predict import predict_loss, summarize
 
 #: Sampler settings of the default demo and of ``--quick``.
-DEMO_SETTINGS = {"n_families": 10, "chains": 4, "warmup": 300, "draws": 250}
+DEMO_SETTINGS = {"n_families": 10, "chains": 4, "warmup": 500, "draws": 800}
 QUICK_SETTINGS = {"n_families": 5, "chains": 2, "warmup": 150, "draws": 150}
 
 

@@ -277,7 +277,7 @@ def fit(
     warmup: int = 500,
     draws: int = 500,
     seed: int = 0,
-    target_accept: float = 0.85,
+    target_accept: float = 0.9,
     max_tree_depth: int = 10,
     chain_method: str = "auto",
     init: str = "laplace",
