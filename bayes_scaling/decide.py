@@ -457,7 +457,10 @@ def isoflop(draws, flops, num_params=None, flops_fn: FlopsFn | None = None, *, q
     optimum = compute_optimal(draws, c, flops_fn, num_params_bounds=num_params_bounds)
     n_star = optimum.draws["num_params"].values.reshape(-1)
     if num_params is None:
-        lo, hi = np.quantile(n_star, [0.01, 0.99])
+        # draws with alpha or beta <= 0 have no interior optimum (NaN): span the others
+        if np.isnan(n_star).all():
+            raise DataError(f"no posterior draw has a compute-optimal N at {c:.3g} FLOPs (alpha or beta <= 0 in every draw)")
+        lo, hi = np.nanquantile(n_star, [0.01, 0.99])
         grid = np.geomspace(lo / 10.0, hi * 10.0, grid_size)
     else:
         grid = np.sort(_positive_array("num_params", num_params))
@@ -493,7 +496,7 @@ def isoflop(draws, flops, num_params=None, flops_fn: FlopsFn | None = None, *, q
         "expected_loss": argmin(lambda m: m.mean(axis=0)),
         f"quantile_{q:g}": argmin(lambda m: np.quantile(m, q, axis=0)),
         "plug_in": float(plug_log_n[0, 0]),
-        "median_of_optima": float(np.log(np.median(n_star))),
+        "median_of_optima": float(np.log(np.nanmedian(n_star))),
     }
     rows = []
     for rule, log_n in chosen.items():
