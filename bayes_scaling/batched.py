@@ -378,15 +378,14 @@ class BatchedExecutor:
         bayes = [c for c in items if c.prior is not None]
         point = [c for c in items if c.prior is None]
 
-        def order(c):
-            return (repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key))
-
-        bayes.sort(key=order)
-        chunks, current = [], []
-        for c in bayes:
-            if current and (len(current) == self.batch_size or order(current[0])[:2] != order(c)[:2]):
+        # one sort key per cell: (settings, shape bucket) must match within a chunk
+        keyed = sorted((((repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key)), c) for c in bayes), key=lambda kc: kc[0])
+        chunks, current, group = [], [], None
+        for key, c in keyed:
+            if current and (len(current) == self.batch_size or key[:2] != group):
                 chunks.append(current)
                 current = []
+            group = key[:2]
             current.append(c)
         if current:
             chunks.append(current)

@@ -446,12 +446,11 @@ def _add_run_offsets(idata: az.InferenceData, data: RunsData, seed: int, log_lik
     post = idata.posterior
     theta = jnp.asarray(post["theta"].transpose("chain", "draw", "family", "param").values)
     sigma_obs = jnp.asarray(post["sigma_obs"].transpose("chain", "draw", "family").values)
-    sigma_run = jnp.asarray(post["sigma_run"].values)
     run_family, family_idx, run_idx = data.run_family, data.family_idx, data.run_idx
-    if sigma_run.ndim == 2:  # one scale for all runs
-        sigma_run = jnp.broadcast_to(sigma_run[..., None], sigma_run.shape + (len(run_family),))
-    else:
+    if "family" in post["sigma_run"].dims:  # one scale per family (no pooling)
         sigma_run = jnp.asarray(post["sigma_run"].transpose("chain", "draw", "family").values)[..., run_family]
+    else:
+        sigma_run = jnp.broadcast_to(jnp.asarray(post["sigma_run"].values)[..., None], theta.shape[:2] + (len(run_family),))
 
     def per_draw(key, theta, sigma_obs, sigma_run):
         th = theta[family_idx]
