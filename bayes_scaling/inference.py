@@ -258,8 +258,15 @@ def _sample_sites(model, inputs: ModelInputs) -> set[str]:
     """Names of the latent sample sites of ``model`` (one cheap trace, no sampling)."""
     from numpyro import handlers
 
-    tr = handlers.trace(handlers.seed(model, 0)).get_trace(**inputs.as_kwargs())
-    return {name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"]}
+    names = set()
+
+    def collect():
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(**inputs.as_kwargs())
+        names.update(name for name, site in tr.items() if site["type"] == "sample" and not site["is_observed"])
+        return 0
+
+    jax.eval_shape(collect)  # abstract trace: run eagerly, every op would be compiled on its own
+    return names
 
 
 def _chain_method(chains: int, chain_method: str) -> str:
@@ -338,11 +345,12 @@ def fit(
     model = build_model(spec)
     sites = _sample_sites(model, inputs)
     dense = [tuple(s for s in DENSE_SITES if s in sites)]
-    start = laplace_start(model, inputs, initial_values(data, spec), int(chains), seed) if init == "laplace" else None
-    if init == "point":
-        init_strategy = init_to_value(values={k: jnp.asarray(v) for k, v in initial_values(data, spec).items()})
-    else:  # with a Laplace start, init_params take precedence over the strategy
-        init_strategy = init_to_median(num_samples=15)
+    if init == "median":
+        start, init_strategy = None, init_to_median(num_samples=15)
+    else:  # with a Laplace start, its init_params take precedence over the strategy
+        values = {k: jnp.asarray(v) for k, v in initial_values(data, spec).items()}
+        start = laplace_start(model, inputs, values, int(chains), seed) if init == "laplace" else None
+        init_strategy = init_to_value(values=values)
     kernel = NUTS(
         model,
         dense_mass=dense,

@@ -1,11 +1,25 @@
 """Shared fixtures. NUTS compilation dominates on 2 cores: fit once per session, reuse."""
 
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
-import numpyro
-import pytest
+# One JAX compilation cache for the whole session, shared with the notebook kernels (they
+# inherit the environment). NumPyro runs a model eagerly while it initialises, which compiles
+# hundreds of small ops one by one, ~50 s per fresh process here; with the cache a second
+# process with the same shapes skips most of it. A user's own cache setting wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="bayes-scaling-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import numpyro  # noqa: E402
+import pytest  # noqa: E402
 
 # Two host devices so that two chains run in parallel; must precede any JAX computation.
 numpyro.set_host_device_count(2)
