@@ -46,6 +46,7 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -107,9 +108,11 @@ class CellProblem:
     def n_runs(self) -> int:
         return int(self.run_idx.max()) + 1
 
-    def bucket(self) -> tuple[str, int, int]:
-        """(prior kind, padded points, padded runs): problems with equal buckets share a compilation."""
-        return (self.prior.scale_kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
+    def bucket(self) -> tuple[tuple[str, bool], int, int]:
+        """((scale prior kind, marginal likelihood), padded points, padded runs): problems
+        with equal buckets share a compilation."""
+        kind = (self.prior.scale_kind, self.prior.marginal)
+        return (kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
 
 
 @dataclass(frozen=True)
@@ -163,16 +166,14 @@ def _log_median(kind, a, b):
 
 @lru_cache(maxsize=None)
 def _program(
-    scale_kind: str, n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    kind: tuple[str, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
     """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, diverging, num_steps,
-    warmup_steps)`` over L lanes."""
-    model = _model(scale_kind)
-    example = _args(
-        CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0))),
-        n_pad,
-        r_pad,
-    )
+    warmup_steps)`` over L lanes; ``kind`` = (scale prior kind, marginal likelihood)."""
+    scale_kind, marginal = kind
+    model = _model(scale_kind, marginal)
+    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), nu=math.inf if marginal else 4.0)
+    example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn
 
@@ -181,10 +182,11 @@ def _program(
         jitter = jax.random.uniform(key_init, (N_PARAMS + r_pad + 2,), minval=-0.2, maxval=0.2)
         z0 = {
             "z": jitter[:N_PARAMS],
-            "run_z": jitter[N_PARAMS : N_PARAMS + r_pad],
             "sigma_run": _log_median(scale_kind, args[7], args[8]) + jitter[-2],
             "sigma_obs": _log_median(scale_kind, args[9], args[10]) + jitter[-1],
         }
+        if not marginal:
+            z0["run_z"] = jitter[N_PARAMS : N_PARAMS + r_pad]
         init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
         state = init_kernel(
             z0,

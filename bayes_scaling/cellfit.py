@@ -6,9 +6,14 @@ cost more than the sampling, so this module fits every cell with *one* small mod
 prior arrives as array arguments:
 
     theta = loc + scale_tril @ z,    z ~ Normal(0, 1)^5          (non-centred)
-    sigma_run ~ prior_run,  u_r = sigma_run * z_r               (run offsets on log loss)
+    sigma_run ~ prior_run,  u_r ~ Normal(0, sigma_run)          (run offsets on log loss)
     sigma_obs ~ prior_obs
-    log L_i ~ StudentT(nu, chinchilla_log_loss(theta) + u_run(i), sigma_obs), masked
+    log L_i ~ StudentT(nu) or Normal(chinchilla_log_loss(theta) + u_run(i), sigma_obs), masked
+
+With ``nu = inf`` (Normal, as in the shipped ``chinchilla_hierarchical``) the offsets u_r
+are integrated out exactly, as in the full model (:class:`bayes_scaling.model.RunMarginalNormal`);
+with a finite ``nu`` (``chinchilla_independent``: 4) the likelihood is Student-t and the
+offsets are sampled, ``u_r = sigma_run * z_r``.
 
 The data are padded to a bucket of shapes (points to 64 x 4^j, runs to 8 x 8^j) and
 a boolean mask removes the padding from the likelihood; the whole NUTS run is traced under
@@ -38,6 +43,7 @@ Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -49,6 +55,7 @@ import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
 from .laws import PARAM_NAMES, chinchilla_log_loss
+from .model import RunMarginalNormal
 
 N_PARAMS = len(PARAM_NAMES)
 SCALE_PRIOR_KINDS = ("half_normal", "lognormal")
@@ -71,7 +78,8 @@ class CellPrior:
     noise_scale : (float, float)
         Same convention, for the observation noise on log loss.
     nu : float
-        Degrees of freedom of the Student-t likelihood.
+        Degrees of freedom of a Student-t likelihood; ``math.inf``: Normal likelihood with
+        the run offsets integrated out (see :attr:`marginal`).
     source : str
         Where the prior came from (for reports).
     """
@@ -93,6 +101,11 @@ class CellPrior:
             raise ValueError(f"loc must be (5,) and scale_tril (5, 5), got {loc.shape} and {tril.shape}")
         object.__setattr__(self, "loc", loc)
         object.__setattr__(self, "scale_tril", tril)
+
+    @property
+    def marginal(self) -> bool:
+        """True for the Normal likelihood: run offsets integrated out, not sampled."""
+        return not math.isfinite(self.nu)
 
     @property
     def cov(self) -> np.ndarray:
@@ -132,9 +145,14 @@ def independent_prior(spec="chinchilla_independent") -> CellPrior:
         scale_kind="half_normal",
         run_scale=(float(spec.run_scale_prior.kwargs()["scale"]), 0.0),
         noise_scale=(float(spec.noise_scale_prior.kwargs()["scale"]), 0.0),
-        nu=float(spec.likelihood_df or 1e6),
+        nu=_likelihood_nu(spec),
         source=f"spec {spec.name}",
     )
+
+
+def _likelihood_nu(spec) -> float:
+    """Cell likelihood of a spec: Student-t degrees of freedom, or inf for Normal."""
+    return float(spec.likelihood_df) if spec.likelihood == "student_t" else math.inf
 
 
 def _lognormal_match(values) -> tuple[float, float]:
@@ -182,7 +200,7 @@ def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
         scale_kind="lognormal",
         run_scale=run_scale,
         noise_scale=_lognormal_match(noise_medians),
-        nu=float(spec.likelihood_df or 1e6),
+        nu=_likelihood_nu(spec),
         source=f"population of {len(fit.families)} families",
     )
 
@@ -194,14 +212,22 @@ def _scale_dist(kind, a, b):
 
 
 @lru_cache(maxsize=None)
-def _model(scale_kind: str):
+def _model(scale_kind: str, marginal: bool):
+    """The cell model; ``marginal``: Normal likelihood with the run offsets integrated out."""
+
     def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, log_loss=None):
         z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
         theta = numpyro.deterministic("theta", loc + scale_tril @ z)
         sigma_run = numpyro.sample("sigma_run", _scale_dist(scale_kind, run_a, run_b))
-        run_z = numpyro.sample("run_z", dist.Normal(0.0, 1.0).expand([run_mask.shape[0]]).to_event(1))
         sigma_obs = numpyro.sample("sigma_obs", _scale_dist(scale_kind, noise_a, noise_b))
-        mean = chinchilla_log_loss(x_n, x_d, *[theta[i] for i in range(N_PARAMS)]) + sigma_run * run_z[run_idx]
+        mean = chinchilla_log_loss(x_n, x_d, *[theta[i] for i in range(N_PARAMS)])
+        if marginal:
+            n_runs = run_mask.shape[0]
+            per_run = (jnp.full(n_runs, sigma_obs), jnp.full(n_runs, sigma_run))
+            numpyro.sample("log_loss", RunMarginalNormal(mean, run_idx, *per_run, weight=mask.astype(mean.dtype)), obs=log_loss)
+            return
+        run_z = numpyro.sample("run_z", dist.Normal(0.0, 1.0).expand([run_mask.shape[0]]).to_event(1))
+        mean = mean + sigma_run * run_z[run_idx]
         numpyro.sample("log_loss", dist.StudentT(nu, mean, sigma_obs).mask(mask).to_event(1), obs=log_loss)
 
     return model
@@ -222,7 +248,7 @@ def _bucket(n: int, minimum: int, base: int = 4) -> int:
 
 @lru_cache(maxsize=None)
 def _sampler(
-    scale_kind: str, n_points: int, n_runs: int, chains: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    scale_kind: str, marginal: bool, n_points: int, n_runs: int, chains: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
     """One jitted sampler per shape bucket and setting: ``f(rng_key, *model_args)``.
 
@@ -234,8 +260,8 @@ def _sampler(
 
     def run(rng_key, *args):
         kernel = NUTS(
-            _model(scale_kind),
-            dense_mass=[("z", "sigma_run", "sigma_obs")],  # run offsets stay diagonal
+            _model(scale_kind, marginal),
+            dense_mass=[("z", "sigma_run", "sigma_obs")],  # sampled run offsets stay diagonal
             target_accept_prob=target_accept,
             max_tree_depth=max_tree_depth,
             init_strategy=init_to_median(num_samples=15),
@@ -281,8 +307,9 @@ class CellPosterior:
         """Loss draws (S, points) at centred covariates for a run not in the data.
 
         Each draw adds one run offset ``u ~ Normal(0, sigma_run)`` shared by all points
-        (they belong to one new run) and, with ``observation_noise``, independent Student-t
-        noise per point: the distribution of a *measured* checkpoint loss (nats).
+        (they belong to one new run) and, with ``observation_noise``, independent noise per
+        point (Student-t, or Normal when ``nu`` is inf): the distribution of a *measured*
+        checkpoint loss (nats).
         """
         x_n = np.asarray(x_n, float)
         x_d = np.asarray(x_d, float)
@@ -294,7 +321,8 @@ class CellPosterior:
         s = len(th)
         log_mean = log_mean + (self.sigma_run * rng.standard_normal(s))[:, None]
         if observation_noise:
-            log_mean = log_mean + self.sigma_obs[:, None] * rng.standard_t(self.nu, size=log_mean.shape)
+            noise = rng.standard_t(self.nu, size=log_mean.shape) if math.isfinite(self.nu) else rng.standard_normal(log_mean.shape)
+            log_mean = log_mean + self.sigma_obs[:, None] * noise
         return np.exp(log_mean)
 
 
@@ -384,7 +412,7 @@ def fit_cell(
         jnp.asarray(prior.nu),
         jnp.asarray(pad(log_loss, 0.0)),
     )
-    sampler = _sampler(prior.scale_kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
+    sampler = _sampler(prior.scale_kind, prior.marginal, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
     theta, sigma_run, sigma_obs, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
     theta = np.asarray(theta)
     diverging = np.asarray(diverging)

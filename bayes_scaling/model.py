@@ -177,28 +177,31 @@ def _run_offsets(spec: Spec, run_scale, run_idx):
     return numpyro.deterministic("run_offset", offset)
 
 
-def _run_moments(resid, run_idx, n_runs: int):
+def _run_moments(resid, run_idx, n_runs: int, weight=None):
     """Per run: number of checkpoints, mean residual and sum of squared deviations from it.
 
     Two passes instead of sums of squares: in float32 the textbook form
     ``sum e^2 / s^2 - t^2 (sum e)^2 / (s^2 (s^2 + n t^2))`` cancels catastrophically when
     the noise s is tiny next to the offset (s ~ 1e-3 on the corpus), which froze NUTS.
+    ``weight`` (0 or 1 per checkpoint) drops padding: a run with no weight counts 0.
     """
-    count = jax.ops.segment_sum(jnp.ones_like(resid), run_idx, n_runs)
-    mean = jax.ops.segment_sum(resid, run_idx, n_runs) / jnp.maximum(count, 1.0)
-    spread = jax.ops.segment_sum((resid - mean[run_idx]) ** 2, run_idx, n_runs)
+    weight = jnp.ones_like(resid) if weight is None else weight
+    count = jax.ops.segment_sum(weight, run_idx, n_runs)
+    mean = jax.ops.segment_sum(weight * resid, run_idx, n_runs) / jnp.maximum(count, 1.0)
+    spread = jax.ops.segment_sum(weight * (resid - mean[run_idx]) ** 2, run_idx, n_runs)
     return count, mean, spread
 
 
-def run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run):
+def run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run, weight=None):
     """Log density of each run's residuals with its offset integrated out.
 
     Residuals of run r (n points) ~ Normal(0, s^2 I + t^2 11^T), s = ``sigma_obs[r]``,
     t = ``sigma_run[r]``. By Sherman-Morrison the quadratic form splits into the spread
     around the run's mean residual (noise only) and the mean itself (noise + offset):
-    ``sum (e - mean)^2 / s^2 + n mean^2 / (s^2 + n t^2)``. Returns one entry per run.
+    ``sum (e - mean)^2 / s^2 + n mean^2 / (s^2 + n t^2)``. Returns one entry per run (0 for
+    a run without checkpoints). ``weight`` (0/1 per checkpoint) masks padded checkpoints.
     """
-    count, mean, spread = _run_moments(resid, run_idx, sigma_obs.shape[-1])
+    count, mean, spread = _run_moments(resid, run_idx, sigma_obs.shape[-1], weight)
     var = sigma_obs**2
     denom = var + count * sigma_run**2
     quad = spread / var + count * mean**2 / denom
@@ -227,8 +230,9 @@ class RunMarginalNormal(dist.Distribution):
 
     support = constraints.real_vector
 
-    def __init__(self, mean, run_idx, sigma_obs, sigma_run, validate_args=None):
+    def __init__(self, mean, run_idx, sigma_obs, sigma_run, weight=None, validate_args=None):
         self.loc, self.run_idx, self.sigma_obs, self.sigma_run = mean, run_idx, sigma_obs, sigma_run
+        self.weight = weight  # 0/1 per checkpoint; None: every checkpoint counts
         super().__init__(batch_shape=(), event_shape=jnp.shape(mean), validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
@@ -238,7 +242,7 @@ class RunMarginalNormal(dist.Distribution):
         return self.loc + offset[..., self.run_idx] + noise
 
     def log_prob(self, value):
-        return run_marginal_log_lik(value - self.loc, self.run_idx, self.sigma_obs, self.sigma_run).sum(-1)
+        return run_marginal_log_lik(value - self.loc, self.run_idx, self.sigma_obs, self.sigma_run, self.weight).sum(-1)
 
 
 def build_model(spec: Spec):

@@ -4,6 +4,8 @@ NUTS budget: the Bayesian tests share one compiled cell sampler (same shape buck
 prior kind); the coverage study over several families is marked slow.
 """
 
+import dataclasses
+import math
 import warnings
 
 import matplotlib
@@ -221,13 +223,15 @@ def _predict(post, target, seed=0):
     return post.predict_new_run(tn, td, seed=seed)
 
 
-def test_bayes_cell_recovers_planted_truth(synthetic_runs):
+@pytest.mark.parametrize("nu", [4.0, math.inf], ids=["student_t", "normal_marginal"])
+def test_bayes_cell_recovers_planted_truth(synthetic_runs, nu):
     runs, truth = synthetic_runs
     family = truth.index[0]
     x_n, x_d, r, y, target = _family_cell(runs, family, 3)
+    prior = dataclasses.replace(independent_prior(), nu=nu)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        post = fit_cell(x_n, x_d, r, y, independent_prior(), seed=0, chains=2, warmup=200, draws=200)
+        post = fit_cell(x_n, x_d, r, y, prior, seed=0, chains=2, warmup=200, draws=200)
     draws = _predict(post, target)
     true_loss = target["true_loss"].to_numpy()
     assert np.all(np.abs(np.median(draws, axis=0) / true_loss - 1) < 0.03)
@@ -263,6 +267,8 @@ def test_population_prior_from_hierarchical_fit(small_fit, synthetic_runs):
     sd = np.sqrt(np.diag(prior.cov))
     assert np.all(np.abs(prior.loc - mean) < 3 * sd)
     assert prior.scale_kind == "lognormal" and np.isfinite(prior.run_scale).all()
+    # the shipped hierarchical spec is Normal: its cells integrate the run offsets out too
+    assert prior.marginal and not independent_prior().marginal
 
 
 @pytest.mark.slow

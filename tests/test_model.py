@@ -85,6 +85,19 @@ def test_marginal_log_lik_equals_dense_gaussian():
     np.testing.assert_allclose(dist.log_prob(resid), got.sum(), rtol=1e-5)
 
 
+def test_marginal_log_lik_ignores_padding():
+    """Zero-weight (padded) checkpoints and a run without checkpoints change nothing (rtol 1e-6)."""
+    resid, run_idx, sigma_obs, sigma_run = _runs_example()
+    expected = np.asarray(run_marginal_log_lik(resid, run_idx, sigma_obs, sigma_run))
+    padded_resid = np.concatenate([resid, [0.3, -0.2]])  # padding, assigned to run 0
+    padded_idx = np.concatenate([run_idx, [0, 0]])
+    weight = np.concatenate([np.ones(resid.size), np.zeros(2)])
+    scales = np.append(sigma_obs, 0.02), np.append(sigma_run, 0.04)  # a fourth, empty run
+    got = np.asarray(run_marginal_log_lik(padded_resid, padded_idx, *scales, weight=weight))
+    np.testing.assert_allclose(got[:3], expected, rtol=1e-6)
+    assert got[3] == 0.0
+
+
 def test_run_offset_draws_match_gaussian_conditioning():
     """Mean and sd of 20,000 offset draws vs dense Gaussian conditioning (3 Monte Carlo se)."""
     resid, run_idx, sigma_obs, sigma_run = _runs_example()

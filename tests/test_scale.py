@@ -5,6 +5,7 @@ draws). Ray tests start one local Ray on 127.0.0.1 for the module (skipped witho
 use the point-fit estimators only, so workers never compile a sampler.
 """
 
+import math
 import sys
 
 import arviz as az
@@ -25,24 +26,25 @@ TRUTH = np.array([0.55, 0.25, 0.05, 0.34, 0.28])
 SAMPLER = dict(chains=2, warmup=120, draws=120, target_accept=0.85, max_tree_depth=5)
 
 
-def _prior():
+def _prior(nu=4.0):
     """A prior that pins the E / A / B trade-off down, so both samplers see one mode."""
-    return CellPrior(TRUTH + 0.05, np.diag([0.15, 0.3, 0.3, 0.08, 0.08]), "half_normal", (0.02, 0.0), (0.02, 0.0), nu=4.0)
+    return CellPrior(TRUTH + 0.05, np.diag([0.15, 0.3, 0.3, 0.08, 0.08]), "half_normal", (0.02, 0.0), (0.02, 0.0), nu=nu)
 
 
-def _problem(seed, noise=0.02):
+def _problem(seed, noise=0.02, nu=4.0):
     """5 sizes x 6 checkpoints, one run per size, planted truth, informative prior."""
     rng = np.random.default_rng(seed)
     n = np.repeat(np.geomspace(1e8, 2e9, 5), 6)
     d = np.tile(np.geomspace(1e10, 2e11, 6), 5)
     x_n, x_d = np.log(n / 1e9), np.log(d / 1e11)
     y = np.asarray(chinchilla_log_loss(x_n, x_d, *TRUTH)) + rng.normal(0, noise, len(n))
-    return CellProblem(x_n, x_d, np.repeat(np.arange(5), 6), y, _prior(), seed=seed)
+    return CellProblem(x_n, x_d, np.repeat(np.arange(5), 6), y, _prior(nu), seed=seed)
 
 
-@pytest.fixture(scope="module")
-def batched_and_looped():
-    problems = [_problem(1), _problem(2)]
+# Student-t samples the run offsets; Normal (nu = inf) integrates them out
+@pytest.fixture(scope="module", params=[4.0, math.inf], ids=["student_t", "normal_marginal"])
+def batched_and_looped(request):
+    problems = [_problem(1, nu=request.param), _problem(2, nu=request.param)]
     batched = fit_cells_batched(problems, **SAMPLER)
     looped = [fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **SAMPLER) for p in problems]
     return problems, batched, looped
