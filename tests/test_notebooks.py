@@ -3,13 +3,14 @@
 Each notebook has a code cell tagged ``parameters`` holding its settings (CHAINS, WARMUP,
 DRAWS, ...). A cell with :data:`SMOKE_SETTINGS` is inserted right after it (as papermill
 does), so the notebook runs end to end in seconds to minutes instead of its published size.
-Notebooks run in a temporary directory; the shared corpus is passed through
-``BAYES_SCALING_DATA`` (notebooks that read it are skipped when it is absent) and the
-repository through ``PYTHONPATH``.
+Notebooks run two at a time, each in a temporary directory; the shared corpus is passed
+through ``BAYES_SCALING_DATA`` (notebooks that read it are skipped when it is absent) and
+the repository through ``PYTHONPATH``.
 """
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,18 +61,46 @@ def test_every_notebook_has_a_parameters_cell():
         inject_smoke_settings(nbformat.read(path, as_version=4))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def _execute(path: Path, workdir: Path) -> None:
     nb = inject_smoke_settings(nbformat.read(path, as_version=4))
-    corpus = _corpus_dir()
-    if _needs_corpus(nb) and not (corpus / "runs.csv.gz").is_file():
-        pytest.skip(f"{path.name} reads the shared corpus, not found at {corpus}")
-    monkeypatch.setenv("BAYES_SCALING_DATA", str(corpus))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    workdir = tmp_path / "notebooks"
     shutil.copytree(path.parent, workdir, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     )
     client.execute()  # raises CellExecutionError naming the cell and the traceback
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run every notebook once, two kernels at a time; notebook -> exception or None.
+
+    A kernel spends most of a smoke run compiling on one core (NumPyro initialises the model
+    op by op), so two at a time on two cores take about half the wall time of one by one.
+    """
+    corpus = _corpus_dir()
+    env = {
+        "BAYES_SCALING_DATA": str(corpus),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "MPLBACKEND": "Agg",
+    }
+    runnable = [p for p in NOTEBOOKS if (corpus / "runs.csv.gz").is_file() or not _needs_corpus(nbformat.read(p, as_version=4))]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # kernels inherit the environment of this process
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {p: pool.submit(_execute, p, tmp_path_factory.mktemp(p.stem) / "notebooks") for p in runnable}
+            return {p: f.exception() for p, f in futures.items()}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, executed):
+    if path not in executed:
+        pytest.skip(f"{path.name} reads the shared corpus, not found at {_corpus_dir()}")
+    if executed[path] is not None:
+        raise executed[path]
