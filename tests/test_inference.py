@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -78,15 +79,20 @@ def test_load_errors(tmp_path):
 
 
 def test_same_seed_same_draws_and_bad_fit_warns():
-    # one tiny family, 1 chain: cheap enough to fit twice; 5 warmup steps cannot converge
+    # one tiny family: cheap enough to fit twice; 5 warmup steps cannot converge. Two chains
+    # in parallel with the progress bar on: its callbacks run on another thread, which must
+    # see fit's float64 setting (they failed with an int32/int64 mismatch when it did not).
     runs, _ = datasets.synthetic(n_families=1, seed=11, n_checkpoints=8, sizes_per_family=(3, 3))
-    kwargs = dict(spec="chinchilla_independent", chains=1, warmup=5, draws=20, seed=7, log_likelihood=False)
+    kwargs = dict(spec="chinchilla_independent", chains=2, warmup=5, draws=20, seed=7, log_likelihood=False)
+    x64_before = jax.config.jax_enable_x64
     with pytest.warns(ConvergenceWarning, match="ESS"):
-        first = fit(runs, **kwargs)
+        first = fit(runs, progress_bar=True, chain_method="parallel", **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         second = fit(runs, **kwargs)
     np.testing.assert_array_equal(first.idata.posterior["theta"].values, second.idata.posterior["theta"].values)
+    assert first.idata.posterior["theta"].dtype == np.float64
+    assert jax.config.jax_enable_x64 == x64_before  # restored
 
 
 def test_bad_sampler_arguments(synthetic_runs):
