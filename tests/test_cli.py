@@ -20,13 +20,18 @@ def runs_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(runs_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "fit.nc"
-    code = main(["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress"])
-    assert code == 0
+    argv = ["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress", "--float32"]
+    assert main(argv) == 0
     return out
 
 
 def test_fit_writes_netcdf(fitted):
+    from bayes_scaling.inference import Fit
+
     assert fitted.is_file() and fitted.stat().st_size > 0
+    post = Fit.load(fitted).idata.posterior
+    assert post["theta"].dtype == "float32"  # --float32; the default is float64
+    assert json.loads(post.attrs["bayes_scaling_settings"])["x64"] is False
 
 
 def test_predict_formats(fitted, capsys):

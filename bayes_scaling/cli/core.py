@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     fit.add_argument("--max-checkpoints", type=positive_int, default=None, help="thin each run to at most K log-spaced checkpoints")
     fit.add_argument("--families", nargs="+", default=None, help="fit only these families")
     fit.add_argument("--drop-emptied", action="store_true", help="drop families a filter leaves empty instead of failing")
+    fit.add_argument("--float32", action="store_true", help="sample in float32 (faster on large corpora, more divergences)")
     add_sampler_args(fit)
     fit.set_defaults(func=run_fit)
 
@@ -134,7 +135,14 @@ def run_fit(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below with the verdict
         result = fit(
-            data, spec, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, progress_bar=not args.no_progress
+            data,
+            spec,
+            chains=args.chains,
+            warmup=args.warmup,
+            draws=args.draws,
+            seed=args.seed,
+            progress_bar=not args.no_progress,
+            x64=not args.float32,
         )
     elapsed = time.perf_counter() - start
     path = result.save(args.out)
