@@ -20,8 +20,8 @@ def runs_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(runs_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "fit.nc"
-    argv = ["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress", "--float32"]
-    assert main(argv) == 0
+    code = main(["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress"])
+    assert code == 0
     return out
 
 
@@ -30,8 +30,23 @@ def test_fit_writes_netcdf(fitted):
 
     assert fitted.is_file() and fitted.stat().st_size > 0
     post = Fit.load(fitted).idata.posterior
-    assert post["theta"].dtype == "float32"  # --float32; the default is float64
-    assert json.loads(post.attrs["bayes_scaling_settings"])["x64"] is False
+    assert post["theta"].dtype == "float64"  # the default precision
+    assert json.loads(post.attrs["bayes_scaling_settings"])["x64"] is True
+
+
+def test_fit_float32_flag_reaches_fit(runs_csv, tmp_path, monkeypatch):
+    # wiring only (a float32 fit would compile every op again, ~30 s)
+    seen = {}
+
+    def fake_fit(data, spec, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("bayes_scaling.inference.fit", fake_fit)
+    for flag, x64 in (([], True), (["--float32"], False)):
+        with pytest.raises(SystemExit):
+            main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", *flag])
+        assert seen["x64"] is x64
 
 
 def test_predict_formats(fitted, capsys):
