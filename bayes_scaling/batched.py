@@ -46,7 +46,6 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -172,7 +171,7 @@ def _program(
     warmup_steps)`` over L lanes; ``kind`` = (scale prior kind, marginal likelihood)."""
     scale_kind, marginal = kind
     model = _model(scale_kind, marginal)
-    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), nu=math.inf if marginal else 4.0)
+    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0))  # shapes only
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn

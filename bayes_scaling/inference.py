@@ -352,21 +352,21 @@ def fit(
     ConvergenceWarning
         When r_hat > 1.01, ESS is low or there are divergences; the message has the numbers.
     """
+    spec = load_spec(spec)
+    if isinstance(runs, RunsData):
+        data = runs
+    else:
+        data = prepare(runs, filters if filters is not None else Filters(**spec.data), spec.reference_params, spec.reference_tokens)
+    for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
+        if int(value) != value or value < (0 if name == "warmup" else 1):
+            raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
+    if init not in INITS:
+        raise FitError(f"init must be one of {INITS}, got {init!r}")
+    inputs = ModelInputs.from_data(data)
     # float64 by default: with noise ~1e-3 on log loss and thousands of checkpoints, float32
     # rounding of the log density ends some trajectories as divergences (three synthetic
     # fits: 28 divergences in float32, 11 in float64, at the same speed on CPU)
     with _float64(x64):
-        spec = load_spec(spec)
-        if isinstance(runs, RunsData):
-            data = runs
-        else:
-            data = prepare(runs, filters if filters is not None else Filters(**spec.data), spec.reference_params, spec.reference_tokens)
-        for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
-            if int(value) != value or value < (0 if name == "warmup" else 1):
-                raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
-        if init not in INITS:
-            raise FitError(f"init must be one of {INITS}, got {init!r}")
-        inputs = ModelInputs.from_data(data)
         model = build_model(spec)
         sites = _sample_sites(model, inputs)
         dense = [tuple(s for s in DENSE_SITES if s in sites)]

@@ -84,18 +84,11 @@ def executed(tmp_path_factory):
         "MPLBACKEND": "Agg",
     }
     runnable = [p for p in NOTEBOOKS if (corpus / "runs.csv.gz").is_file() or not _needs_corpus(nbformat.read(p, as_version=4))]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # kernels inherit the environment of this process
-    try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            futures = {p: pool.submit(_execute, p, tmp_path_factory.mktemp(p.stem) / "notebooks") for p in runnable}
-            return {p: f.exception() for p, f in futures.items()}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
+        for key, value in env.items():
+            mp.setenv(key, value)  # kernels inherit the environment of this process
+        futures = {p: pool.submit(_execute, p, tmp_path_factory.mktemp(p.stem) / "notebooks") for p in runnable}
+        return {p: f.exception() for p, f in futures.items()}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
