@@ -16,8 +16,10 @@ import numpy as np
 MAX_R_HAT = 1.01
 MIN_ESS_PER_CHAIN = 100
 
-#: Sampled (not derived) variables that carry the model's geometry.
-POPULATION_VARS = ("mu", "tau", "sigma_run")
+#: Population parameters of a hierarchical fit.
+POPULATION_VARS = ("mu", "tau")
+#: Per-family parameters (sigma_run is 0, and skipped, where runs have one checkpoint each).
+FAMILY_VARS = ("theta", "sigma_obs", "sigma_run")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Convergence:
 
 
 def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
-    """Worst r_hat and ESS over ``var_names`` (default: population parameters and theta).
+    """Worst r_hat and ESS over ``var_names`` (default: population and per-family parameters).
 
     Parameters
     ----------
@@ -66,7 +68,7 @@ def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
     """
     post = idata.posterior
     if var_names is None:
-        var_names = [*POPULATION_VARS, "theta", "sigma_obs"]
+        var_names = [*POPULATION_VARS, *FAMILY_VARS]
     names = tuple(v for v in var_names if v in post.data_vars)
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
     if not names:

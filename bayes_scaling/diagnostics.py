@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, POPULATION_VARS, Convergence, check_convergence
+from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, POPULATION_VARS, Convergence, check_convergence
 from .errors import FitError
 
 #: Variables of the convergence table, in display order (those absent are skipped).
-TABLE_VARS = (*POPULATION_VARS, "corr", "theta", "sigma_obs", "run_offset")
+TABLE_VARS = (*POPULATION_VARS, "corr", *FAMILY_VARS, "run_offset")
 #: E-BFMI below this means momentum resampling explores the energy poorly.
 MIN_BFMI = 0.3
 #: Fraction of draws at the maximum tree depth above which the sampler is flagged.

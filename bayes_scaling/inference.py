@@ -25,8 +25,18 @@ from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 from .convergence import check_convergence
 from .data import Filters, RunsData, prepare
 from .errors import ConvergenceWarning, FitError
-from .laws import PARAM_NAMES, chinchilla_log_loss
-from .model import ModelInputs, build_model, centred_families, centred_runs, draw_run_offsets, prior_distribution, site_dims
+from .laws import LEVEL_NAMES, PARAM_NAMES, chinchilla_log_loss, to_level_coordinates
+from .model import (
+    EFFECTS,
+    ModelInputs,
+    build_model,
+    centred_runs,
+    draw_run_offsets,
+    family_effects,
+    prior_distribution,
+    repeated_families,
+    site_dims,
+)
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
@@ -36,7 +46,7 @@ HELD_AT_START = ("tau", "corr_cholesky")
 INITS = ("laplace", "point", "median")
 #: Sites that share the dense block of the mass matrix when the model has them. Run offsets
 #: are in it: with one run per model size they trade off against the N term of the law.
-DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_centred", "theta_z", "sigma_obs", "sigma_run", "run_u", "run_z")
+DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_centred", "theta_z", "theta_level", "sigma_obs", "sigma_run_fitted", "run_u", "run_z")
 
 
 @dataclass(frozen=True)
@@ -174,11 +184,15 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
         tau = np.clip(theta.std(axis=0) if len(theta) > 2 else prior_mean / 2, 0.02, None)
         values["tau"] = tau
         values["corr_cholesky"] = np.eye(len(PARAM_NAMES))
-        centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
-        if centred.any():
+        inputs = ModelInputs.from_data(data)
+        effects = family_effects(spec, inputs.family_sizes)
+        if (centred := effects == "centred").any():
             values["theta_centred"] = theta[centred]
-        if not centred.all():
-            values["theta_z"] = (theta[~centred] - mu) / tau
+        if (noncentred := effects == "noncentred").any():
+            values["theta_z"] = (theta[noncentred] - mu) / tau
+        if (level := effects == "level").any():
+            centre = inputs.family_x_n[level], inputs.family_x_d[level]
+            values["theta_level"] = np.asarray(to_level_coordinates(theta[level], *centre))
     return values
 
 
@@ -189,8 +203,9 @@ class LaplaceStart:
     ``init_params`` holds one dispersed start per chain in unconstrained space;
     ``inverse_mass`` is the dense block of the mass matrix keyed by site names, in
     NumPyro's structured form. Warmup then refines a metric that already fits the
-    posterior's scales and correlations instead of learning them from an identity matrix
-    (from the identity, early warmup of the corpus model ran at the maximum tree depth).
+    posterior's scales and correlations (see :func:`_staged_warmup`) instead of learning
+    them from an identity matrix (from the identity, early warmup of the corpus model ran
+    at the maximum tree depth).
     """
 
     init_params: dict
@@ -270,6 +285,52 @@ def _sample_sites(model, inputs: ModelInputs) -> set[str]:
     return names
 
 
+#: Warmup of a Laplace start, as fractions of ``warmup``: two rounds of (step-size warmup,
+#: draws that estimate the metric), then the step-size warmup of the final run.
+METRIC_ROUNDS = ((0.1, 0.3), (0.1, 0.3))
+FINAL_WARMUP = 0.2
+
+
+def _pooled_metric(mcmc: MCMC, block: tuple[str, ...], previous: np.ndarray) -> np.ndarray:
+    """Covariance of the draws of every chain (unconstrained), shrunk towards ``previous``.
+
+    NumPyro's own dense adaptation estimates each chain's metric from that chain's warmup
+    window alone: with ~200 parameters and windows of 25-100 draws the estimate is rank
+    deficient, its missing directions fall back to a tiny multiple of the identity, and
+    on the corpus every trajectory then ran to the maximum tree depth. Pooling the chains
+    and shrinking towards the previous metric (weight: as many draws as parameters) keeps
+    it full rank.
+    """
+    fields = mcmc.get_extra_fields(group_by_chain=True)
+    chains = mcmc.num_chains
+    flat = np.concatenate([np.asarray(fields[f"z.{s}"], dtype=float).reshape(chains, mcmc.num_samples, -1) for s in block], axis=-1)
+    flat = flat.reshape(-1, flat.shape[-1])
+    n, k = len(flat), flat.shape[1]
+    return (n * np.cov(flat, rowvar=False).reshape(k, k) + k * np.asarray(previous)) / (n + k)
+
+
+def _staged_warmup(make_mcmc, start: LaplaceStart, warmup: int, seed: int, inputs: ModelInputs):
+    """Learn the metric in rounds with the mass matrix held fixed; returns (metric, init).
+
+    Each round adapts only the step size for a while, then draws with the metric fixed;
+    the pooled covariance of those draws is the next round's metric.
+    """
+    (block, metric), = start.inverse_mass.items()
+    init = start.init_params
+    for i, (warm, draws) in enumerate(METRIC_ROUNDS):
+        n_warm, n_draws = max(1, round(warm * warmup)), max(2, round(draws * warmup))
+        mcmc = make_mcmc({block: jnp.asarray(metric)}, n_warm, n_draws)
+        mcmc.run(
+            jax.random.PRNGKey(seed + 1000 * (i + 1)),
+            **inputs.as_kwargs(),
+            init_params=init,
+            extra_fields=tuple(f"z.{s}" for s in block),
+        )
+        metric = _pooled_metric(mcmc, block, metric)
+        init = mcmc.last_state.z
+    return {block: jnp.asarray(metric)}, init
+
+
 @contextmanager
 def _float64(enabled: bool):
     """``jax_enable_x64`` for the duration of a fit, the previous value restored afterwards.
@@ -332,9 +393,10 @@ def fit(
         the host device count), else sequentially.
     init : {"laplace", "point", "median"}
         ``laplace`` (default): start at the posterior mode (L-BFGS from the per-family
-        least-squares fit) with the inverse Hessian there as the initial mass matrix;
-        ``point``: start at the per-family least-squares fit with a unit mass matrix;
-        ``median``: start at prior medians.
+        least-squares fit) with the inverse Hessian there as the initial mass matrix, which
+        warmup then refines in rounds from the draws of all chains (:data:`METRIC_ROUNDS`);
+        ``point``: start at the per-family least-squares fit with a unit mass matrix
+        (NumPyro's per-chain adaptation); ``median``: start at prior medians (likewise).
     progress_bar : bool
         Show NumPyro's progress bar (the CLI turns it on).
     log_likelihood : bool
@@ -376,26 +438,37 @@ def fit(
             values = {k: jnp.asarray(v) for k, v in initial_values(data, spec).items()}
             start = laplace_start(model, inputs, values, int(chains), seed) if init == "laplace" else None
             init_strategy = init_to_value(values=values)
-        kernel = NUTS(
-            model,
-            dense_mass=dense,
-            inverse_mass_matrix=start.inverse_mass if start else None,
-            init_strategy=init_strategy,
-            target_accept_prob=target_accept,
-            max_tree_depth=max_tree_depth,
-        )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=int(warmup),
-            num_samples=int(draws),
-            num_chains=int(chains),
-            chain_method=_chain_method(chains, chain_method),
-            progress_bar=progress_bar,
-        )
+
+        def make_mcmc(inverse_mass, n_warmup, n_samples):
+            kernel = NUTS(
+                model,
+                dense_mass=dense,
+                inverse_mass_matrix=inverse_mass,
+                adapt_mass_matrix=inverse_mass is None,  # a Laplace start learns it in rounds
+                init_strategy=init_strategy,
+                target_accept_prob=target_accept,
+                max_tree_depth=max_tree_depth,
+            )
+            return MCMC(
+                kernel,
+                num_warmup=int(n_warmup),
+                num_samples=int(n_samples),
+                num_chains=int(chains),
+                chain_method=_chain_method(chains, chain_method),
+                progress_bar=progress_bar,
+            )
+
+        if start is None:
+            init_params, mcmc = None, make_mcmc(None, warmup, draws)
+        elif warmup:
+            metric, init_params = _staged_warmup(make_mcmc, start, int(warmup), seed, inputs)
+            mcmc = make_mcmc(metric, max(1, round(FINAL_WARMUP * warmup)), draws)
+        else:
+            init_params, mcmc = start.init_params, make_mcmc(start.inverse_mass, 0, draws)
         mcmc.run(
             jax.random.PRNGKey(seed),
             **inputs.as_kwargs(),
-            init_params=start.init_params if start else None,
+            init_params=init_params,
             extra_fields=("diverging", "num_steps", "accept_prob", "energy"),
         )
         jax.block_until_ready(mcmc.get_samples())
@@ -434,14 +507,16 @@ def fit(
 
 def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool, seed: int) -> az.InferenceData:
     families, runs = np.array(data.families), np.array(data.runs)
-    centred = centred_families(spec, ModelInputs.from_data(data).family_sizes)
+    inputs = ModelInputs.from_data(data)
+    effects = family_effects(spec, inputs.family_sizes)
     runs_centred = centred_runs(data.run_idx, len(data.runs))
     coords = {
         "run_centred": list(runs[runs_centred]),
         "run_noncentred": list(runs[~runs_centred]),
         "family": list(families),
-        "family_centred": list(families[centred]),
-        "family_noncentred": list(families[~centred]),
+        **{f"family_{kind}": list(families[effects == kind]) for kind in EFFECTS},
+        "family_repeated": list(families[repeated_families(data.run_idx, data.run_family, len(families))]),
+        "level_param": list(LEVEL_NAMES),
         "run": list(data.runs),
         "param": list(PARAM_NAMES),
         "param_": list(PARAM_NAMES),
@@ -481,10 +556,7 @@ def _add_run_offsets(idata: az.InferenceData, data: RunsData, seed: int, log_lik
     theta = jnp.asarray(post["theta"].transpose("chain", "draw", "family", "param").values)
     sigma_obs = jnp.asarray(post["sigma_obs"].transpose("chain", "draw", "family").values)
     run_family, family_idx, run_idx = data.run_family, data.family_idx, data.run_idx
-    if "family" in post["sigma_run"].dims:  # one scale per family (no pooling)
-        sigma_run = jnp.asarray(post["sigma_run"].transpose("chain", "draw", "family").values)[..., run_family]
-    else:
-        sigma_run = jnp.broadcast_to(jnp.asarray(post["sigma_run"].values)[..., None], theta.shape[:2] + (len(run_family),))
+    sigma_run = jnp.asarray(post["sigma_run"].transpose("chain", "draw", "family").values)[..., run_family]
 
     def per_draw(key, theta, sigma_obs, sigma_run):
         th = theta[family_idx]

@@ -9,11 +9,15 @@ mu             param             population mean of theta (partial/complete)
 tau            param             population sd of theta (partial)
 corr_cholesky  param, param_     Cholesky factor of the theta correlation
 theta          family, param     (log_e, log_a, log_b, alpha, beta) per family
-theta_centred  family_centred,   theta of data-rich families (partial pooling)
+theta_centred  family_centred,   theta (``family_effects = "centred"``)
                param
-theta_z        family_noncentred standardised theta of sparse families
+theta_z        family_noncentred standardised theta (``family_effects = "noncentred"``)
                , param
-sigma_run      - or family       sd of run offsets on log loss
+theta_level    family_level,     theta in level coordinates at the family's data centre
+               level_param       (the default; see ``laws.to_level_coordinates``)
+sigma_run_fitted family_repeated sd of run offsets of families that identify one
+sigma_run      family            the same for every family (0 where every run has a
+                                 single checkpoint: the noise holds the run spread there)
 run_offset     run               shift of one run's log loss (sampled with a Student-t
                                  likelihood; with a Normal one it is integrated out while
                                  sampling and drawn afterwards, see below)
@@ -44,7 +48,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .data import RunsData
-from .laws import PARAM_NAMES, chinchilla_log_loss
+from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates, to_level_coordinates
 from .spec import Prior, Spec
 
 N_PARAMS = len(PARAM_NAMES)
@@ -80,18 +84,21 @@ class ModelInputs:
     run_idx: np.ndarray
     run_family: np.ndarray
     family_sizes: np.ndarray
+    family_x_n: np.ndarray
+    family_x_d: np.ndarray
     log_loss: np.ndarray | None = None
 
     @classmethod
     def from_data(cls, data: RunsData) -> "ModelInputs":
-        sizes = data.table.groupby("family_idx")["num_params"].nunique().sort_index()
         return cls(
             x_n=data.x_n,
             x_d=data.x_d,
             family_idx=data.family_idx,
             run_idx=data.run_idx,
             run_family=data.run_family,
-            family_sizes=sizes.to_numpy(dtype=np.int32),
+            family_sizes=np.bincount(_distinct_sizes(data.family_idx, data.x_n)[0]).astype(np.int32),
+            family_x_n=family_size_centres(data.family_idx, data.x_n),
+            family_x_d=np.bincount(data.family_idx, weights=data.x_d) / np.bincount(data.family_idx),
             log_loss=data.log_loss,
         )
 
@@ -99,21 +106,59 @@ class ModelInputs:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-#: With ``family_effects = "auto"``, families with at least this many distinct model sizes
-#: get centred effects (their data pin theta down); the others non-centred (their
-#: ``log_a`` and ``alpha`` are barely identified, a funnel in centred form).
-MIN_SIZES_CENTRED = 3
+def _distinct_sizes(family_idx, x_n):
+    """(family of each distinct (family, size) pair, its x_n), for per-family size counts."""
+    pairs = np.unique(np.stack([np.asarray(family_idx, float), np.asarray(x_n, float)]), axis=1)
+    return pairs[0].astype(int), pairs[1]
 
 
-def centred_families(spec: Spec, family_sizes) -> np.ndarray:
-    """Boolean mask: which families get centred effects (partial pooling only)."""
-    sizes = np.asarray(family_sizes)
-    if spec.family_effects == "auto":
-        return sizes >= MIN_SIZES_CENTRED
-    return np.full(sizes.shape, spec.family_effects == "centred")
+def family_size_centres(family_idx, x_n) -> np.ndarray:
+    """Per family, the mean ``x_n`` over its distinct model sizes (where its N term is known)."""
+    family, size = _distinct_sizes(family_idx, x_n)
+    return np.bincount(family, weights=size) / np.bincount(family)
 
 
-def _family_parameters(spec: Spec, family_sizes):
+#: How a family's theta is sampled, per ``family_effects`` ("auto" means "level").
+EFFECTS = ("centred", "noncentred", "level")
+
+
+def family_effects(spec: Spec, family_sizes) -> np.ndarray:
+    """Per family, one of :data:`EFFECTS`: how its theta is sampled (partial pooling only).
+
+    ``level`` (the default) samples theta in level coordinates at the family's data centre
+    (:func:`~bayes_scaling.laws.to_level_coordinates`): the loss level there is pinned by
+    the data, how it splits into E, N and D terms often is not. In theta those splits are
+    thin curved ridges (E + A/N^alpha = const for one model size), which kept NUTS at its
+    maximum tree depth on the corpus.
+    """
+    kind = "level" if spec.family_effects == "auto" else spec.family_effects
+    return np.full(np.shape(family_sizes), kind)
+
+
+class LevelMultivariateNormal(dist.Distribution):
+    """theta ~ MultivariateNormal(loc, scale_tril), in level coordinates at ``(x_n0, x_d0)``.
+
+    The map to level coordinates has unit Jacobian, so the density is the multivariate
+    normal's at the mapped-back point.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, loc, scale_tril, x_n0, x_d0, validate_args=None):
+        self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        self.x_n0, self.x_d0 = x_n0, x_d0
+        super().__init__(batch_shape=jnp.shape(x_n0), event_shape=(N_PARAMS,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        theta = self.base.expand(self.batch_shape).sample(key, sample_shape)
+        return to_level_coordinates(theta, self.x_n0, self.x_d0)
+
+    def log_prob(self, value):
+        return self.base.log_prob(from_level_coordinates(value, self.x_n0, self.x_d0))
+
+
+def _family_parameters(spec: Spec, family_sizes, family_centre):
     """Sample theta[family, param] under the spec's pooling."""
     n_families = len(family_sizes)
     mean_prior = prior_distribution(spec.mean_priors).to_event(1)
@@ -129,16 +174,21 @@ def _family_parameters(spec: Spec, family_sizes):
     )
     numpyro.deterministic("corr", corr_chol @ corr_chol.T)
     scale_tril = tau[:, None] * corr_chol
-    centred = centred_families(spec, family_sizes)
+    effects = family_effects(spec, family_sizes)
     theta = jnp.zeros((n_families, N_PARAMS))
-    if centred.any():
+    if (centred := effects == "centred").any():
         with numpyro.plate("family_centred", int(centred.sum())):
             theta_c = numpyro.sample("theta_centred", dist.MultivariateNormal(mu, scale_tril=scale_tril))
         theta = theta.at[np.flatnonzero(centred)].set(theta_c)
-    if not centred.all():
-        with numpyro.plate("family_noncentred", int((~centred).sum())):
+    if (noncentred := effects == "noncentred").any():
+        with numpyro.plate("family_noncentred", int(noncentred.sum())):
             z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
-        theta = theta.at[np.flatnonzero(~centred)].set(mu + z @ scale_tril.T)
+        theta = theta.at[np.flatnonzero(noncentred)].set(mu + z @ scale_tril.T)
+    if (level := effects == "level").any():
+        x_n0, x_d0 = (jnp.asarray(np.asarray(c)[level]) for c in family_centre)
+        with numpyro.plate("family_level", int(level.sum())):
+            coords = numpyro.sample("theta_level", LevelMultivariateNormal(mu, scale_tril, x_n0, x_d0))
+        theta = theta.at[np.flatnonzero(level)].set(from_level_coordinates(coords, x_n0, x_d0))
     return numpyro.deterministic("theta", theta)
 
 
@@ -152,13 +202,31 @@ def centred_runs(run_idx, n_runs: int) -> np.ndarray:
     return np.bincount(np.asarray(run_idx), minlength=n_runs) >= MIN_CHECKPOINTS_CENTRED
 
 
-def _run_scale(spec: Spec, run_family, n_families: int):
-    """Sample sigma_run (one, or one per family without pooling); returns it per run."""
-    if spec.pooling == "none":
-        with numpyro.plate("family", n_families):
-            sigma_run = numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior))
-        return sigma_run[run_family]
-    return jnp.broadcast_to(numpyro.sample("sigma_run", prior_distribution(spec.run_scale_prior)), (len(run_family),))
+def repeated_families(run_idx, run_family, n_families: int) -> np.ndarray:
+    """Boolean mask: families with at least one run logged at two or more checkpoints.
+
+    Only those identify a run offset apart from the noise: with one checkpoint per run
+    (isoFLOP final losses) offset and noise add up to one number per run.
+    """
+    per_run = np.bincount(np.asarray(run_idx), minlength=len(run_family))
+    return np.bincount(np.asarray(run_family)[per_run >= 2], minlength=n_families) > 0
+
+
+def _run_scale(spec: Spec, run_idx, run_family, n_families: int):
+    """Sample sigma_run per family; returns it per run.
+
+    Run spread differs by family (seeds only, or whole ablation grids), and one shared
+    scale set by the widest family swamped the information in one-checkpoint-per-run
+    families. Those families get sigma_run = 0: their noise already holds the run spread
+    (a free sigma_run there would be unidentified next to sigma_obs).
+    """
+    repeated = repeated_families(run_idx, run_family, n_families)
+    sigma_run = jnp.zeros(n_families)
+    if repeated.any():
+        with numpyro.plate("family_repeated", int(repeated.sum())):
+            fitted = numpyro.sample("sigma_run_fitted", prior_distribution(spec.run_scale_prior))
+        sigma_run = sigma_run.at[np.flatnonzero(repeated)].set(fitted)
+    return numpyro.deterministic("sigma_run", sigma_run)[run_family]
 
 
 def _run_offsets(spec: Spec, run_scale, run_idx):
@@ -212,13 +280,14 @@ def draw_run_offsets(key, resid, run_idx, sigma_obs, sigma_run):
     """One draw of each run offset from its conditional posterior given the law and scales.
 
     Offset of run r | residuals ~ Normal(n t^2 mean / (s^2 + n t^2), sd = P^-1/2) with
-    precision P = n / s^2 + 1 / t^2 (Normal prior, Normal noise: conjugate).
+    precision P = n / s^2 + 1 / t^2 (Normal prior, Normal noise: conjugate); 0 when t = 0.
     """
     count, mean, _ = _run_moments(resid, run_idx, sigma_obs.shape[-1])
     var_run = sigma_run**2
     shrunk = count * var_run * mean / (sigma_obs**2 + count * var_run)
-    precision = count / sigma_obs**2 + 1 / var_run
-    return shrunk + jax.random.normal(key, shrunk.shape) / jnp.sqrt(precision)
+    # posterior sd = 1 / sqrt(n / s^2 + 1 / t^2), written to give 0 (not 0 * inf) when t = 0
+    sd = sigma_run * sigma_obs / jnp.sqrt(sigma_obs**2 + count * var_run)
+    return shrunk + jax.random.normal(key, shrunk.shape) * sd
 
 
 class RunMarginalNormal(dist.Distribution):
@@ -248,17 +317,18 @@ class RunMarginalNormal(dist.Distribution):
 def build_model(spec: Spec):
     """Return the NumPyro model function for ``spec``.
 
-    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, log_loss=None)``
-    takes the fields of :class:`ModelInputs` (``family_sizes``: distinct model sizes per
-    family, a concrete array); with ``log_loss=None`` it samples the prior predictive.
+    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, family_x_n,
+    family_x_d, log_loss=None)`` takes the fields of :class:`ModelInputs` (``family_sizes``:
+    distinct model sizes per family, a concrete array; ``family_x_n``, ``family_x_d``: the
+    centre of each family's data); with ``log_loss=None`` it samples the prior predictive.
     """
 
-    def model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, log_loss=None):
+    def model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, family_x_n, family_x_d, log_loss=None):
         n_families = len(family_sizes)
-        theta = _family_parameters(spec, family_sizes)
+        theta = _family_parameters(spec, family_sizes, (family_x_n, family_x_d))
         for i, name in enumerate(PARAM_NAMES):
             numpyro.deterministic(name, theta[:, i])
-        run_scale = _run_scale(spec, run_family, n_families) if spec.run_offsets else None
+        run_scale = _run_scale(spec, run_idx, run_family, n_families) if spec.run_offsets else None
         with numpyro.plate("family", n_families):
             sigma_obs = numpyro.sample("sigma_obs", prior_distribution(spec.noise_scale_prior))
         th = theta[family_idx]
@@ -288,9 +358,12 @@ SITE_DIMS = {
     "theta": ["family", "param"],
     "theta_centred": ["family_centred", "param"],
     "theta_z": ["family_noncentred", "param"],
+    "theta_level": ["family_level", "level_param"],
     "run_u": ["run_centred"],
     "run_z": ["run_noncentred"],
     "run_offset": ["run"],
+    "sigma_run": ["family"],
+    "sigma_run_fitted": ["family_repeated"],
     "sigma_obs": ["family"],
     "log_loss": ["checkpoint"],
     **{name: ["family"] for name in PARAM_NAMES},
@@ -298,8 +371,5 @@ SITE_DIMS = {
 
 
 def site_dims(spec: Spec) -> dict[str, list[str]]:
-    """Dims per site for ``arviz.from_numpyro`` (sigma_run is per family without pooling)."""
-    dims = dict(SITE_DIMS)
-    if spec.pooling == "none":
-        dims["sigma_run"] = ["family"]
-    return dims
+    """Dims per site for ``arviz.from_numpyro``."""
+    return dict(SITE_DIMS)

@@ -42,18 +42,25 @@ def _population_theta(fit: Fit, rng: np.random.Generator) -> xr.DataArray:
     return xr.DataArray(theta, dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
 
 
-def _sigma_run(fit: Fit, family_index: int | None) -> np.ndarray:
+def _sigma_run(fit: Fit, family_index: int | None, rng: np.random.Generator) -> np.ndarray:
     """Posterior draws of the run-offset sd that applies to one family (zeros without offsets)."""
     post = fit.idata.posterior
     shape = (post.sizes["chain"], post.sizes["draw"])
     if "sigma_run" not in post:
         return np.zeros(shape)
     sigma = post["sigma_run"]
-    if "family" in sigma.dims:
-        if family_index is None:
-            raise FitError("a new family needs a population run scale; this fit has none (pooling='none')")
+    if "family" not in sigma.dims:
+        return sigma.values
+    if family_index is not None:
         return sigma.isel(family=family_index).values
-    return sigma.values
+    # a new family: the run scale of a family picked at random per draw, among those whose
+    # runs identify one (the others hold their run spread in the noise)
+    sigma = sigma.transpose("chain", "draw", "family").values
+    fitted = np.flatnonzero((sigma > 0).any(axis=(0, 1)))
+    if not fitted.size:
+        return np.zeros(shape)
+    pick = fitted[rng.integers(0, fitted.size, size=shape)]
+    return np.take_along_axis(sigma, pick[..., None], axis=-1)[..., 0]
 
 
 def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int = 0) -> xr.Dataset:
@@ -88,12 +95,12 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         sigma_obs_all = post["sigma_obs"].values
         pick = rng.integers(0, sigma_obs_all.shape[-1], size=sigma_obs_all.shape[:2])
         sigma_obs = np.take_along_axis(sigma_obs_all, pick[..., None], axis=-1)[..., 0]
-        sigma_run = _sigma_run(fit, None)
+        sigma_run = _sigma_run(fit, None, rng)
     else:
         f = fit.require_family(family)
         theta = post["theta"].isel(family=f)
         sigma_obs = post["sigma_obs"].isel(family=f).values
-        sigma_run = _sigma_run(fit, f)
+        sigma_run = _sigma_run(fit, f, rng)
     offset = np.zeros_like(sigma_run) if kind == "family" else sigma_run * rng.standard_normal(sigma_run.shape)
     coords = {"chain": post.chain.values, "draw": post.draw.values}
     dims = ("chain", "draw")

@@ -43,3 +43,21 @@ def test_broadcasting_over_draws_and_points():
     assert out.shape == (4, 3)
     # loss falls with scale along the diagonal
     assert np.all(np.diff(np.asarray(out[0])) < 0)
+
+
+def test_level_coordinates_round_trip_and_meaning():
+    # theta -> level coordinates -> theta is the identity; the level is the log loss at the
+    # centre; e_vs_n and d_vs_rest are the log ratios of the terms there (hand-computed)
+    import jax
+
+    theta = np.array([[np.log(1.5), np.log(0.3), np.log(0.2), 0.3, 0.4], [-3.0, 1.0, -2.0, 0.8, 0.1]])
+    x_n0, x_d0 = np.array([-2.0, 1.5]), np.array([0.5, -1.0])
+    level = np.asarray(laws.to_level_coordinates(theta, x_n0, x_d0))
+    np.testing.assert_allclose(np.asarray(laws.from_level_coordinates(level, x_n0, x_d0)), theta, atol=1e-6)
+    np.testing.assert_allclose(level[:, 0], np.asarray(laws.chinchilla_log_loss(x_n0, x_d0, *theta.T)), rtol=1e-6)
+    e, a0, b0 = np.exp(theta[0, 0]), np.exp(theta[0, 1] + 0.3 * 2.0), np.exp(theta[0, 2] - 0.4 * 0.5)
+    assert level[0, 1] == pytest.approx(np.log(e / a0), rel=1e-6)
+    assert level[0, 2] == pytest.approx(np.log(b0 / (e + a0)), rel=1e-6)
+    # unit Jacobian: the prior density carries over without a correction term
+    jac = jax.jacfwd(laws.from_level_coordinates)(level[1], x_n0[1], x_d0[1])
+    assert abs(float(np.linalg.det(np.asarray(jac)))) == pytest.approx(1.0, rel=1e-5)

@@ -30,7 +30,7 @@ def test_hierarchical_sites_and_shapes(inputs):
     assert tr["tau"]["value"].shape == (5,)
     assert tr["corr_cholesky"]["value"].shape == (5, 5)
     assert tr["theta"]["value"].shape == (n_fam, 5)
-    assert tr["sigma_run"]["value"].shape == ()
+    assert tr["sigma_run"]["value"].shape == (n_fam,)
     assert tr["sigma_obs"]["value"].shape == (n_fam,)
     assert tr["log_loss"]["is_observed"] and tr["log_loss"]["value"].shape == (n_obs,)
     # Normal likelihood: run offsets are integrated out, not sampled
@@ -44,6 +44,19 @@ def test_independent_has_no_population(inputs):
     tr = trace("chinchilla_independent", inputs)
     assert "mu" not in tr and "tau" not in tr
     assert tr["sigma_run"]["value"].shape == (len(inputs.family_sizes),)
+
+
+def test_run_scale_is_zero_where_every_run_has_one_checkpoint(inputs):
+    # keep only the last checkpoint of each run of family 0: its runs can no longer tell
+    # a run offset from noise, so it gets no run scale; the other families keep theirs
+    last = np.r_[inputs.run_idx[1:] != inputs.run_idx[:-1], True]
+    keep = (inputs.family_idx != 0) | last
+    cut = {k: v[keep] for k, v in inputs.as_kwargs().items() if k in ("x_n", "x_d", "family_idx", "run_idx", "log_loss")}
+    assert (np.bincount(cut["run_idx"])[inputs.run_family == 0] == 1).all()
+    tr = trace("chinchilla_hierarchical", inputs, **cut)
+    sigma_run = np.asarray(tr["sigma_run"]["value"])
+    assert sigma_run[0] == 0.0 and (sigma_run[1:] > 0).all()
+    assert tr["sigma_run_fitted"]["value"].shape == (len(inputs.family_sizes) - 1,)
 
 
 def test_prior_predictive_is_finite_and_plausible(inputs):

@@ -18,7 +18,7 @@ from .. import diagnostics
 from .curves import grid_axes  # noqa: E402
 
 #: Population parameters shown by :func:`plot_rank` (those present in the fit).
-RANK_VARS = ("mu", "tau", "sigma_run")
+RANK_VARS = ("mu", "tau")
 
 
 def plot_rank(fit, var_names=RANK_VARS, ax=None) -> np.ndarray:
