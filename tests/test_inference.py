@@ -128,3 +128,15 @@ def test_pooled_metric_pools_chains_and_stays_full_rank():
     np.testing.assert_allclose(metric, expected, rtol=1e-12)
     assert np.linalg.matrix_rank(np.cov(pooled, rowvar=False)) < 4
     assert np.linalg.eigvalsh(metric).min() > 0
+
+
+def test_pooled_metric_only_where_numpyro_windows_are_too_short():
+    # NumPyro's middle adaptation windows for 500 warmup iterations are 25, 50, 100 and 200
+    # draws: a 212-parameter model (the corpus) cannot be estimated from 200, a 90-parameter
+    # one (the demo) can; with 100 warmup iterations the only window has 75 draws
+    from bayes_scaling.inference import needs_pooled_metric
+
+    assert needs_pooled_metric(212, 500)
+    assert not needs_pooled_metric(90, 500)
+    assert needs_pooled_metric(90, 100)
+    assert not needs_pooled_metric(200, 500)
