@@ -188,7 +188,9 @@ def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
     theta = mu[idx] + tau[idx] * np.einsum("sij,sj->si", chol, z)
     loc = theta.mean(axis=0)
     cov = np.cov(theta, rowvar=False)
-    if "sigma_run" in post:
+    if "sigma_run_fitted" in post:  # families whose runs identify a run scale (the others hold 0)
+        run_scale = _lognormal_match(post["sigma_run_fitted"].values)
+    elif "sigma_run" in post:
         run_scale = _lognormal_match(post["sigma_run"].values)
     else:
         run_scale = (np.log(1e-3), 1e-3)

@@ -90,14 +90,17 @@ class ModelInputs:
 
     @classmethod
     def from_data(cls, data: RunsData) -> "ModelInputs":
+        size_family, size_x_n = _distinct_sizes(data.family_idx, data.x_n)
+        n_sizes = np.bincount(size_family)
         return cls(
             x_n=data.x_n,
             x_d=data.x_d,
             family_idx=data.family_idx,
             run_idx=data.run_idx,
             run_family=data.run_family,
-            family_sizes=np.bincount(_distinct_sizes(data.family_idx, data.x_n)[0]).astype(np.int32),
-            family_x_n=family_size_centres(data.family_idx, data.x_n),
+            family_sizes=n_sizes.astype(np.int32),
+            # centre of each family's data: mean x_n over its distinct sizes, mean x_d over its checkpoints
+            family_x_n=np.bincount(size_family, weights=size_x_n) / n_sizes,
             family_x_d=np.bincount(data.family_idx, weights=data.x_d) / np.bincount(data.family_idx),
             log_loss=data.log_loss,
         )
@@ -110,12 +113,6 @@ def _distinct_sizes(family_idx, x_n):
     """(family of each distinct (family, size) pair, its x_n), for per-family size counts."""
     pairs = np.unique(np.stack([np.asarray(family_idx, float), np.asarray(x_n, float)]), axis=1)
     return pairs[0].astype(int), pairs[1]
-
-
-def family_size_centres(family_idx, x_n) -> np.ndarray:
-    """Per family, the mean ``x_n`` over its distinct model sizes (where its N term is known)."""
-    family, size = _distinct_sizes(family_idx, x_n)
-    return np.bincount(family, weights=size) / np.bincount(family)
 
 
 #: How a family's theta is sampled, per ``family_effects`` ("auto" means "level").
