@@ -70,6 +70,7 @@ class Spec:
     correlation_prior: Prior | None  # partial pooling only
     run_scale_prior: Prior
     noise_scale_prior: Prior
+    single_checkpoint_noise_prior: Prior  # noise_scale_prior when the spec does not set one
     likelihood: str
     likelihood_df: float | None
     data: dict = field(default_factory=dict)
@@ -86,6 +87,7 @@ class Spec:
             "mean": {p: pr.to_dict() for p, pr in zip(PARAM_NAMES, self.mean_priors)},
             "run_scale": self.run_scale_prior.to_dict(),
             "noise_scale": self.noise_scale_prior.to_dict(),
+            "single_checkpoint_noise_scale": self.single_checkpoint_noise_prior.to_dict(),
         }
         if self.family_scale_priors is not None:
             priors["family_scale"] = {p: pr.to_dict() for p, pr in zip(PARAM_NAMES, self.family_scale_priors)}
@@ -257,6 +259,12 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> Spec:
         correlation = _prior(priors, "correlation", "correlation")
     run_scale = _prior(priors, "run_scale", "positive")
     noise_scale = _prior(priors, "noise_scale", "positive")
+    single_noise = noise_scale
+    if "single_checkpoint_noise_scale" in priors.table:
+        single_noise = _prior(priors, "single_checkpoint_noise_scale", "positive")
+        if single_noise.dist != noise_scale.dist:
+            # the model samples every family's noise as one batch of one distribution
+            raise priors.error("single_checkpoint_noise_scale", f"must use the distribution of noise_scale ({noise_scale.dist!r})")
     priors.finish()
 
     likelihood = root.sub("likelihood")
@@ -287,6 +295,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> Spec:
         correlation_prior=correlation,
         run_scale_prior=run_scale,
         noise_scale_prior=noise_scale,
+        single_checkpoint_noise_prior=single_noise,
         likelihood=lik,
         likelihood_df=lik_df,
         data=data,

@@ -57,6 +57,13 @@ def test_run_scale_is_zero_where_every_run_has_one_checkpoint(inputs):
     sigma_run = np.asarray(tr["sigma_run"]["value"])
     assert sigma_run[0] == 0.0 and (sigma_run[1:] > 0).all()
     assert tr["sigma_run_fitted"]["value"].shape == (len(inputs.family_sizes) - 1,)
+    # that family's noise holds the run spread too, so it has the single-checkpoint prior
+    spec = load_spec("chinchilla_hierarchical")
+    noise = tr["sigma_obs"]["fn"]
+    single, plain = spec.single_checkpoint_noise_prior.kwargs(), spec.noise_scale_prior.kwargs()
+    assert single != plain
+    np.testing.assert_allclose(noise.loc, [single["loc"]] + [plain["loc"]] * (len(noise.loc) - 1))
+    np.testing.assert_allclose(noise.scale, [single["scale"]] + [plain["scale"]] * (len(noise.scale) - 1))
 
 
 def test_prior_predictive_is_finite_and_plausible(inputs):

@@ -1,8 +1,11 @@
 """Tier 1: strict parsing of model specs (every SpecError names file and key)."""
 
+import jax
+import numpy as np
 import pytest
 
 from bayes_scaling.errors import SpecError
+from bayes_scaling.model import prior_distribution
 from bayes_scaling.spec import load_spec, shipped_specs, spec_from_dict
 
 HIER = load_spec("chinchilla_hierarchical")
@@ -58,6 +61,7 @@ def mutated(**changes):
         ({"data.min_tokens": "10B"}, "data.min_tokens"),
         ({"data.thinning": 3}, "data.thinning"),
         ({"reference.params": 0.0}, "reference.params"),
+        ({"priors.single_checkpoint_noise_scale": {"dist": "half_normal", "scale": 0.1}}, "priors.single_checkpoint_noise_scale"),
     ],
 )
 def test_bad_spec_names_file_and_key(changes, key):
@@ -90,3 +94,24 @@ def test_user_copy_of_shipped_file_loads(tmp_path):
     text = text.replace('dist = "normal"   #', 'dist = "student_t"\ndf = 6.0   #')
     spec = load_spec(write(tmp_path, text))
     assert spec.likelihood_df == 6.0 and not spec.marginal_run_offsets and spec.source.endswith("my_model.toml")
+
+
+def test_single_checkpoint_noise_prior_is_the_sum_of_noise_and_run_spread():
+    # families with one checkpoint per run have no run offsets; their noise prior must be
+    # the log-normal of sqrt(noise^2 + run^2) under the spec's own two priors (tolerance
+    # 0.05 on the log mean and log sd; 200,000 draws give about 0.002 of Monte Carlo error)
+    key_noise, key_run = jax.random.split(jax.random.PRNGKey(0))
+    noise = np.asarray(prior_distribution(HIER.noise_scale_prior).sample(key_noise, (200_000,)))
+    run = np.asarray(prior_distribution(HIER.run_scale_prior).sample(key_run, (200_000,)))
+    log_total = 0.5 * np.log(noise**2 + run**2)
+    single = HIER.single_checkpoint_noise_prior
+    assert single.dist == "lognormal"
+    assert abs(log_total.mean() - single.kwargs()["loc"]) < 0.05
+    assert abs(log_total.std() - single.kwargs()["scale"]) < 0.05
+
+
+def test_single_checkpoint_noise_defaults_to_noise_scale():
+    raw = HIER.to_dict()
+    del raw["priors"]["single_checkpoint_noise_scale"]
+    spec = spec_from_dict(raw)
+    assert spec.single_checkpoint_noise_prior == spec.noise_scale_prior
