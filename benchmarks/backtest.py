@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     table = bt.primary_table(args.runs)
     protocol = bt.protocol_cells(table, ks=args.ks, fractions=args.fractions, min_tokens=args.cuts, families=args.families)
-    log = open(out / "backtest_progress.log", "w")
+    log = open(out / "backtest_progress.log", "a" if args.resume else "w")
 
     def note(msg):
         log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
@@ -94,6 +94,15 @@ def main(argv=None) -> int:
             protocol.empty_cells,
         )
 
+    def bayes_ks(cut):
+        return args.bayes_ks if cut >= 1e10 else args.bayes_ks_cut0
+
+    def hierarchical_pending(cut):
+        """Whether a bayes_hierarchical cell at this cut is still to run (a resume skips the population fits otherwise)."""
+        # the cells of bayes_independent, which need no population, select the same (family, k, fraction)
+        cells = bt.build_cells(cut_protocol(cut), ["bayes_independent"], bayes_fractions=args.bayes_fractions, bayes_ks=bayes_ks(cut))
+        return any(c.key[:-1] + ("bayes_hierarchical",) not in done for c in cells)
+
     bayes_settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "max_tree_depth": args.max_tree_depth}
     done = bt.done_keys(out / "backtest.csv") if args.resume else set()
     sink = bt.CsvSink(out / "backtest.csv", append=args.resume)
@@ -108,11 +117,13 @@ def main(argv=None) -> int:
     note("stage 1 done")
     # stages 2 and 3, cut by cut (1e10 first: the bars): population fits (leave-one-family-out),
     # then the Bayesian cells, grouped by shape bucket so compilations are reused
-    info = []
+    # a resume keeps the population fits of the cuts it does not refit
+    info = [pd.read_csv(out / "backtest_population.csv")] if done and (out / "backtest_population.csv").exists() else []
     population_seconds = 0.0
     for cut in args.cuts:
         population = {}
-        if "bayes_hierarchical" in bayes:
+        hierarchical = "bayes_hierarchical" in bayes and hierarchical_pending(cut)
+        if hierarchical:
             population_started = time.perf_counter()
             scored = sorted({c.family for c in protocol.cells if c.min_tokens == cut})
             with warnings.catch_warnings():
@@ -128,16 +139,16 @@ def main(argv=None) -> int:
                     progress=lambda f: note(f"population {cut:g} {f}"),
                 )
             population[cut] = priors
-            info.append(pinfo)
+            info = [i[i["min_tokens"] != cut] for i in info] + [pinfo]
             pd.concat(info, ignore_index=True).to_csv(out / "backtest_population.csv", index=False)
             population_seconds += time.perf_counter() - population_started
         if not bayes:
             continue
         cells = bt.build_cells(
             cut_protocol(cut),
-            bayes,
+            [e for e in bayes if hierarchical or e != "bayes_hierarchical"],
             bayes_fractions=args.bayes_fractions,
-            bayes_ks=args.bayes_ks if cut >= 1e10 else args.bayes_ks_cut0,
+            bayes_ks=bayes_ks(cut),
             population=population,
             bayes_settings=bayes_settings,
         )
@@ -174,6 +185,11 @@ def main(argv=None) -> int:
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()),
         "seed": args.seed,
     }
+    meta_path = out / "backtest_meta.json"
+    if done and meta_path.exists():
+        # a resume: keep the settings the first run recorded, say what this one added
+        resumed = f"{cells_run - len(done)} cells added in {elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min)"
+        meta = json.loads(meta_path.read_text()) | {"cells run": cells_run, "resumed": resumed}
     if args.note:
         meta["note"] = args.note
     (out / "backtest_meta.json").write_text(json.dumps(meta, indent=1))
