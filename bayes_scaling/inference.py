@@ -406,7 +406,8 @@ def fit(
     seed : int
         Seed of the sampler; same seed, same draws.
     target_accept : float
-        Target acceptance probability of step-size adaptation.
+        Target acceptance probability of step-size adaptation, in (0, 1). Raising it
+        (0.95) shrinks the step size: fewer divergences, longer trajectories.
     max_tree_depth : int
         NUTS maximum tree depth.
     chain_method : {"auto", "parallel", "sequential", "vectorized"}
@@ -444,6 +445,8 @@ def fit(
     for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
         if int(value) != value or value < (0 if name == "warmup" else 1):
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
+    if not 0 < target_accept < 1:
+        raise FitError(f"target_accept must be between 0 and 1, got {target_accept!r}")
     if init not in INITS:
         raise FitError(f"init must be one of {INITS}, got {init!r}")
     inputs = ModelInputs.from_data(data)
@@ -520,7 +523,9 @@ def fit(
         if report.problems():
             warnings.warn(
                 f"NUTS did not converge cleanly ({'; '.join(report.problems())}); "
-                "run more warmup/draws or check the model before trusting these numbers",
+                "run more warmup/draws"
+                + (f", raise target_accept (now {target_accept:g})" if report.divergences else "")
+                + " or check the model before trusting these numbers",
                 ConvergenceWarning,
                 stacklevel=2,
             )

@@ -7,7 +7,7 @@ ESS per second, and where the time went (leapfrog steps per draw, tree depth).
 
 Usage::
 
-    python benchmarks/fit_corpus.py [--data ../shared/data] [--chains 4] [--warmup 500] [--draws 1000]
+    python benchmarks/fit_corpus.py [--data ../shared/data] [--chains 4] [--warmup 500] [--draws 1000] [--target-accept 0.9]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-accept", type=float, default=0.9)
     parser.add_argument("--max-checkpoints", type=int, default=None, help="override the spec default (30)")
     parser.add_argument("--spec", default="chinchilla_hierarchical")
     parser.add_argument("--out", type=Path, default=RESULTS / "fit_corpus.md")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     prepare_s = time.perf_counter() - t0
     print(f"{len(data.families)} families, {len(data.runs)} runs, {data.n_checkpoints} checkpoints", file=sys.stderr)
     t0 = time.perf_counter()
-    result = fit(data, spec, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, progress_bar=True)
+    result = fit(data, spec, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, target_accept=args.target_accept, progress_bar=True)
     fit_s = time.perf_counter() - t0  # fit() blocks until the samples are ready
     conv = check_convergence(result.idata)
     pop = check_convergence(result.idata, ["mu", "tau", "sigma_run"])
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "draws": args.draws,
         "seed": args.seed,
+        "target_accept": args.target_accept,
         "prepare_s": round(prepare_s, 1),
         "fit_s": round(fit_s, 1),
         "divergences": conv.divergences,
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
         "# Corpus fit benchmark",
         "",
         f"Machine: {record['machine']}. Command: `python benchmarks/fit_corpus.py "
-        f"--chains {args.chains} --warmup {args.warmup} --draws {args.draws}`.",
+        f"--chains {args.chains} --warmup {args.warmup} --draws {args.draws} --target-accept {args.target_accept:g}`.",
         "",
         "| quantity | value |",
         "| --- | --- |",

@@ -34,7 +34,7 @@ def test_fit_writes_netcdf(fitted):
     assert json.loads(post.attrs["bayes_scaling_settings"])["x64"] is True
 
 
-def test_fit_float32_flag_reaches_fit(runs_csv, tmp_path, monkeypatch):
+def test_fit_sampler_flags_reach_fit(runs_csv, tmp_path, monkeypatch):
     # wiring only (a float32 fit would compile every op again, ~30 s)
     seen = {}
 
@@ -46,7 +46,10 @@ def test_fit_float32_flag_reaches_fit(runs_csv, tmp_path, monkeypatch):
     for flag, x64 in (([], True), (["--float32"], False)):
         with pytest.raises(SystemExit):
             main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", *flag])
-        assert seen["x64"] is x64
+        assert seen["x64"] is x64 and seen["target_accept"] == 0.9
+    with pytest.raises(SystemExit):
+        main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", "--target-accept", "0.97"])
+    assert seen["target_accept"] == 0.97
 
 
 def test_predict_formats(fitted, capsys):
@@ -80,9 +83,17 @@ def test_bad_input_exits_2_with_one_line(argv, message, fitted, runs_csv, capsys
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_argparse_errors_exit_2(capsys):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x.nc", "--params", "-5", "--tokens", "1e11"],
+        ["fit", "runs.csv", "--out", "x.nc", "--target-accept", "1.0"],
+        ["fit", "runs.csv", "--out", "x.nc", "--target-accept", "0"],
+    ],
+)
+def test_argparse_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["predict", "x.nc", "--params", "-5", "--tokens", "1e11"])
+        main(argv)
     assert info.value.code == 2
 
 

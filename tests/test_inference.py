@@ -102,6 +102,8 @@ def test_bad_sampler_arguments(synthetic_runs):
         fit(runs, draws=0)
     with pytest.raises(FitError, match="init"):
         fit(runs, init="random")
+    with pytest.raises(FitError, match="target_accept"):
+        fit(runs, target_accept=1.0)
 
 
 def test_unknown_family(small_fit):

@@ -26,11 +26,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def acceptance(text: str) -> float:
+    value = positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}")
+    return value
+
+
 def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draws=500) -> None:
     group = parser.add_argument_group("sampler")
     group.add_argument("--chains", type=positive_int, default=chains, help=f"NUTS chains (default {chains})")
     group.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
     group.add_argument("--draws", type=positive_int, default=draws, help=f"kept draws per chain (default {draws})")
+    group.add_argument(
+        "--target-accept", type=acceptance, default=0.9, help="NUTS target acceptance, in (0, 1); raise it (0.95) against divergences (default 0.9)"
+    )
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

@@ -141,6 +141,7 @@ def run_fit(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             draws=args.draws,
             seed=args.seed,
+            target_accept=args.target_accept,
             progress_bar=not args.no_progress,
             x64=not args.float32,
         )
