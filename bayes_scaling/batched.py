@@ -57,10 +57,19 @@ import numpy as np
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 
-from .cellfit import N_PARAMS, POINTS_BUCKET, RUNS_BUCKET, CellPosterior, CellPrior, _bucket, _model, _split_rhat
-
-#: Dense block of the mass matrix (same as ``fit_cell``; run offsets stay diagonal).
-DENSE_SITES = ("z", "sigma_run", "sigma_obs")
+from .cellfit import (
+    DENSE_SITES,
+    N_PARAMS,
+    POINTS_BUCKET,
+    RUNS_BUCKET,
+    CellPosterior,
+    CellPrior,
+    _bucket,
+    _model,
+    _split_rhat,
+    data_centre,
+)
+from .laws import to_level_coordinates
 
 
 @dataclass(frozen=True)
@@ -179,8 +188,9 @@ def _program(
     def lane(key, args):
         key_init, key_run = jax.random.split(key)
         jitter = jax.random.uniform(key_init, (N_PARAMS + r_pad + 2,), minval=-0.2, maxval=0.2)
-        z0 = {
-            "z": jitter[:N_PARAMS],
+        loc, scale_tril = args[5], args[6]
+        z0 = {  # near the prior mean: theta = loc + L jitter, in the model's level coordinates
+            "theta_level": to_level_coordinates(loc + scale_tril @ jitter[:N_PARAMS], *data_centre(args[0], args[1], args[3])),
             "sigma_run": _log_median(scale_kind, args[7], args[8]) + jitter[-2],
             "sigma_obs": _log_median(scale_kind, args[9], args[10]) + jitter[-1],
         }

@@ -183,6 +183,17 @@ def test_aggregate_median_cap_wild_failed():
     assert "Token cut 1e+10" in text and "bayes_hierarchical" in text
 
 
+def test_bars_need_are_and_coverage():
+    # k = 1: hierarchical ARE 0.5 x classic (bar 0.75 x) but 70% coverage; k = 3: ARE
+    # above classic, coverage 90%; k = 4: both met
+    rows = []
+    for k, hier_are, cov in ((1, 0.05, 0.7), (3, 0.2, 0.9), (4, 0.05, 0.9)):
+        for family in ("a", "b"):
+            rows += [_rows(family, "classic", 0.1, k=k), _rows(family, "bayes_hierarchical", hier_are, k=k) | {"cov_90": cov}]
+    met = bt.bars(pd.DataFrame(rows)).set_index("k")["met"]
+    assert met.to_dict() == {1: "no: coverage", 3: "no: ARE", 4: "yes"}
+
+
 def test_run_cells_streams_rows_any_order(tiny):
     proto = bt.protocol_cells(tiny, fractions=[1.0], min_tokens=0.0)
     cells = bt.build_cells(proto, ["classic", "classic_huber"])
