@@ -46,7 +46,7 @@ def test_fit_sampler_flags_reach_fit(runs_csv, tmp_path, monkeypatch):
     for flag, x64 in (([], True), (["--float32"], False)):
         with pytest.raises(SystemExit):
             main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", *flag])
-        assert seen["x64"] is x64 and seen["target_accept"] == 0.9
+        assert seen["x64"] is x64 and seen["target_accept"] == 0.95
     with pytest.raises(SystemExit):
         main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", "--target-accept", "0.97"])
     assert seen["target_accept"] == 0.97

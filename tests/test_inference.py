@@ -104,6 +104,8 @@ def test_bad_sampler_arguments(synthetic_runs):
         fit(runs, init="random")
     with pytest.raises(FitError, match="target_accept"):
         fit(runs, target_accept=1.0)
+    with pytest.raises(FitError, match="metric_adaptation"):
+        fit(runs, metric_adaptation="diagonal")
 
 
 def test_unknown_family(small_fit):

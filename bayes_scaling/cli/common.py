@@ -39,7 +39,7 @@ def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draw
     group.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
     group.add_argument("--draws", type=positive_int, default=draws, help=f"kept draws per chain (default {draws})")
     group.add_argument(
-        "--target-accept", type=acceptance, default=0.9, help="NUTS target acceptance, in (0, 1); raise it (0.95) against divergences (default 0.9)"
+        "--target-accept", type=acceptance, default=0.95, help="NUTS target acceptance, in (0, 1); raise it (0.99) against divergences (default 0.95)"
     )
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
