@@ -295,8 +295,10 @@ def _sample_sites(model, inputs: ModelInputs) -> set[str]:
 #: draws that estimate the metric), then the step-size warmup of the final run. On the
 #: demo a final step-size warmup of 0.4 gave 25 divergences where 0.2 gave 44 (one seed).
 METRIC_ROUNDS = ((0.1, 0.2), (0.1, 0.2))
-METRIC_ADAPTATIONS = ("auto", "pooled", "per_chain")
 FINAL_WARMUP = 0.4
+
+#: Choices of ``fit(metric_adaptation=...)``.
+METRIC_ADAPTATIONS = ("auto", "pooled", "per_chain")
 
 
 def _pooled_metric(mcmc: MCMC, block: tuple[str, ...], previous: np.ndarray) -> np.ndarray:
@@ -419,8 +421,7 @@ def fit(
     init : {"laplace", "point", "median"}
         ``laplace`` (default): start at the posterior mode (L-BFGS from the per-family
         least-squares fit) with the inverse Hessian there as the initial mass matrix, which
-        warmup then refines (in rounds from the draws of all chains, :data:`METRIC_ROUNDS`,
-        when the model has more parameters than :func:`needs_pooled_metric` allows);
+        warmup then refines (see ``metric_adaptation``);
         ``point``: start at the per-family least-squares fit with a unit mass matrix
         (NumPyro's per-chain adaptation); ``median``: start at prior medians (likewise).
     metric_adaptation : {"auto", "pooled", "per_chain"}
