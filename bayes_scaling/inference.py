@@ -184,15 +184,14 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
         tau = np.clip(theta.std(axis=0) if len(theta) > 2 else prior_mean / 2, 0.02, None)
         values["tau"] = tau
         values["corr_cholesky"] = np.eye(len(PARAM_NAMES))
-        inputs = ModelInputs.from_data(data)
-        effects = family_effects(spec, inputs.family_sizes)
-        if (centred := effects == "centred").any():
-            values["theta_centred"] = theta[centred]
-        if (noncentred := effects == "noncentred").any():
-            values["theta_z"] = (theta[noncentred] - mu) / tau
-        if (level := effects == "level").any():
-            centre = inputs.family_x_n[level], inputs.family_x_d[level]
-            values["theta_level"] = np.asarray(to_level_coordinates(theta[level], *centre))
+        effects = family_effects(spec)
+        if effects == "centred":
+            values["theta_centred"] = theta
+        elif effects == "noncentred":
+            values["theta_z"] = (theta - mu) / tau
+        else:
+            inputs = ModelInputs.from_data(data)
+            values["theta_level"] = np.asarray(to_level_coordinates(theta, inputs.family_x_n, inputs.family_x_d))
     return values
 
 
@@ -548,14 +547,13 @@ def fit(
 
 def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: bool, seed: int) -> az.InferenceData:
     families, runs = np.array(data.families), np.array(data.runs)
-    inputs = ModelInputs.from_data(data)
-    effects = family_effects(spec, inputs.family_sizes)
+    effects = family_effects(spec)
     runs_centred = centred_runs(data.run_idx, len(data.runs))
     coords = {
         "run_centred": list(runs[runs_centred]),
         "run_noncentred": list(runs[~runs_centred]),
         "family": list(families),
-        **{f"family_{kind}": list(families[effects == kind]) for kind in EFFECTS},
+        **{f"family_{kind}": list(families) if kind == effects else [] for kind in EFFECTS},
         "family_repeated": list(families[repeated_families(data.run_idx, data.run_family, len(families))]),
         "level_param": list(LEVEL_NAMES),
         "run": list(data.runs),

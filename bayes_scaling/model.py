@@ -84,7 +84,6 @@ class ModelInputs:
     family_idx: np.ndarray
     run_idx: np.ndarray
     run_family: np.ndarray
-    family_sizes: np.ndarray
     family_x_n: np.ndarray
     family_x_d: np.ndarray
     log_loss: np.ndarray | None = None
@@ -99,7 +98,6 @@ class ModelInputs:
             family_idx=data.family_idx,
             run_idx=data.run_idx,
             run_family=data.run_family,
-            family_sizes=n_sizes.astype(np.int32),
             # centre of each family's data: mean x_n over its distinct sizes, mean x_d over its checkpoints
             family_x_n=np.bincount(size_family, weights=size_x_n) / n_sizes,
             family_x_d=np.bincount(data.family_idx, weights=data.x_d) / np.bincount(data.family_idx),
@@ -111,7 +109,7 @@ class ModelInputs:
 
 
 def _distinct_sizes(family_idx, x_n):
-    """(family of each distinct (family, size) pair, its x_n), for per-family size counts."""
+    """(family of each distinct (family, size) pair, its x_n): each family's sizes counted once."""
     pairs = np.unique(np.stack([np.asarray(family_idx, float), np.asarray(x_n, float)]), axis=1)
     return pairs[0].astype(int), pairs[1]
 
@@ -120,8 +118,8 @@ def _distinct_sizes(family_idx, x_n):
 EFFECTS = ("centred", "noncentred", "level")
 
 
-def family_effects(spec: Spec, family_sizes) -> np.ndarray:
-    """Per family, one of :data:`EFFECTS`: how its theta is sampled (partial pooling only).
+def family_effects(spec: Spec) -> str:
+    """One of :data:`EFFECTS`: how every family's theta is sampled (partial pooling only).
 
     ``level`` (the default) samples theta in level coordinates at the family's data centre
     (:func:`~bayes_scaling.laws.to_level_coordinates`): the loss level there is pinned by
@@ -129,8 +127,7 @@ def family_effects(spec: Spec, family_sizes) -> np.ndarray:
     thin curved ridges (E + A/N^alpha = const for one model size), which kept NUTS at its
     maximum tree depth on the corpus.
     """
-    kind = "level" if spec.family_effects == "auto" else spec.family_effects
-    return np.full(np.shape(family_sizes), kind)
+    return "level" if spec.family_effects == "auto" else spec.family_effects
 
 
 class LevelMultivariateNormal(dist.Distribution):
@@ -156,9 +153,8 @@ class LevelMultivariateNormal(dist.Distribution):
         return self.base.log_prob(from_level_coordinates(value, self.x_n0, self.x_d0))
 
 
-def _family_parameters(spec: Spec, family_sizes, family_centre):
+def _family_parameters(spec: Spec, n_families: int, family_centre):
     """Sample theta[family, param] under the spec's pooling."""
-    n_families = len(family_sizes)
     mean_prior = prior_distribution(spec.mean_priors).to_event(1)
     if spec.pooling == "none":
         with numpyro.plate("family", n_families):
@@ -172,21 +168,17 @@ def _family_parameters(spec: Spec, family_sizes, family_centre):
     )
     numpyro.deterministic("corr", corr_chol @ corr_chol.T)
     scale_tril = tau[:, None] * corr_chol
-    effects = family_effects(spec, family_sizes)
-    theta = jnp.zeros((n_families, N_PARAMS))
-    if (centred := effects == "centred").any():
-        with numpyro.plate("family_centred", int(centred.sum())):
-            theta_c = numpyro.sample("theta_centred", dist.MultivariateNormal(mu, scale_tril=scale_tril))
-        theta = theta.at[np.flatnonzero(centred)].set(theta_c)
-    if (noncentred := effects == "noncentred").any():
-        with numpyro.plate("family_noncentred", int(noncentred.sum())):
+    effects = family_effects(spec)
+    with numpyro.plate(f"family_{effects}", n_families):
+        if effects == "centred":
+            theta = numpyro.sample("theta_centred", dist.MultivariateNormal(mu, scale_tril=scale_tril))
+        elif effects == "noncentred":
             z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
-        theta = theta.at[np.flatnonzero(noncentred)].set(mu + z @ scale_tril.T)
-    if (level := effects == "level").any():
-        x_n0, x_d0 = (jnp.asarray(np.asarray(c)[level]) for c in family_centre)
-        with numpyro.plate("family_level", int(level.sum())):
+            theta = mu + z @ scale_tril.T
+        else:
+            x_n0, x_d0 = (jnp.asarray(c) for c in family_centre)
             coords = numpyro.sample("theta_level", LevelMultivariateNormal(mu, scale_tril, x_n0, x_d0))
-        theta = theta.at[np.flatnonzero(level)].set(from_level_coordinates(coords, x_n0, x_d0))
+            theta = from_level_coordinates(coords, x_n0, x_d0)
     return numpyro.deterministic("theta", theta)
 
 
@@ -210,16 +202,15 @@ def repeated_families(run_idx, run_family, n_families: int) -> np.ndarray:
     return np.bincount(np.asarray(run_family)[per_run >= 2], minlength=n_families) > 0
 
 
-def _run_scale(spec: Spec, run_idx, run_family, n_families: int):
-    """Sample sigma_run per family; returns it per run.
+def _run_scale(spec: Spec, repeated: np.ndarray, run_family):
+    """Sample sigma_run per family (0 where not ``repeated``); returns it per run.
 
     Run spread differs by family (seeds only, or whole ablation grids), and one shared
     scale set by the widest family swamped the information in one-checkpoint-per-run
     families. Those families get sigma_run = 0: their noise already holds the run spread
     (a free sigma_run there would be unidentified next to sigma_obs).
     """
-    repeated = repeated_families(run_idx, run_family, n_families)
-    sigma_run = jnp.zeros(n_families)
+    sigma_run = jnp.zeros(len(repeated))
     if repeated.any():
         with numpyro.plate("family_repeated", int(repeated.sum())):
             fitted = numpyro.sample("sigma_run_fitted", prior_distribution(spec.run_scale_prior))
@@ -227,7 +218,7 @@ def _run_scale(spec: Spec, run_idx, run_family, n_families: int):
     return numpyro.deterministic("sigma_run", sigma_run)[run_family]
 
 
-def _noise_prior(spec: Spec, run_idx, run_family, n_families: int) -> dist.Distribution:
+def _noise_prior(spec: Spec, repeated: np.ndarray) -> dist.Distribution:
     """Prior of sigma_obs per family: ``single_checkpoint_noise_scale`` where every run has one checkpoint.
 
     There sigma_run is 0 and the noise holds the run-to-run spread as well, so its prior is
@@ -235,10 +226,7 @@ def _noise_prior(spec: Spec, run_idx, run_family, n_families: int) -> dist.Distr
     than law parameters (porian-*: 3) could fit them exactly at any noise down to 1e-4, and
     NUTS diverged in that funnel (18% of draws with the noise below 1e-3 on the corpus).
     """
-    single = ~repeated_families(run_idx, run_family, n_families)
-    if spec.single_checkpoint_noise_prior == spec.noise_scale_prior or not single.any():
-        return prior_distribution(spec.noise_scale_prior)
-    return prior_distribution(tuple(spec.single_checkpoint_noise_prior if s else spec.noise_scale_prior for s in single))
+    return prior_distribution(tuple(spec.noise_scale_prior if r else spec.single_checkpoint_noise_prior for r in repeated))
 
 
 def _run_offsets(spec: Spec, run_scale, run_idx):
@@ -329,20 +317,21 @@ class RunMarginalNormal(dist.Distribution):
 def build_model(spec: Spec):
     """Return the NumPyro model function for ``spec``.
 
-    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, family_x_n,
-    family_x_d, log_loss=None)`` takes the fields of :class:`ModelInputs` (``family_sizes``:
-    distinct model sizes per family, a concrete array; ``family_x_n``, ``family_x_d``: the
-    centre of each family's data); with ``log_loss=None`` it samples the prior predictive.
+    The returned ``model(x_n, x_d, family_idx, run_idx, run_family, family_x_n, family_x_d,
+    log_loss=None)`` takes the fields of :class:`ModelInputs` (``family_x_n``, ``family_x_d``:
+    the centre of each family's data, one entry per family); with ``log_loss=None`` it
+    samples the prior predictive.
     """
 
-    def model(x_n, x_d, family_idx, run_idx, run_family, family_sizes, family_x_n, family_x_d, log_loss=None):
-        n_families = len(family_sizes)
-        theta = _family_parameters(spec, family_sizes, (family_x_n, family_x_d))
+    def model(x_n, x_d, family_idx, run_idx, run_family, family_x_n, family_x_d, log_loss=None):
+        n_families = len(family_x_n)
+        theta = _family_parameters(spec, n_families, (family_x_n, family_x_d))
         for i, name in enumerate(PARAM_NAMES):
             numpyro.deterministic(name, theta[:, i])
-        run_scale = _run_scale(spec, run_idx, run_family, n_families) if spec.run_offsets else None
+        repeated = repeated_families(run_idx, run_family, n_families)
+        run_scale = _run_scale(spec, repeated, run_family) if spec.run_offsets else None
         with numpyro.plate("family", n_families):
-            sigma_obs = numpyro.sample("sigma_obs", _noise_prior(spec, run_idx, run_family, n_families))
+            sigma_obs = numpyro.sample("sigma_obs", _noise_prior(spec, repeated))
         th = theta[family_idx]
         mean = chinchilla_log_loss(x_n, x_d, th[:, 0], th[:, 1], th[:, 2], th[:, 3], th[:, 4])
         if spec.marginal_run_offsets:

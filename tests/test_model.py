@@ -25,7 +25,7 @@ def trace(spec_name, inputs, **overrides):
 
 def test_hierarchical_sites_and_shapes(inputs):
     tr = trace("chinchilla_hierarchical", inputs)
-    n_fam, n_run, n_obs = len(inputs.family_sizes), len(inputs.run_family), len(inputs.x_n)
+    n_fam, n_run, n_obs = len(inputs.family_x_n), len(inputs.run_family), len(inputs.x_n)
     assert tr["mu"]["value"].shape == (5,)
     assert tr["tau"]["value"].shape == (5,)
     assert tr["corr_cholesky"]["value"].shape == (5, 5)
@@ -43,7 +43,7 @@ def test_hierarchical_sites_and_shapes(inputs):
 def test_independent_has_no_population(inputs):
     tr = trace("chinchilla_independent", inputs)
     assert "mu" not in tr and "tau" not in tr
-    assert tr["sigma_run"]["value"].shape == (len(inputs.family_sizes),)
+    assert tr["sigma_run"]["value"].shape == (len(inputs.family_x_n),)
 
 
 def test_run_scale_is_zero_where_every_run_has_one_checkpoint(inputs):
@@ -56,7 +56,7 @@ def test_run_scale_is_zero_where_every_run_has_one_checkpoint(inputs):
     tr = trace("chinchilla_hierarchical", inputs, **cut)
     sigma_run = np.asarray(tr["sigma_run"]["value"])
     assert sigma_run[0] == 0.0 and (sigma_run[1:] > 0).all()
-    assert tr["sigma_run_fitted"]["value"].shape == (len(inputs.family_sizes) - 1,)
+    assert tr["sigma_run_fitted"]["value"].shape == (len(inputs.family_x_n) - 1,)
     # that family's noise holds the run spread too, so it has the single-checkpoint prior
     spec = load_spec("chinchilla_hierarchical")
     noise = tr["sigma_obs"]["fn"]
