@@ -7,7 +7,7 @@ ESS per second, and where the time went (leapfrog steps per draw, tree depth).
 
 Usage::
 
-    python benchmarks/fit_corpus.py [--data ../shared/data] [--chains 4] [--warmup 500] [--draws 1000] [--target-accept 0.95]
+    python benchmarks/fit_corpus.py [--data ../shared/data] [--chains 4] [--warmup 500] [--draws 1000] [--target-accept 0.97]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-accept", type=float, default=0.95)
+    # 0.97, above fit's 0.95: at 0.95 one draw in 4,000 diverged in the corpus's corners (E -> 0
+    # in a one-size family); see the hand-written section of results/fit_corpus.md
+    parser.add_argument("--target-accept", type=float, default=0.97)
     parser.add_argument("--max-checkpoints", type=int, default=None, help="override the spec default (30)")
     parser.add_argument("--spec", default="chinchilla_hierarchical")
     parser.add_argument("--out", type=Path, default=RESULTS / "fit_corpus.md")
