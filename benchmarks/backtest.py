@@ -5,12 +5,15 @@
 Writes ``backtest.csv`` (one row per family x target x k x fraction x cut x estimator),
 ``backtest.md`` (summary), ``backtest_population.csv`` and plots into ``--out``.
 
-Settings sized to finish within about 60 minutes on 2 (shared) CPU cores:
+Settings sized for about an hour on 2 CPU cores (2026-11-29: point fits 16.3 min on a loaded
+machine, Bayesian part 47.0 min on a quiet one; the cells run on one core):
 point fits on every cell (k = 1..5, fractions 0.1, 0.2, 0.3, 0.5, 1.0, cuts 1e10 and 0);
 the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1..2 at the
-0 cut, each Bayesian cell a 2-chain NUTS fit (300 warmup + 300 draws, tree depth <= 8).
+0 cut, each Bayesian cell a 2-chain NUTS fit (1000 warmup + 1000 draws, tree depth <= 8;
+with 300 + 300 half the cells at the 1e10 cut had r_hat > 1.2, see backtest_mixing.py), the
+population fits of ``bayes_hierarchical`` 2 chains x (300 + 300).
 One compiled sampler per shape bucket serves every cell (compilation, 1-2 minutes each
-on the busy machine, dominates; a cell then samples in about a second).
+on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def main(argv=None) -> int:
     parser.add_argument("--families", nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell / population fit")
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--draws", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per Bayesian cell")
+    parser.add_argument("--draws", type=int, default=1000, help="NUTS draws per Bayesian cell")
+    parser.add_argument("--population-warmup", type=int, default=300, help="NUTS warmup per population fit")
+    parser.add_argument("--population-draws", type=int, default=300, help="NUTS draws per population fit")
     parser.add_argument("--max-tree-depth", type=int, default=8)
     parser.add_argument(
         "--summarize-only",
@@ -134,8 +139,8 @@ def main(argv=None) -> int:
                     cut,
                     seed=args.seed,
                     chains=args.chains,
-                    warmup=args.warmup,
-                    draws=args.draws,
+                    warmup=args.population_warmup,
+                    draws=args.population_draws,
                     progress=lambda f: note(f"population {cut:g} {f}"),
                 )
             population[cut] = priors
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
         "Bayesian cells": f"fractions {args.bayes_fractions}; k in {args.bayes_ks} at cut 1e10, k in {args.bayes_ks_cut0} at cut 0",
         "Bayesian sampler": ", ".join(f"{k}={v}" for k, v in {**bt.BAYES_SETTINGS, **bayes_settings}.items()),
         "population (bayes_hierarchical)": "leave-one-family-out mixture of per-family posteriors; "
-        + f"; per-family NUTS with chains={args.chains}, warmup={args.warmup}, draws={args.draws}, "
+        + f"; per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
         f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run",
         "cells run": cells_run,
         "wall time": f"{elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min); summed fit seconds by estimator: "

@@ -325,6 +325,32 @@ def test_cli_backtest_point_fits(tmp_path, synthetic_runs):
     assert main(["backtest", str(path), "--out", str(out), "--estimators", "oracle"]) == 2
 
 
+def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
+    # cells and population fits get their own warmup/draws (defaults 1000/1000 and 300/300);
+    # a population with no draws is refused with exit code 2, naming the flag
+    from bayes_scaling import backtest as bt
+    from bayes_scaling.cli import main
+
+    seen = {}
+
+    def fake_backtest(runs, **kwargs):
+        seen.update(kwargs)
+        raise bt.DataError("stop here")
+
+    monkeypatch.setattr(bt, "backtest", fake_backtest)
+    path = tmp_path / "runs.csv"
+    path.write_text("family,model,num_params,tokens,loss\n")
+    assert main(["backtest", str(path), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert seen["bayes_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000}
+    assert seen["population_settings"] == {"chains": 2, "warmup": 300, "draws": 300}
+    args = ["backtest", str(path), "--out", str(tmp_path / "b"), "--no-progress", "--population-warmup", "50", "--population-draws", "60"]
+    assert main(args) == 2
+    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60}
+    capsys.readouterr()
+    assert main(["backtest", str(path), "--out", str(tmp_path / "c"), "--population-draws", "0"]) == 2
+    assert "--population-draws must be >= 1" in capsys.readouterr().err
+
+
 def test_plots_return_axes():
     import matplotlib.pyplot as plt
 

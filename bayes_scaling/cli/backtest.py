@@ -45,8 +45,12 @@ def register(subparsers) -> None:
     p.add_argument("--bayes-fractions", type=float, nargs="+", default=None, help="fractions for the Bayesian estimators (default: all)")
     p.add_argument("--bayes-k", type=int, nargs="+", default=None, help="k values for the Bayesian estimators (default: all)")
     p.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell (default 2)")
-    p.add_argument("--warmup", type=int, default=200, help="NUTS warmup per chain (default 200)")
-    p.add_argument("--draws", type=int, default=200, help="NUTS draws per chain (default 200)")
+    # 1000 + 1000 per cell: with 300 + 300, half of the shared corpus's cells at the 1e10 cut
+    # had r_hat > 1.2 (benchmarks/backtest_mixing.md)
+    p.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per chain of each Bayesian cell (default 1000)")
+    p.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain of each Bayesian cell (default 1000)")
+    p.add_argument("--population-warmup", type=int, default=300, help="NUTS warmup per chain of each population fit (default 300)")
+    p.add_argument("--population-draws", type=int, default=300, help="NUTS draws per chain of each population fit (default 300)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_cli_arguments(p)
@@ -61,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.estimators) - set(bt.ESTIMATORS))
     if unknown:
         raise DataError(f"unknown estimators {unknown}; choose from {list(bt.ESTIMATORS)}")
-    for name in ("chains", "draws"):
+    for name in ("chains", "draws", "population_draws"):
         if getattr(args, name) < 1:
-            raise DataError(f"--{name} must be >= 1")
+            raise DataError(f"--{name.replace('_', '-')} must be >= 1")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             bayes_fractions=args.bayes_fractions,
             bayes_ks=args.bayes_k,
             bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
-            population_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
+            population_settings={"chains": args.chains, "warmup": args.population_warmup, "draws": args.population_draws},
             seed=args.seed,
             executor=cli_run.executor,
             sink=cli_run.sink,
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k or "all",
         "fractions": args.fractions,
         "min_tokens": args.min_tokens,
-        "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}",
+        "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
+        f"population fits warmup={args.population_warmup}, draws={args.population_draws}",
         "seed": args.seed,
     }
     (out / "backtest.md").write_text(result.summary(meta))
