@@ -2,6 +2,8 @@
 
     python benchmarks/backtest_mixing.py [--runs ../shared/data/runs.csv.gz] [--out benchmarks/results]
 
+``--runs`` defaults to ``$BAYES_SCALING_DATA/runs.csv.gz`` (else the shared folder beside the repository).
+
 Runs the ``bayes_hierarchical`` cells at the 1e10 cut, fraction 1.0, k = 3..5 of the
 families whose 90% intervals missed in the back-test of 2026-11-29 twice, side by side:
 short chains (2 x (300 + 300), what ``benchmarks/backtest.py`` used then) and long ones
@@ -87,7 +89,7 @@ def summary(results: pd.DataFrame, args, seconds: float | None) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=os.environ.get("BAYES_SCALING_RUNS", str(HERE.parent / ".." / "shared" / "data" / "runs.csv.gz")))
+    parser.add_argument("--runs", type=Path, default=Path(os.environ.get("BAYES_SCALING_DATA", HERE.parent.parent / "shared" / "data")) / "runs.csv.gz")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--ks", type=int, nargs="+", default=[3, 4, 5])
     parser.add_argument("--chains", type=int, default=4)
