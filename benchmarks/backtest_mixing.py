@@ -32,6 +32,8 @@ MISSED = (
     "datablations-contour", "gemstones", "gemstones-cooldown", "opt", "overtrain-rpj",
     "xlstm-llama-ctx2048", "xlstm-llama-ctx8192", "xlstm-mlstm-ctx8192-gbs256",
 )
+#: Heading of the hand-written part of backtest_mixing.md, kept when the tables are rebuilt.
+READING = "## Reading"
 COLUMNS = dict(are=("are", "mean"), cov_90=("cov_90", "mean"), width_90=("width_90", "mean"), max_rhat=("max_rhat", "max"), divergences=("divergences", "max"))
 
 
@@ -107,7 +109,10 @@ def main(argv=None) -> int:
         results = run(args)
         seconds = time.perf_counter() - started
         results.to_csv(csv, index=False)
-    (args.out / "backtest_mixing.md").write_text(summary(results, args, seconds))
+    md = args.out / "backtest_mixing.md"
+    # keep the hand-written reading below the generated tables
+    notes = md.read_text().partition(READING)[2] if md.exists() else ""
+    md.write_text(summary(results, args, seconds) + (f"\n{READING}{notes}" if notes else ""))
     print(f"wrote {args.out / 'backtest_mixing.md'}")
     return 0
 
