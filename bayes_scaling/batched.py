@@ -58,7 +58,6 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 
 from .cellfit import (
-    DENSE_SITES,
     N_PARAMS,
     POINTS_BUCKET,
     RUNS_BUCKET,
@@ -68,6 +67,7 @@ from .cellfit import (
     _model,
     _split_rhat,
     data_centre,
+    dense_sites,
 )
 from .laws import to_level_coordinates
 
@@ -116,10 +116,10 @@ class CellProblem:
     def n_runs(self) -> int:
         return int(self.run_idx.max()) + 1
 
-    def bucket(self) -> tuple[tuple[str, bool], int, int]:
-        """((scale prior kind, marginal likelihood), padded points, padded runs): problems
-        with equal buckets share a compilation."""
-        kind = (self.prior.scale_kind, self.prior.marginal)
+    def bucket(self) -> tuple[tuple[str, bool, bool], int, int]:
+        """((scale prior kind, marginal likelihood, size term), padded points, padded runs):
+        problems with equal buckets share a compilation."""
+        kind = (self.prior.scale_kind, self.prior.marginal, self.prior.size_term)
         return (kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
 
 
@@ -161,6 +161,7 @@ def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...
         np.float64(p.noise_scale[0]),
         np.float64(p.noise_scale[1]),
         np.float64(p.nu),
+        *(np.float64(v) for v in p.size_args()),
         pad(problem.log_loss, 0.0),
     )
 
@@ -174,33 +175,38 @@ def _log_median(kind, a, b):
 
 @lru_cache(maxsize=None)
 def _program(
-    kind: tuple[str, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    kind: tuple[str, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
-    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, diverging, num_steps,
-    warmup_steps)`` over L lanes; ``kind`` = (scale prior kind, marginal likelihood)."""
-    scale_kind, marginal = kind
-    model = _model(scale_kind, marginal)
-    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0))  # shapes only
+    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
+    num_steps, warmup_steps)`` over L lanes; ``kind`` = (scale prior kind, marginal
+    likelihood, size term); sigma_size is 0 without a size term."""
+    scale_kind, marginal, size_term = kind
+    model = _model(scale_kind, marginal, size_term)
+    size_scale = (1.0, 1.0) if size_term else None
+    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), size_scale=size_scale)  # shapes only
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn
 
     def lane(key, args):
         key_init, key_run = jax.random.split(key)
-        jitter = jax.random.uniform(key_init, (N_PARAMS + r_pad + 2,), minval=-0.2, maxval=0.2)
+        jitter = jax.random.uniform(key_init, (N_PARAMS + r_pad + 2 + int(size_term),), minval=-0.2, maxval=0.2)
+        scale_jitter = jitter[N_PARAMS + r_pad :]  # sigma_run, sigma_obs[, sigma_size]
         loc, scale_tril = args[5], args[6]
         z0 = {  # near the prior mean: theta = loc + L jitter, in the model's level coordinates
             "theta_level": to_level_coordinates(loc + scale_tril @ jitter[:N_PARAMS], *data_centre(args[0], args[1], args[3])),
-            "sigma_run": _log_median(scale_kind, args[7], args[8]) + jitter[-2],
-            "sigma_obs": _log_median(scale_kind, args[9], args[10]) + jitter[-1],
+            "sigma_run": _log_median(scale_kind, args[7], args[8]) + scale_jitter[0],
+            "sigma_obs": _log_median(scale_kind, args[9], args[10]) + scale_jitter[1],
         }
+        if size_term:
+            z0["sigma_size"] = _log_median(scale_kind, args[12], args[13]) + scale_jitter[2]
         if not marginal:
             z0["run_z"] = jitter[N_PARAMS : N_PARAMS + r_pad]
         init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
         state = init_kernel(
             z0,
             warmup,
-            dense_mass=[DENSE_SITES],
+            dense_mass=[dense_sites(size_term)],
             target_accept_prob=target_accept,
             max_tree_depth=max_tree_depth,
             model_args=args,
@@ -214,7 +220,8 @@ def _program(
         state, (_, _, warmup_steps) = jax.lax.scan(step, state, None, length=warmup)
         _, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
         constrained = jax.vmap(postprocess_gen(*args))(zs)
-        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], diverging, num_steps, warmup_steps
+        sigma_size = constrained["sigma_size"] if size_term else jnp.zeros_like(constrained["sigma_run"])
+        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, diverging, num_steps, warmup_steps
 
     return jax.jit(jax.vmap(lane))
 
@@ -291,10 +298,11 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
     keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
     args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
     program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth)
-    theta, sigma_run, sigma_obs, diverging, num_steps, warmup_steps = jax.block_until_ready(program(keys, args))
+    theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = jax.block_until_ready(program(keys, args))
     theta = np.asarray(theta).reshape(padded_cells, chains, draws, N_PARAMS)
     sigma_run = np.asarray(sigma_run).reshape(padded_cells, chains, draws)
     sigma_obs = np.asarray(sigma_obs).reshape(padded_cells, chains, draws)
+    sigma_size = np.asarray(sigma_size).reshape(padded_cells, chains, draws)
     diverging = np.asarray(diverging).reshape(padded_cells, chains, draws)
     num_steps = np.asarray(num_steps).reshape(padded_cells, chains, draws)
     warmup_steps = np.asarray(warmup_steps).reshape(padded_cells, chains, warmup)
@@ -306,6 +314,8 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
             nu=float(chunk[c].prior.nu),
             divergences=int(diverging[c].sum()),
             max_rhat=_split_rhat(theta[c]),
+            sigma_size=sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
+            size_anchor=float(chunk[c].x_n.max()),
             num_steps=num_steps[c],
             warmup_steps=warmup_steps[c],
         )

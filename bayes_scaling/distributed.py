@@ -4,6 +4,8 @@ The back-test runner maps a pure function ``evaluate_cell(cell, seed)`` over cel
 *executor* (``map_unordered(fn, items) -> iterator of (item, fn(item))`` in completion
 order) and hands each finished cell's rows to a *sink*. This module adds:
 
+* :class:`ProcessExecutor` - runs the cells in worker processes on this machine (standard
+  library, no Ray); as with Ray, the numbers do not depend on which worker runs a cell.
 * :class:`RayExecutor` - runs the cells as Ray tasks on a cluster (``address="HOST:PORT"``)
   or on a local Ray started on the loopback interface (the default). Each cell's seed is a
   hash of its key (:func:`bayes_scaling.backtest.cell_seed`), so the numbers do not depend
@@ -130,6 +132,77 @@ def _call(fn, item):
     return fn(item)
 
 
+def _set_environment(env: dict) -> None:
+    os.environ.update({k: str(v) for k, v in env.items()})
+
+
+#: Each worker process runs XLA on one thread: with one worker per core, more threads
+#: would only fight over the same cores.
+SINGLE_THREAD_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+class ProcessExecutor:
+    """Run ``fn(item)`` in ``workers`` processes of this machine, yielding ``(item, result)``
+    as they complete.
+
+    Processes are spawned (not forked: JAX is multithreaded), so ``fn`` and the items must
+    be picklable, as for Ray. Each worker compiles its own samplers, so a worker pays the
+    compilation of every shape bucket it meets once.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (one per core is the sensible most).
+    env : dict, optional
+        Environment variables set in each worker before it imports JAX (default
+        :data:`SINGLE_THREAD_ENV`).
+    """
+
+    def __init__(self, workers: int = 2, env: dict | None = None):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if int(workers) < 1:
+            raise DataError(f"workers must be >= 1, got {workers!r}")
+        self.workers = int(workers)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_set_environment,
+            initargs=(SINGLE_THREAD_ENV if env is None else env,),
+        )
+
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        it = iter(items)
+        pending: dict = {}
+
+        def submit():  # keep two cells per worker queued, not the whole grid
+            for item in it:
+                pending[self._pool.submit(_call, fn, item)] = item
+                if len(pending) >= 2 * self.workers:
+                    return
+
+        submit()
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                item = pending.pop(future)
+                yield item, future.result()
+            submit()
+
+    def close(self) -> None:
+        """Stop the worker processes (waits for the cells they are running)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class RayExecutor:
     """Run ``fn(item)`` as Ray tasks, yielding ``(item, result)`` as tasks complete.
 
@@ -198,18 +271,24 @@ class RayExecutor:
         self.close()
 
 
+EXECUTORS = ("local", "process", "ray")
+
+
 def make_executor(name: str, *, address: str | None = None, num_cpus: int = 2):
-    """``"local"`` -> LocalExecutor, ``"ray"`` -> RayExecutor (DataError with the install
-    command when Ray is missing)."""
+    """``"local"`` -> LocalExecutor, ``"process"`` -> ProcessExecutor with ``num_cpus``
+    workers, ``"ray"`` -> RayExecutor (DataError with the install command when Ray is
+    missing)."""
     from .backtest import LocalExecutor
 
+    if name not in EXECUTORS:
+        raise DataError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    if name != "ray" and address is not None:
+        raise DataError("--address only applies to --executor ray")
     if name == "local":
-        if address is not None:
-            raise DataError("--address only applies to --executor ray")
         return LocalExecutor()
-    if name == "ray":
-        return RayExecutor(address=address, num_cpus=num_cpus)
-    raise DataError(f"unknown executor {name!r}; choose 'local' or 'ray'")
+    if name == "process":
+        return ProcessExecutor(workers=num_cpus)
+    return RayExecutor(address=address, num_cpus=num_cpus)
 
 
 def check_run_config(directory, config: dict) -> None:
@@ -252,19 +331,22 @@ def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",
 # --------------------------------------------------------------------------- CLI glue
 
 #: Settings that change a cell's numbers; a resumed run must use the same ones.
-RESUME_SETTINGS = ("runs", "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size")
+RESUME_SETTINGS = (
+    "runs", "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size",
+    "population_warmup", "population_draws", "population_size_scale",
+)
 
 
 def add_cli_arguments(parser) -> None:
     """``--executor``, ``--address``, ``--num-cpus`` and ``--restart`` of ``bayes-scaling backtest``."""
     parser.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=EXECUTORS,
         default="local",
-        help=f"where cells run: this process (local) or Ray tasks (ray; needs {RAY_HINT})",
+        help=f"where cells run: this process (local), --num-cpus worker processes (process) or Ray tasks (ray; needs {RAY_HINT})",
     )
     parser.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster to join (default: start a local Ray on 127.0.0.1)")
-    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="worker processes, or CPUs of the local Ray (default 2)")
     parser.add_argument(
         "--batch-size",
         type=int,

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling.cellfit import CellPosterior, CellPrior, fit_cell, independent_prior, mixture_prior  # noqa: E402
 from bayes_scaling.errors import DataError  # noqa: E402
-from bayes_scaling.laws import centre  # noqa: E402
+from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
 
 # --------------------------------------------------------------------------- tiny table
@@ -215,6 +215,21 @@ def test_run_cells_streams_rows_any_order(tiny):
     assert set(a["status"]) <= {"ok", "failed", "nonfinite"}
 
 
+def test_failed_cells_keep_every_column(tiny, tmp_path):
+    # a failed fit finishing first must not set a CSV header without the score columns
+    cells = bt.build_cells(bt.protocol_cells(tiny, ks=[1], fractions=[1.0], max_checkpoints=None), ["classic"])
+    broken = dataclasses.replace(cells[0], estimator="not_an_estimator")
+    ok = bt.evaluate_cell(cells[0], seed=0)
+    failed = bt.evaluate_cell(broken, seed=0)
+    assert failed[0]["status"] == "failed" and np.isnan(failed[0]["are"]) and np.isnan(failed[0]["cov_90"])
+    assert list(failed[0]) == list(ok[0])
+    sink = bt.CsvSink(tmp_path / "rows.csv")
+    sink(failed)
+    sink(ok)
+    written = pd.read_csv(tmp_path / "rows.csv")
+    assert list(written.columns) == list(ok[0]) and written["are"].iloc[-1] == pytest.approx(ok[0]["are"])
+
+
 # --------------------------------------------------------------------------- Bayesian cells
 
 
@@ -263,10 +278,70 @@ def test_mixture_prior_moments():
     np.testing.assert_allclose(prior.loc, 0.5, atol=0.01)
     np.testing.assert_allclose(np.diag(prior.cov), 0.25 + 1e-4, rtol=0.05)
     assert prior.run_scale[0] == pytest.approx(np.log(0.01), abs=1e-3)
+    assert prior.size_scale is None  # no posterior had a size term
+    sized = [dataclasses.replace(p, sigma_size=np.full(400, s)) for p, s in zip(posts, (0.004, 0.016))]
+    # log-normal of the pooled draws: log-mean at log(0.008), log-sd log(4) / 2
+    np.testing.assert_allclose(mixture_prior(sized).size_scale, (np.log(0.008), np.log(4) / 2), rtol=1e-6)
+    assert mixture_prior([sized[0], posts[1]]).size_scale is None  # only when every family has one
     with pytest.raises(ValueError):
         mixture_prior(posts[:1])
     with pytest.raises(ValueError):
         CellPrior(np.zeros(4), np.eye(5), "lognormal", (0, 1), (0, 1))
+
+
+def test_run_size_distance_below_largest_size():
+    from bayes_scaling.cellfit import run_size_distance, size_anchor
+
+    # sizes (centred log N) -1, 0, 3 in runs 0, 1, 2; a padded point (mask False) at 10 and an empty run 3
+    x_n = np.array([-1.0, -1.0, 0.0, 3.0, 10.0])
+    run_idx = np.array([0, 0, 1, 2, 0])
+    mask = np.array([True, True, True, True, False])
+    assert float(size_anchor(x_n, mask)) == pytest.approx(3.0)
+    np.testing.assert_allclose(run_size_distance(x_n, run_idx, mask, 4), [4.0, 3.0, 0.0, 0.0])
+
+
+def test_predict_new_run_spread_grows_with_distance():
+    # a point mass in theta, no noise: log draws spread only by the run offset,
+    # sd sqrt(sigma_run^2 + (sigma_size d)^2) with d = |x_n - size_anchor|
+    s = 20000
+    theta = np.tile([0.5, 0.0, 0.0, 0.3, 0.3], (s, 1))
+    post = CellPosterior(theta, np.full(s, 0.01), np.zeros(s), math.inf, 0, 1.0, sigma_size=np.full(s, 0.02), size_anchor=-1.0)
+    x_n = np.array([-1.0, 1.0, 3.0])  # d = 0, 2, 4
+    draws = np.stack([post.predict_new_run(np.array([x]), np.zeros(1), seed=0, observation_noise=False)[:, 0] for x in x_n])
+    sd = np.log(draws).std(axis=1)
+    np.testing.assert_allclose(sd, np.hypot(0.01, 0.02 * np.array([0.0, 2.0, 4.0])), rtol=0.03)  # MC error of an sd: ~0.5%
+    no_size = dataclasses.replace(post, sigma_size=None)
+    assert np.log(no_size.predict_new_run(np.array([3.0]), np.zeros(1), seed=0, observation_noise=False)).std() == pytest.approx(0.01, rel=0.03)
+
+
+def test_size_discrepancy_is_learned_from_runs_off_the_law():
+    """Runs whose offsets grow with the distance below the largest size (sd 0.03 per unit
+    log N, 3 seeds per size) against the same runs with a plain 0.003 spread: the
+    posterior of sigma_size separates the two, and its 94% interval covers the scale of the
+    offsets actually drawn (0.03 x the rms of their 18 standard normals: 0.73 here)."""
+    rng = np.random.default_rng(3)
+    truth = np.array([0.55, 0.25, 0.05, 0.34, 0.28])
+    sizes = np.log(np.geomspace(5e7, 5e9, 6) / 1e9)
+    x_n = np.repeat(sizes, 3 * 8)
+    x_d = np.tile(np.log(np.geomspace(1e10, 2e11, 8) / 1e11), 18)
+    run = np.repeat(np.arange(18), 8)
+    anchor = sizes[-1]
+    law = np.asarray(chinchilla_log_loss(x_n, x_d, *truth)) + rng.normal(0, 0.002, len(run))
+    run_sd = np.hypot(0.003, 0.03 * (anchor - np.repeat(sizes, 3)))
+    prior = dataclasses.replace(independent_prior(), size_scale=(0.05, 0.0))
+    medians = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, sd in (("bent", run_sd), ("straight", np.full(18, 0.003))):
+            z = rng.normal(0, 1, 18)
+            y = law + z[run] * sd[run]
+            post = fit_cell(x_n, x_d, run, y, prior, seed=0, chains=2, warmup=300, draws=300)
+            lo, hi = np.quantile(post.sigma_size, [0.03, 0.97])
+            medians[label] = np.median(post.sigma_size)
+            if label == "bent":
+                assert lo <= 0.03 * np.sqrt(np.mean(z**2)) <= hi, (lo, hi)
+            assert post.size_anchor == pytest.approx(anchor)
+    assert medians["bent"] > 3 * medians["straight"], medians
 
 
 def test_population_prior_from_hierarchical_fit(small_fit, synthetic_runs):
@@ -326,7 +401,7 @@ def test_cli_backtest_point_fits(tmp_path, synthetic_runs):
 
 
 def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
-    # cells and population fits get their own warmup/draws (defaults 1000/1000 and 300/300);
+    # cells and population fits get their own warmup/draws (defaults 1000/1000 for both);
     # a population with no draws is refused with exit code 2, naming the flag
     from bayes_scaling import backtest as bt
     from bayes_scaling.cli import main
@@ -342,13 +417,17 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
     path.write_text("family,model,num_params,tokens,loss\n")
     assert main(["backtest", str(path), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     assert seen["bayes_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000}
-    assert seen["population_settings"] == {"chains": 2, "warmup": 300, "draws": 300}
+    assert seen["population_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000, "size_scale": 0.02}
     args = ["backtest", str(path), "--out", str(tmp_path / "b"), "--no-progress", "--population-warmup", "50", "--population-draws", "60"]
-    assert main(args) == 2
-    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60}
+    assert main([*args, "--population-size-scale", "0"]) == 2
+    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60, "size_scale": None}
     capsys.readouterr()
     assert main(["backtest", str(path), "--out", str(tmp_path / "c"), "--population-draws", "0"]) == 2
     assert "--population-draws must be >= 1" in capsys.readouterr().err
+    assert main(["backtest", str(path), "--out", str(tmp_path / "d"), "--population-size-scale", "-1"]) == 2
+    assert "--population-size-scale must be >= 0" in capsys.readouterr().err
+    with pytest.raises(DataError, match="size_scale"):
+        bt.population_priors(pd.DataFrame(), [], 1e10, size_scale=0.0)
 
 
 def test_plots_return_axes():

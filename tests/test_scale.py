@@ -76,6 +76,24 @@ def test_batched_is_seeded_and_predicts(batched_and_looped):
     assert draws.shape == (SAMPLER["chains"] * SAMPLER["draws"], 3) and np.all(draws > 0)
 
 
+def test_batched_fits_the_size_discrepancy():
+    """A prior with a size term goes through the batched program too: sigma_size drawn,
+    its largest size recorded, and the posterior close to fit_cell's."""
+    import dataclasses
+
+    problem = _problem(3)
+    problem = dataclasses.replace(problem, prior=dataclasses.replace(problem.prior, size_scale=(0.02, 0.0)))
+    assert problem.bucket()[0] == ("half_normal", False, True)
+    (b,) = fit_cells_batched([problem], **SAMPLER)
+    l = fit_cell(problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, problem.prior, seed=problem.seed, **SAMPLER)
+    for post in (b, l):
+        assert post.sigma_size.shape == post.sigma_run.shape and np.all(post.sigma_size > 0)
+        assert post.size_anchor == pytest.approx(problem.x_n.max())
+    # the data (one run per size, noise 0.02) barely inform sigma_size: both stay near the
+    # half-normal(0.02) prior, median 0.013; MC error of 240 draws allows a factor 2
+    assert 0.5 < np.median(b.sigma_size) / np.median(l.sigma_size) < 2.0
+
+
 def test_cells_bucket_and_bad_input():
     assert [_cells_bucket(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 104]
     with pytest.raises(ValueError, match="differ in length"):
@@ -177,6 +195,28 @@ def test_cli_resume_and_ray_missing(tmp_path, table, monkeypatch, capsys):
     assert _cli([*base, tmp_path / "o2", "--executor", "ray"]) == 2
     assert "pip install 'bayes-scaling[ray]'" in capsys.readouterr().err
     assert _cli([*base, tmp_path / "o3", "--address", "1.2.3.4:6379"]) == 2
+
+
+def test_process_executor_same_numbers_as_local(table, tmp_path):
+    from bayes_scaling.distributed import ProcessExecutor, make_executor
+
+    cells = _cells(table)
+    local = bt.run_cells(cells, seed=5)
+    with ProcessExecutor(workers=2) as ex:
+        order = []
+        pooled = bt.run_cells(cells, seed=5, executor=ex, progress=lambda c: order.append(c.key))
+    assert sorted(order) == sorted(c.key for c in cells)
+    assert frame_equal_numbers(pooled, local)
+    with pytest.raises(DataError, match="workers"):
+        ProcessExecutor(workers=0)
+    with pytest.raises(DataError, match="--address"):
+        make_executor("process", address="1.2.3.4:6379")
+    path = tmp_path / "runs.csv"
+    table.to_csv(path, index=False)
+    base = [path, "--estimators", "classic", "--fractions", "0.5", "1.0", "--no-progress", "--out"]
+    assert _cli([*base, tmp_path / "proc", "--executor", "process", "--num-cpus", "2"]) == 0
+    assert _cli([*base, tmp_path / "loc"]) == 0
+    assert frame_equal_numbers(pd.read_csv(tmp_path / "proc" / "backtest.csv"), pd.read_csv(tmp_path / "loc" / "backtest.csv"))
 
 
 # --------------------------------------------------------------------------- Ray

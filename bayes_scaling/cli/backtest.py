@@ -6,7 +6,8 @@
 Writes ``DIR/backtest.csv`` (one row per family x target x k x fraction x cut x
 estimator, appended as each cell finishes), ``DIR/cells/*.parquet`` (one file per finished
 cell, written as it completes; a rerun with the same ``--out`` skips them, ``--restart``
-discards them; ``--executor ray [--address HOST:PORT]`` runs the cells on Ray), ``DIR/backtest.md`` (summary) and, when
+discards them; ``--executor process --num-cpus 2`` runs the cells in two worker processes,
+``--executor ray [--address HOST:PORT]`` on Ray), ``DIR/backtest.md`` (summary) and, when
 ``bayes_hierarchical`` runs, ``DIR/backtest_population.csv``.
 """
 
@@ -49,8 +50,15 @@ def register(subparsers) -> None:
     # had r_hat > 1.2 (benchmarks/backtest_mixing.md)
     p.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per chain of each Bayesian cell (default 1000)")
     p.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain of each Bayesian cell (default 1000)")
-    p.add_argument("--population-warmup", type=int, default=300, help="NUTS warmup per chain of each population fit (default 300)")
-    p.add_argument("--population-draws", type=int, default=300, help="NUTS draws per chain of each population fit (default 300)")
+    p.add_argument("--population-warmup", type=int, default=1000, help="NUTS warmup per chain of each population fit (default 1000)")
+    p.add_argument("--population-draws", type=int, default=1000, help="NUTS draws per chain of each population fit (default 1000)")
+    p.add_argument(
+        "--population-size-scale",
+        type=float,
+        default=0.02,
+        help="half-normal scale of each population family's size discrepancy (sd of log loss per e-fold of "
+        "model size; bayes_hierarchical predictions widen with the distance they extrapolate); 0: none (default 0.02)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_cli_arguments(p)
@@ -68,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("chains", "draws", "population_draws"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.population_size_scale >= 0:
+        raise DataError("--population-size-scale must be >= 0")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
@@ -85,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
             bayes_fractions=args.bayes_fractions,
             bayes_ks=args.bayes_k,
             bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
-            population_settings={"chains": args.chains, "warmup": args.population_warmup, "draws": args.population_draws},
+            population_settings={
+                "chains": args.chains,
+                "warmup": args.population_warmup,
+                "draws": args.population_draws,
+                "size_scale": args.population_size_scale or None,
+            },
             seed=args.seed,
             executor=cli_run.executor,
             sink=cli_run.sink,
@@ -102,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         "fractions": args.fractions,
         "min_tokens": args.min_tokens,
         "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
-        f"population fits warmup={args.population_warmup}, draws={args.population_draws}",
+        f"population fits warmup={args.population_warmup}, draws={args.population_draws}, "
+        f"size scale={args.population_size_scale or 'none'}",
         "seed": args.seed,
     }
     (out / "backtest.md").write_text(result.summary(meta))
