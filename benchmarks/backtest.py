@@ -5,15 +5,16 @@
 Writes ``backtest.csv`` (one row per family x target x k x fraction x cut x estimator),
 ``backtest.md`` (summary), ``backtest_population.csv`` and plots into ``--out``.
 
-Settings sized for about an hour on 2 CPU cores (2026-11-29: point fits 16.3 min on a loaded
-machine, Bayesian part 47.0 min on a quiet one; the cells run on one core):
+Settings sized to finish within an hour on 2 CPU cores, the cells and population fits
+spread over two worker processes (``--workers``):
 point fits on every cell (k = 1..5, fractions 0.1, 0.2, 0.3, 0.5, 1.0, cuts 1e10 and 0);
 the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1..2 at the
 0 cut, each Bayesian cell a 2-chain NUTS fit (1000 warmup + 1000 draws, tree depth <= 8;
 with 300 + 300 half the cells at the 1e10 cut had r_hat > 1.2, see backtest_mixing.py), the
-population fits of ``bayes_hierarchical`` 2 chains x (300 + 300).
-One compiled sampler per shape bucket serves every cell (compilation, 1-2 minutes each
-on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
+population fits of ``bayes_hierarchical`` the same (at 300 + 300 8 of 22 were unmixed, r_hat
+up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``).
+One compiled sampler per shape bucket and worker serves every cell (compilation, 1-2
+minutes each on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling.distributed import make_executor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,9 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell / population fit")
     parser.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per Bayesian cell")
     parser.add_argument("--draws", type=int, default=1000, help="NUTS draws per Bayesian cell")
-    parser.add_argument("--population-warmup", type=int, default=300, help="NUTS warmup per population fit")
-    parser.add_argument("--population-draws", type=int, default=300, help="NUTS draws per population fit")
+    parser.add_argument("--population-warmup", type=int, default=1000, help="NUTS warmup per population fit")
+    parser.add_argument("--population-draws", type=int, default=1000, help="NUTS draws per population fit")
+    parser.add_argument(
+        "--population-size-scale", type=float, default=0.02,
+        help="half-normal scale of the size discrepancy in each population fit; 0: none",
+    )
     parser.add_argument("--max-tree-depth", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for the cells (1: this process)")
     parser.add_argument(
         "--summarize-only",
         action="store_true",
@@ -111,6 +118,7 @@ def main(argv=None) -> int:
     bayes_settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "max_tree_depth": args.max_tree_depth}
     done = bt.done_keys(out / "backtest.csv") if args.resume else set()
     sink = bt.CsvSink(out / "backtest.csv", append=args.resume)
+    executor = make_executor("process", num_cpus=args.workers) if args.workers > 1 else bt.LocalExecutor()
     frames = [pd.read_csv(out / "backtest.csv")] if done else []
     # stage 1: point fits on every cell
     cells = [c for cut in args.cuts for c in bt.build_cells(cut_protocol(cut), point) if c.key not in done]
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with tqdm(total=len(cells), desc="point cells", unit="cell", mininterval=10) as bar:
-            frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=lambda _: bar.update()))
+            frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=lambda _: bar.update(), executor=executor))
     note("stage 1 done")
     # stages 2 and 3, cut by cut (1e10 first: the bars): population fits (leave-one-family-out),
     # then the Bayesian cells, grouped by shape bucket so compilations are reused
@@ -141,6 +149,8 @@ def main(argv=None) -> int:
                     chains=args.chains,
                     warmup=args.population_warmup,
                     draws=args.population_draws,
+                    size_scale=args.population_size_scale or None,
+                    executor=executor,
                     progress=lambda f: note(f"population {cut:g} {f}"),
                 )
             population[cut] = priors
@@ -168,7 +178,8 @@ def main(argv=None) -> int:
                     bar.update()
                     note(f"cell {cell.key}")
 
-                frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=finished))
+                frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=finished, executor=executor))
+    getattr(executor, "close", lambda: None)()
     population_info = pd.concat(info, ignore_index=True) if info else pd.DataFrame()
     results = pd.concat(frames, ignore_index=True)
     cells_run = len(results.drop_duplicates(list(bt.CELL_KEY_COLUMNS)))
@@ -183,8 +194,10 @@ def main(argv=None) -> int:
         "Bayesian cells": f"fractions {args.bayes_fractions}; k in {args.bayes_ks} at cut 1e10, k in {args.bayes_ks_cut0} at cut 0",
         "Bayesian sampler": ", ".join(f"{k}={v}" for k, v in {**bt.BAYES_SETTINGS, **bayes_settings}.items()),
         "population (bayes_hierarchical)": "leave-one-family-out mixture of per-family posteriors; "
-        + f"; per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
-        f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run",
+        + f"per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
+        f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run, "
+        f"size discrepancy half-normal scale {args.population_size_scale or 'none'}",
+        "workers": f"{args.workers} process(es) for the cells and the population fits",
         "cells run": cells_run,
         "wall time": f"{elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min); summed fit seconds by estimator: "
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()),
