@@ -73,7 +73,7 @@ import csv
 import functools
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -407,10 +407,6 @@ class PopulationJob:
     prior: object
     settings: dict
 
-    @property
-    def key(self) -> tuple:
-        return (self.min_tokens, self.family, "population")
-
 
 def fit_population_job(job: PopulationJob):
     """``(CellPosterior, seconds)`` of one population fit (a pure function of the job)."""
@@ -423,8 +419,6 @@ def fit_population_job(job: PopulationJob):
 
 
 def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, seed, progress, executor):
-    from dataclasses import replace
-
     from .cellfit import independent_prior, mixture_prior
 
     base = independent_prior()

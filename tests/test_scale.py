@@ -281,3 +281,21 @@ def test_batched_executor_scores_bayes_cells(table):
     assert len(a) == len(cells) and set(a["estimator"]) == {"classic", "bayes_independent"}
     assert (a["status"] != "failed").all()
     assert frame_equal_numbers(a, b)
+
+
+def test_population_priors_through_worker_processes():
+    """The per-family population fits give the same priors in worker processes as in this
+    one, and carry the size discrepancy to every held-out family."""
+    from bayes_scaling.datasets import synthetic
+    from bayes_scaling.distributed import ProcessExecutor
+
+    runs, truth = synthetic(n_families=3, seed=2)
+    families = list(truth.index)
+    tiny = dict(chains=1, warmup=30, draws=30, max_checkpoints=6)
+    local, info = bt.population_priors(runs, families, 1e10, **tiny)
+    with ProcessExecutor(workers=2) as ex:
+        pooled, info_p = bt.population_priors(runs, families, 1e10, executor=ex, **tiny)
+    assert list(info["fold"]) == list(info_p["fold"]) == sorted(families)
+    for f in families:
+        np.testing.assert_array_equal(local[f].loc, pooled[f].loc)
+        assert local[f].size_scale == pooled[f].size_scale and local[f].size_scale is not None
