@@ -33,9 +33,13 @@ Estimators
 ``bayes_hierarchical``: partial pooling with the other families, made affordable in two
 stages. (1) Population: every family with >= 3 sizes at the token cut is fitted once, on
 all its data, with the same single-family model and the independent prior; the prior of
-the held-out family f is the moment-matched mixture of every *other* family's posterior
+the held-out family f is a normal population fitted to every *other* family's posterior
 (leave-one-family-out, so no target data leak into its own prior; see
-:func:`population_priors` and :func:`bayes_scaling.cellfit.mixture_prior`). (2) Each cell is
+:func:`population_priors`): a random-effects meta-analysis
+(:func:`bayes_scaling.cellfit.random_effects_prior`), in which a family that cannot pin a
+parameter (a wide or two-mode posterior) has little say in it. (The first version, an
+equal-weight mixture of the posteriors, let one family with a two-mode posterior of E move
+every k = 1 prediction.) (2) Each cell is
 fitted as a small single-family NUTS model under that prior
 (:func:`bayes_scaling.cellfit.fit_cell`: padded shapes and ``jit_model_args`` so one
 compilation serves every cell of a shape bucket). The target is predicted as a *new run* of
@@ -94,6 +98,10 @@ DIVERGENCE_RISE = 0.02
 LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
 #: Families never used in a population fit (data README: values not in nats/token).
 POPULATION_EXCLUDE = ("llm360-mamba",)
+#: Metrics whose loss levels mean nothing across families (data README: ``val_loss_normalized``
+#: curves are rescaled by their source to start at 0.999). A family measured in one stays out
+#: of every population, and its own population prior keeps only the exponents and scales.
+UNCOMPARABLE_METRICS = ("val_loss_normalized",)
 #: Columns that identify a row (the rest are scores and diagnostics).
 ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
 CELL_KEY_COLUMNS = ("min_tokens", "family", "k", "fraction", "estimator")
@@ -105,7 +113,11 @@ BAYES_SETTINGS = dict(chains=2, warmup=200, draws=200, target_accept=0.9, max_tr
 #: ``size_scale``: half-normal scale of ``sigma_size`` (sd of log loss per unit of distance in
 #: log N, see :mod:`bayes_scaling.cellfit`) in each lofo population fit; a weak prior, 2% of
 #: the loss per e-fold of model size. None: no size discrepancy.
-POPULATION_SETTINGS = dict(method="lofo", chains=1, warmup=200, draws=200, max_checkpoints=8, n_folds=3, size_scale=0.02)
+#: ``summary``: how other families' posteriors become the held-out family's prior in lofo
+#: (:data:`bayes_scaling.cellfit.POPULATION_SUMMARIES`).
+POPULATION_SETTINGS = dict(
+    method="lofo", chains=1, warmup=200, draws=200, max_checkpoints=8, n_folds=3, size_scale=0.02, summary="random_effects"
+)
 
 
 # --------------------------------------------------------------------------- cells
@@ -346,6 +358,7 @@ def population_priors(
     warmup: int = POPULATION_SETTINGS["warmup"],
     draws: int = POPULATION_SETTINGS["draws"],
     size_scale: float | None = POPULATION_SETTINGS["size_scale"],
+    summary: str = POPULATION_SETTINGS["summary"],
     seed: int = 0,
     exclude: Iterable[str] = POPULATION_EXCLUDE,
     progress: Callable | None = None,
@@ -359,18 +372,24 @@ def population_priors(
         Every family with >= 3 sizes at the token cut (minus ``exclude``) is fitted once on
         *all* its data (thinned to ``max_checkpoints`` per run) with the single-family cell
         model and the independent prior (:func:`bayes_scaling.cellfit.fit_cell`). The prior
-        of family f is the moment-matched mixture of every *other* family's posterior
-        (:func:`bayes_scaling.cellfit.mixture_prior`): leave-one-family-out at the cost of
-        one small fit per family. With ``size_scale`` (half-normal scale of ``sigma_size``)
+        of family f is built from every *other* family's posterior: leave-one-family-out at the cost of
+        one small fit per family. ``summary="random_effects"`` (default) fits a normal
+        population to those posteriors, each weighing by how well it pins each parameter
+        (:func:`bayes_scaling.cellfit.random_effects_prior`); ``"mixture"`` weighs them equally
+        (:func:`bayes_scaling.cellfit.mixture_prior`). With ``size_scale`` (half-normal scale of ``sigma_size``)
         each family also learns how far its runs sit off the law as the distance in log N
-        below its largest size grows, and the mixture carries that to the held-out family,
+        below its largest size grows, and the population carries that to the held-out family,
         whose predictions then widen with the distance they extrapolate.
     ``"hierarchical"``
         K-fold over the scored families: one ``chinchilla_hierarchical`` NUTS fit
         (:func:`bayes_scaling.inference.fit`) of every family outside the fold, summarised
         by :func:`bayes_scaling.cellfit.population_prior`. Closer to the full model but one
         large fit per fold and cut (too slow for the whole corpus on 2 busy cores). The full
-        model has no size discrepancy, so ``size_scale`` is ignored.
+        model has no size discrepancy, so ``size_scale`` and ``summary`` are ignored.
+
+    A family whose loss is in an uncomparable metric (:data:`UNCOMPARABLE_METRICS`) is
+    never in a population, and its own prior takes the loss levels from the independent
+    prior (:func:`bayes_scaling.cellfit.exponents_only`).
 
     ``executor`` (lofo only; default in-process) runs the per-family fits, e.g. a
     :class:`bayes_scaling.distributed.ProcessExecutor`; the numbers do not depend on it.
@@ -387,13 +406,29 @@ def population_priors(
         raise DataError(f"population method must be 'lofo' or 'hierarchical', got {method!r}")
     if size_scale is not None and not (np.isfinite(size_scale) and size_scale > 0):
         raise DataError(f"size_scale must be a positive number or None, got {size_scale!r}")
+    from .cellfit import POPULATION_SUMMARIES, exponents_only, independent_prior
+
+    if summary not in POPULATION_SUMMARIES:
+        raise DataError(f"population summary must be one of {list(POPULATION_SUMMARIES)}, got {summary!r}")
     table = primary_table(runs)
     scored = sorted(set(scored_families))
+    uncomparable = uncomparable_families(table)
     at_cut = table[table["tokens"] >= min_tokens]
-    at_cut = at_cut[~at_cut["family"].isin(tuple(exclude))]
+    at_cut = at_cut[~at_cut["family"].isin(tuple(exclude) + uncomparable)]
     if method == "lofo":
-        return _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, seed, progress, executor)
-    return _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress)
+        priors, info = _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, summary, seed, progress, executor)
+    else:
+        priors, info = _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress)
+    for family in set(uncomparable) & set(priors):
+        priors[family] = exponents_only(priors[family], independent_prior())
+    return priors, info
+
+
+def uncomparable_families(table) -> tuple[str, ...]:
+    """Families whose loss is in a metric listed in :data:`UNCOMPARABLE_METRICS` (none without a metric column)."""
+    if "metric" not in table.columns:
+        return ()
+    return tuple(sorted(table.loc[table["metric"].isin(UNCOMPARABLE_METRICS), "family"].unique()))
 
 
 @dataclass(frozen=True)
@@ -418,8 +453,8 @@ def fit_population_job(job: PopulationJob):
     return post, time.perf_counter() - start
 
 
-def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, seed, progress, executor):
-    from .cellfit import independent_prior, mixture_prior
+def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, summary, seed, progress, executor):
+    from .cellfit import POPULATION_SUMMARIES, independent_prior
 
     base = independent_prior()
     if size_scale is not None:
@@ -465,7 +500,7 @@ def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, dr
         others = [posts[f] for f in members if f != family]
         if len(others) < 2:
             raise DataError(f"fewer than 2 other families to build the population prior of {family!r}")
-        priors[family] = mixture_prior(others, source=f"mixture of {len(others)} other families (LOFO)")
+        priors[family] = POPULATION_SUMMARIES[summary](others, source=f"{summary} of {len(others)} other families (LOFO)")
     return priors, pd.DataFrame(info)
 
 

@@ -22,12 +22,16 @@ a boolean mask removes the padding from the likelihood; the whole NUTS run is tr
 ``jax.jit`` with the data and the prior as traced arguments, so one compiled sampler serves
 every cell with the same bucket, prior kind and sampler settings. Padded run offsets are sampled from their prior and never used.
 
-Two priors feed this model:
+Priors that feed this model:
 
 * :func:`independent_prior` - the ``chinchilla_independent`` spec's weak priors
   (``bayes_independent``: the held-out family alone, no pooling);
-* :func:`population_prior` - a summary of a hierarchical fit of *other* families
-  (``bayes_hierarchical``): the population predictive of a new family's theta, moment-matched
+* :func:`random_effects_prior` (default of ``bayes_hierarchical``) and :func:`mixture_prior` -
+  a population built from other families' cell posteriors, each fitted alone under the
+  independent prior: a random-effects meta-analysis of their posteriors of theta (families
+  weigh by how well they pin each parameter), or the equal-weight mixture of them;
+* :func:`population_prior` - a summary of a full hierarchical fit of *other* families
+  (``bayes_hierarchical`` with ``method="hierarchical"``): the population predictive of a new family's theta, moment-matched
   to a multivariate normal (mean and covariance of ``mu + diag(tau) L z`` over posterior
   draws, so uncertainty in mu, tau and the correlation is carried), a log-normal matched to
   the posterior of ``sigma_run``, and a log-normal matched to the posterior medians of the
@@ -58,7 +62,7 @@ Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import jax
@@ -189,6 +193,10 @@ def _lognormal_match(values) -> tuple[float, float]:
     return float(np.mean(logs)), float(max(np.std(logs), 1e-3))
 
 
+def _tril(cov) -> np.ndarray:
+    return np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS))
+
+
 def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
     """Summarise a hierarchical :class:`~bayes_scaling.inference.Fit` as a :class:`CellPrior`.
 
@@ -226,7 +234,7 @@ def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
     spec = fit.spec
     return CellPrior(
         loc=loc,
-        scale_tril=np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS)),
+        scale_tril=_tril(cov),
         scale_kind="lognormal",
         run_scale=run_scale,
         noise_scale=_lognormal_match(noise_medians),
@@ -519,30 +527,126 @@ def fit_cell(
 
 
 
+def _pooled_scales(posteriors) -> dict:
+    """Scale priors for a new family: log-normals matched to the pooled draws of ``sigma_run``,
+    ``sigma_obs`` and (when every posterior has one) ``sigma_size``."""
+    sized = all(p.sigma_size is not None for p in posteriors)
+    return dict(
+        scale_kind="lognormal",
+        run_scale=_lognormal_match(np.concatenate([p.sigma_run for p in posteriors])),
+        noise_scale=_lognormal_match(np.concatenate([p.sigma_obs for p in posteriors])),
+        nu=float(posteriors[0].nu),
+        size_scale=_lognormal_match(np.concatenate([p.sigma_size for p in posteriors])) if sized else None,
+    )
+
+
+def _family_moments(posteriors) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior means (F, 5) and covariances (F, 5, 5) of theta, one per family (at least 2)."""
+    posteriors = list(posteriors)
+    if len(posteriors) < 2:
+        raise ValueError(f"a population prior needs >= 2 family posteriors, got {len(posteriors)}")
+    means = np.array([p.theta.mean(axis=0) for p in posteriors])
+    covs = np.array([np.cov(p.theta, rowvar=False) for p in posteriors])
+    return means, covs
+
+
 def mixture_prior(posteriors, source: str = "") -> CellPrior:
     """Prior for a new family: the moment-matched mixture of other families' posteriors.
 
     theta ~ N(mean, cov) with the mean and covariance of the equal-weight mixture of the
     given :class:`CellPosterior` objects (between-family spread of the posterior means plus
-    the average within-family posterior covariance); ``sigma_run``, ``sigma_obs`` and (when
-    every posterior has one) ``sigma_size`` get log-normals matched to the pooled draws. This is the empirical-Bayes population used by
-    the back-test's ``bayes_hierarchical`` (see :mod:`bayes_scaling.backtest`).
+    the average within-family posterior covariance); scales as :func:`random_effects_prior`.
+    Every family weighs the same, so one whose data cannot pin a parameter (a wide or
+    two-mode posterior) moves the mean as much as one that pins it; kept for comparison.
     """
     posteriors = list(posteriors)
-    if len(posteriors) < 2:
-        raise ValueError(f"mixture_prior needs >= 2 family posteriors, got {len(posteriors)}")
-    means = np.array([p.theta.mean(axis=0) for p in posteriors])
-    within = np.mean([np.cov(p.theta, rowvar=False) for p in posteriors], axis=0)
-    loc = means.mean(axis=0)
-    cov = np.cov(means, rowvar=False) * (len(means) - 1) / len(means) + within
-    sized = all(p.sigma_size is not None for p in posteriors)
+    means, covs = _family_moments(posteriors)
+    cov = np.cov(means, rowvar=False) * (len(means) - 1) / len(means) + covs.mean(axis=0)
     return CellPrior(
-        loc=loc,
-        scale_tril=np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS)),
-        scale_kind="lognormal",
-        run_scale=_lognormal_match(np.concatenate([p.sigma_run for p in posteriors])),
-        noise_scale=_lognormal_match(np.concatenate([p.sigma_obs for p in posteriors])),
-        nu=float(posteriors[0].nu),
+        loc=means.mean(axis=0),
+        scale_tril=_tril(cov),
         source=source or f"mixture of {len(posteriors)} family posteriors",
-        size_scale=_lognormal_match(np.concatenate([p.sigma_size for p in posteriors])) if sized else None,
+        **_pooled_scales(posteriors),
     )
+
+
+def random_effects(means, covs, max_iter: int = 10_000, tol: float = 1e-10):
+    """Population mean and covariance from noisy per-family estimates (random-effects meta-analysis).
+
+    Model: ``m_f ~ N(theta_f, S_f)``, ``theta_f ~ N(mu, Sigma)``; maximum likelihood of
+    ``(mu, Sigma)`` by EM (the E-step's ``theta_f | m_f`` is normal, the M-step averages).
+    A family weighs by how well it pins each direction: ``Sigma + S_f`` is its covariance.
+
+    Returns
+    -------
+    mu : ndarray (p,)
+    sigma : ndarray (p, p)
+        Between-family covariance of theta.
+    mu_cov : ndarray (p, p)
+        Covariance of the estimate of ``mu`` (``(sum_f (Sigma + S_f)^-1)^-1``).
+    """
+    means = np.asarray(means, float)
+    covs = np.asarray(covs, float)
+    n, p = means.shape
+    precisions = np.linalg.inv(covs)
+    weighted_means = np.einsum("fij,fj->fi", precisions, means)
+    mu = means.mean(axis=0)
+    sigma = np.cov(means, rowvar=False) + 1e-6 * np.eye(p)
+    for _ in range(max_iter):
+        sigma_inv = np.linalg.inv(sigma)
+        post_cov = np.linalg.inv(sigma_inv[None] + precisions)
+        post_mean = np.einsum("fij,fj->fi", post_cov, sigma_inv @ mu + weighted_means)
+        new_mu = post_mean.mean(axis=0)
+        resid = post_mean - new_mu
+        new_sigma = (resid.T @ resid + post_cov.sum(axis=0)) / n
+        change = max(np.abs(new_mu - mu).max(), np.abs(new_sigma - sigma).max())
+        mu, sigma = new_mu, new_sigma
+        if change < tol:
+            break
+    mu_cov = np.linalg.inv(np.linalg.inv(sigma[None] + covs).sum(axis=0))
+    return mu, sigma, mu_cov
+
+
+def random_effects_prior(posteriors, source: str = "") -> CellPrior:
+    """Prior for a new family: the population of theta fitted to other families' posteriors.
+
+    Each family's posterior of theta, read as a normal estimate ``N(mean_f, cov_f)`` of its
+    true theta, feeds :func:`random_effects`; the prior is ``N(mu, Sigma + Cov(mu))``, the
+    predictive of a new family's theta with the uncertainty of ``mu`` carried. A family whose
+    data leave a direction unpinned (E of a run that has not flattened, a two-mode posterior)
+    has a wide ``cov_f`` there and little say in it, unlike in :func:`mixture_prior`, where
+    its posterior mean counts as much as any and its width adds to the population's spread.
+    ``sigma_run``, ``sigma_obs`` and (when every posterior has one) ``sigma_size`` get
+    log-normals matched to the pooled draws. This is the default population of the
+    back-test's ``bayes_hierarchical`` (see :mod:`bayes_scaling.backtest`).
+    """
+    posteriors = list(posteriors)
+    means, covs = _family_moments(posteriors)
+    mu, sigma, mu_cov = random_effects(means, covs + 1e-9 * np.eye(N_PARAMS))
+    return CellPrior(
+        loc=mu,
+        scale_tril=_tril(sigma + mu_cov),
+        source=source or f"random effects of {len(posteriors)} family posteriors",
+        **_pooled_scales(posteriors),
+    )
+
+
+def exponents_only(population: CellPrior, levels: CellPrior) -> CellPrior:
+    """``population`` with the loss levels (log E, log A, log B) taken from ``levels`` instead.
+
+    For a family whose loss is in units no other family shares (a normalised curve), the
+    levels of other families say nothing; the exponents and the scales on log loss (relative
+    noise, run spread, size discrepancy) do not depend on the units and still carry over.
+    """
+    level = np.isin(PARAM_NAMES, ("log_e", "log_a", "log_b"))
+    cov = np.where(np.outer(level, level), levels.cov, 0.0) + np.where(np.outer(~level, ~level), population.cov, 0.0)
+    return replace(
+        population,
+        loc=np.where(level, levels.loc, population.loc),
+        scale_tril=_tril(cov),
+        source=f"{population.source}; loss levels from {levels.source}",
+    )
+
+
+#: How the back-test turns other families' posteriors into a held-out family's prior.
+POPULATION_SUMMARIES = {"random_effects": random_effects_prior, "mixture": mixture_prior}

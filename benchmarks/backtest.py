@@ -12,7 +12,9 @@ the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1
 0 cut, each Bayesian cell a 2-chain NUTS fit (1000 warmup + 1000 draws, tree depth <= 8;
 with 300 + 300 half the cells at the 1e10 cut had r_hat > 1.2, see backtest_mixing.py), the
 population fits of ``bayes_hierarchical`` the same (at 300 + 300 8 of 22 were unmixed, r_hat
-up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``).
+up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``),
+summarised for each held-out family by a random-effects fit of the other families'
+posteriors (``--population-summary``; ``mixture``: their equal-weight mixture).
 One compiled sampler per shape bucket and worker serves every cell (compilation, 1-2
 minutes each on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
 """
@@ -63,6 +65,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--population-size-scale", type=float, default=0.02,
         help="half-normal scale of the size discrepancy in each population fit; 0: none",
+    )
+    parser.add_argument(
+        "--population-summary", choices=["random_effects", "mixture"], default="random_effects",
+        help="how the other families' posteriors become a held-out family's prior",
     )
     parser.add_argument("--max-tree-depth", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the cells (1: this process)")
@@ -150,6 +156,7 @@ def main(argv=None) -> int:
                     warmup=args.population_warmup,
                     draws=args.population_draws,
                     size_scale=args.population_size_scale or None,
+                    summary=args.population_summary,
                     executor=executor,
                     progress=lambda f: note(f"population {cut:g} {f}"),
                 )
@@ -193,7 +200,7 @@ def main(argv=None) -> int:
         "point-fit cells": f"k in {args.ks}, fractions {args.fractions}, cuts {args.cuts}",
         "Bayesian cells": f"fractions {args.bayes_fractions}; k in {args.bayes_ks} at cut 1e10, k in {args.bayes_ks_cut0} at cut 0",
         "Bayesian sampler": ", ".join(f"{k}={v}" for k, v in {**bt.BAYES_SETTINGS, **bayes_settings}.items()),
-        "population (bayes_hierarchical)": "leave-one-family-out mixture of per-family posteriors; "
+        "population (bayes_hierarchical)": f"leave-one-family-out {args.population_summary} of per-family posteriors; "
         + f"per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
         f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run, "
         f"size discrepancy half-normal scale {args.population_size_scale or 'none'}",
@@ -205,9 +212,11 @@ def main(argv=None) -> int:
     }
     meta_path = out / "backtest_meta.json"
     if done and meta_path.exists():
-        # a resume: keep the settings the first run recorded, say what this one added
+        # a resume: keep the settings the first run recorded, say what this one added; population
+        # fits it ran itself are described by its own settings
         resumed = f"{cells_run - len(done)} cells added in {elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min)"
-        meta = json.loads(meta_path.read_text()) | {"cells run": cells_run, "resumed": resumed}
+        refitted = {key: meta[key] for key in ["population (bayes_hierarchical)"] if population_seconds > 0}
+        meta = json.loads(meta_path.read_text()) | refitted | {"cells run": cells_run, "resumed": resumed}
     if args.note:
         meta["note"] = args.note
     (out / "backtest_meta.json").write_text(json.dumps(meta, indent=1))

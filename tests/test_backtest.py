@@ -17,7 +17,15 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
-from bayes_scaling.cellfit import CellPosterior, CellPrior, fit_cell, independent_prior, mixture_prior  # noqa: E402
+from bayes_scaling.cellfit import (  # noqa: E402
+    CellPosterior,
+    CellPrior,
+    fit_cell,
+    independent_prior,
+    mixture_prior,
+    random_effects,
+    random_effects_prior,
+)
 from bayes_scaling.errors import DataError  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
@@ -289,6 +297,83 @@ def test_mixture_prior_moments():
         CellPrior(np.zeros(4), np.eye(5), "lognormal", (0, 1), (0, 1))
 
 
+def test_random_effects_equal_covariances_closed_form():
+    # with one S for every family, the ML population is known in closed form:
+    # mu = mean of the estimates, Sigma = their (1/F) covariance - S (when that is positive)
+    rng = np.random.default_rng(1)
+    means = rng.normal([0.2, -1.0, -1.5, 0.35, 0.35], [0.3, 0.3, 0.3, 0.1, 0.1], size=(30, 5))
+    s = np.diag(np.full(5, 0.05**2))
+    mu, sigma, mu_cov = random_effects(means, np.repeat(s[None], 30, axis=0))
+    np.testing.assert_allclose(mu, means.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(means, rowvar=False, bias=True) - s, atol=1e-8)
+    np.testing.assert_allclose(mu_cov, (sigma + s) / 30, rtol=1e-8)
+
+
+def test_random_effects_prior_discounts_unpinned_families():
+    # 20 families, theta_f ~ N(mu, diag(sd^2)); ten pin theta to 0.01, ten leave log E unpinned
+    # (posterior sd 2) with their posterior mean 3 above the truth, as a two-mode posterior
+    # that settled on the wrong mode. The equal-weight mixture moves E by about 1.5 and
+    # counts the width as population spread; the random-effects fit should do neither.
+    rng = np.random.default_rng(0)
+    mu = np.array([0.2, -1.0, -1.5, 0.35, 0.35])
+    sd = np.array([0.3, 0.3, 0.3, 0.1, 0.1])
+    theta = mu + sd * rng.standard_normal((20, 5))
+    posts = []
+    for f, t in enumerate(theta):
+        draw_sd = np.full(5, 0.01)
+        centre = t.copy()
+        if f % 2:
+            draw_sd[0], centre[0] = 2.0, t[0] + 3.0
+        draws = centre + draw_sd * rng.standard_normal((4000, 5))
+        posts.append(CellPosterior(draws, np.full(4000, 0.01), np.full(4000, 0.005), 4.0, 0, 1.0))
+    mixed, pooled = mixture_prior(posts), random_effects_prior(posts)
+    assert mixed.loc[0] - mu[0] > 1.0 and np.sqrt(mixed.cov[0, 0]) > 1.0  # the failure shown
+    # tolerance 0.25: 3 x the sd of a mean of 10 pinned families (0.3 / sqrt(10) = 0.095)
+    assert abs(pooled.loc[0] - mu[0]) < 0.25
+    assert np.all(np.abs(pooled.loc[1:] - mu[1:]) < 3 * sd[1:] / np.sqrt(20))  # 3 sd of a mean of 20
+    assert 0.15 < np.sqrt(pooled.cov[0, 0]) < 0.6  # true between-family sd 0.3 (+ sd of mu)
+    # the scale priors are the pooled draws', as in the mixture
+    assert pooled.run_scale == mixed.run_scale and pooled.noise_scale == mixed.noise_scale
+    assert pooled.size_scale is None
+    with pytest.raises(ValueError):
+        random_effects_prior(posts[:1])
+
+
+def test_exponents_only_keeps_levels_from_the_other_prior():
+    from bayes_scaling.cellfit import exponents_only
+
+    levels = independent_prior()
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 5))
+    population = CellPrior(rng.normal(size=5), np.linalg.cholesky(a @ a.T + np.eye(5)), "lognormal", (-4.0, 0.5), (-5.0, 0.5), math.inf, "pop")
+    mixed = exponents_only(population, levels)
+    np.testing.assert_allclose(mixed.loc, np.r_[levels.loc[:3], population.loc[3:]])
+    np.testing.assert_allclose(mixed.cov[:3, :3], levels.cov[:3, :3], atol=1e-8)
+    np.testing.assert_allclose(mixed.cov[3:, 3:], population.cov[3:, 3:], atol=1e-8)
+    np.testing.assert_allclose(mixed.cov[:3, 3:], 0.0, atol=1e-8)
+    assert (mixed.run_scale, mixed.noise_scale, mixed.nu) == (population.run_scale, population.noise_scale, population.nu)
+
+
+def test_population_priors_keep_uncomparable_metrics_apart():
+    """A family whose loss is normalised (metric ``val_loss_normalized``) feeds no population
+    and takes no loss levels from one; the others take nothing from it."""
+    from bayes_scaling.datasets import synthetic
+
+    runs, truth = synthetic(n_families=4, seed=2)
+    families = list(truth.index)
+    odd = families[0]
+    runs["metric"] = np.where(runs["family"] == odd, "val_loss_normalized", "val_loss")
+    assert bt.uncomparable_families(runs) == (odd,)
+    assert bt.uncomparable_families(runs.drop(columns="metric")) == ()
+    tiny = dict(chains=1, warmup=30, draws=30, max_checkpoints=6)
+    priors, info = bt.population_priors(runs, families, 1e10, **tiny)
+    assert sorted(info["fold"]) == sorted(families[1:])
+    levels = independent_prior()
+    np.testing.assert_allclose(priors[odd].loc[:3], levels.loc[:3])
+    for f in families[1:]:
+        assert "of 2 other families" in priors[f].source and not np.allclose(priors[f].loc[:3], levels.loc[:3])
+
+
 def test_run_size_distance_below_largest_size():
     from bayes_scaling.cellfit import run_size_distance, size_anchor
 
@@ -417,10 +502,10 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
     path.write_text("family,model,num_params,tokens,loss\n")
     assert main(["backtest", str(path), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
     assert seen["bayes_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000}
-    assert seen["population_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000, "size_scale": 0.02}
+    assert seen["population_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000, "size_scale": 0.02, "summary": "random_effects"}
     args = ["backtest", str(path), "--out", str(tmp_path / "b"), "--no-progress", "--population-warmup", "50", "--population-draws", "60"]
-    assert main([*args, "--population-size-scale", "0"]) == 2
-    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60, "size_scale": None}
+    assert main([*args, "--population-size-scale", "0", "--population-summary", "mixture"]) == 2
+    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60, "size_scale": None, "summary": "mixture"}
     capsys.readouterr()
     assert main(["backtest", str(path), "--out", str(tmp_path / "c"), "--population-draws", "0"]) == 2
     assert "--population-draws must be >= 1" in capsys.readouterr().err
@@ -428,6 +513,8 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
     assert "--population-size-scale must be >= 0" in capsys.readouterr().err
     with pytest.raises(DataError, match="size_scale"):
         bt.population_priors(pd.DataFrame(), [], 1e10, size_scale=0.0)
+    with pytest.raises(DataError, match="summary"):
+        bt.population_priors(pd.DataFrame(), [], 1e10, summary="median")
 
 
 def test_plots_return_axes():

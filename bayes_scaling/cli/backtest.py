@@ -59,6 +59,13 @@ def register(subparsers) -> None:
         help="half-normal scale of each population family's size discrepancy (sd of log loss per e-fold of "
         "model size; bayes_hierarchical predictions widen with the distance they extrapolate); 0: none (default 0.02)",
     )
+    p.add_argument(
+        "--population-summary",
+        choices=["random_effects", "mixture"],
+        default="random_effects",
+        help="how other families' posteriors become a held-out family's prior: a random-effects fit, where a "
+        "family weighs by how well it pins each parameter, or their equal-weight mixture (default random_effects)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_cli_arguments(p)
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 "warmup": args.population_warmup,
                 "draws": args.population_draws,
                 "size_scale": args.population_size_scale or None,
+                "summary": args.population_summary,
             },
             seed=args.seed,
             executor=cli_run.executor,
@@ -118,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         "min_tokens": args.min_tokens,
         "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
         f"population fits warmup={args.population_warmup}, draws={args.population_draws}, "
-        f"size scale={args.population_size_scale or 'none'}",
+        f"size scale={args.population_size_scale or 'none'}, summary={args.population_summary}",
         "seed": args.seed,
     }
     (out / "backtest.md").write_text(result.summary(meta))
