@@ -33,13 +33,14 @@ Estimators
 ``bayes_hierarchical``: partial pooling with the other families, made affordable in two
 stages. (1) Population: every family with >= 3 sizes at the token cut is fitted once, on
 all its data, with the same single-family model and the independent prior; the prior of
-the held-out family f is a normal population fitted to every *other* family's posterior
-(leave-one-family-out, so no target data leak into its own prior; see
-:func:`population_priors`): a random-effects meta-analysis
-(:func:`bayes_scaling.cellfit.random_effects_prior`), in which a family that cannot pin a
-parameter (a wide or two-mode posterior) has little say in it. (The first version, an
-equal-weight mixture of the posteriors, let one family with a two-mode posterior of E move
-every k = 1 prediction.) (2) Each cell is
+the held-out family f is the predictive of a new family from a normal population fitted to
+every *other* family's posterior (leave-one-family-out, so no target data leak into its own
+prior; see :func:`population_priors`): a random-effects meta-analysis, in which a family that
+cannot pin a parameter (a wide or two-mode posterior) has little say in it, and a Student-t
+predictive that carries the uncertainty of the population's mean and covariance
+(:func:`bayes_scaling.cellfit.random_effects_prior`). (The first version, an equal-weight
+mixture of the posteriors, let one family with a two-mode posterior of E move every k = 1
+prediction.) (2) Each cell is
 fitted as a small single-family NUTS model under that prior
 (:func:`bayes_scaling.cellfit.fit_cell`: padded shapes and ``jit_model_args`` so one
 compilation serves every cell of a shape bucket). The target is predicted as a *new run* of

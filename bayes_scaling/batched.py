@@ -46,6 +46,7 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -116,11 +117,10 @@ class CellProblem:
     def n_runs(self) -> int:
         return int(self.run_idx.max()) + 1
 
-    def bucket(self) -> tuple[tuple[str, bool, bool], int, int]:
-        """((scale prior kind, marginal likelihood, size term), padded points, padded runs):
-        problems with equal buckets share a compilation."""
-        kind = (self.prior.scale_kind, self.prior.marginal, self.prior.size_term)
-        return (kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
+    def bucket(self) -> tuple[tuple[str, bool, bool, bool], int, int]:
+        """(the prior's :attr:`~bayes_scaling.cellfit.CellPrior.kind`, padded points, padded
+        runs): problems with equal buckets share a compilation."""
+        return (self.prior.kind, _bucket(self.n_points, *POINTS_BUCKET), _bucket(self.n_runs, *RUNS_BUCKET))
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...
         np.float64(p.noise_scale[0]),
         np.float64(p.noise_scale[1]),
         np.float64(p.nu),
-        *(np.float64(v) for v in p.size_args()),
+        *(np.float64(v) for v in p.shape_args()),
         pad(problem.log_loss, 0.0),
     )
 
@@ -175,15 +175,15 @@ def _log_median(kind, a, b):
 
 @lru_cache(maxsize=None)
 def _program(
-    kind: tuple[str, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    kind: tuple[str, bool, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
     """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
-    num_steps, warmup_steps)`` over L lanes; ``kind`` = (scale prior kind, marginal
-    likelihood, size term); sigma_size is 0 without a size term."""
-    scale_kind, marginal, size_term = kind
-    model = _model(scale_kind, marginal, size_term)
-    size_scale = (1.0, 1.0) if size_term else None
-    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), size_scale=size_scale)  # shapes only
+    num_steps, warmup_steps)`` over L lanes; ``kind`` = :attr:`CellPrior.kind` (scale prior
+    kind, marginal likelihood, size term, Student-t prior); sigma_size is 0 without a size term."""
+    scale_kind, marginal, size_term, heavy_tailed = kind
+    model = _model(*kind)
+    shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf)
+    prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), **shapes)  # shapes only
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn

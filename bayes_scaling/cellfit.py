@@ -5,7 +5,8 @@ training runs for one (k, fraction, token cut). Compiling a NUTS sampler per cel
 cost more than the sampling, so this module fits every cell with *one* small model whose
 prior arrives as array arguments:
 
-    theta ~ Normal(loc, scale_tril scale_tril^T)   (sampled in level coordinates, below)
+    theta ~ Normal(loc, scale_tril scale_tril^T)   (sampled in level coordinates, below;
+            a multivariate Student-t with that scale when the prior has a finite ``df``)
     sigma_run ~ prior_run,  u_r ~ Normal(0, sigma_run)          (run offsets on log loss)
     sigma_obs ~ prior_obs
     (optional) sigma_size ~ prior_size: u_r ~ Normal(0, sqrt(sigma_run^2 + (sigma_size d_r)^2)),
@@ -28,8 +29,9 @@ Priors that feed this model:
   (``bayes_independent``: the held-out family alone, no pooling);
 * :func:`random_effects_prior` (default of ``bayes_hierarchical``) and :func:`mixture_prior` -
   a population built from other families' cell posteriors, each fitted alone under the
-  independent prior: a random-effects meta-analysis of their posteriors of theta (families
-  weigh by how well they pin each parameter), or the equal-weight mixture of them;
+  independent prior: the Student-t predictive of a random-effects meta-analysis of their
+  posteriors of theta (families weigh by how well they pin each parameter), or the
+  equal-weight mixture of them;
 * :func:`population_prior` - a summary of a full hierarchical fit of *other* families
   (``bayes_hierarchical`` with ``method="hierarchical"``): the population predictive of a new family's theta, moment-matched
   to a multivariate normal (mean and covariance of ``mu + diag(tau) L z`` over posterior
@@ -103,6 +105,9 @@ class CellPrior:
     size_scale : (float, float) or None
         Prior of ``sigma_size`` (sd of log loss per unit of distance in log N from the largest
         training size; same convention as ``run_scale``); None: no size discrepancy.
+    df : float
+        Degrees of freedom of a multivariate Student-t prior on theta, with ``scale_tril``
+        its scale; ``math.inf``: normal, ``scale_tril`` the covariance's factor.
     """
 
     loc: np.ndarray
@@ -113,6 +118,7 @@ class CellPrior:
     nu: float = 4.0
     source: str = ""
     size_scale: tuple[float, float] | None = None
+    df: float = math.inf
 
     def __post_init__(self):
         if self.scale_kind not in SCALE_PRIOR_KINDS:
@@ -134,12 +140,24 @@ class CellPrior:
         """True when run offsets grow with the distance in log N (``size_scale`` set)."""
         return self.size_scale is not None
 
-    def size_args(self) -> tuple[float, float]:
-        """``size_scale`` as two model arguments (placeholders when there is no size term)."""
-        return tuple(float(v) for v in self.size_scale) if self.size_term else (1.0, 1.0)
+    @property
+    def heavy_tailed(self) -> bool:
+        """True for a Student-t prior on theta (finite ``df``)."""
+        return math.isfinite(self.df)
+
+    @property
+    def kind(self) -> tuple[str, bool, bool, bool]:
+        """What the compiled cell model depends on: (scale_kind, marginal, size_term, heavy_tailed)."""
+        return (self.scale_kind, self.marginal, self.size_term, self.heavy_tailed)
+
+    def shape_args(self) -> tuple[float, float, float]:
+        """``size_scale`` and ``df`` as three model arguments (placeholders where unused)."""
+        size = tuple(float(v) for v in self.size_scale) if self.size_term else (1.0, 1.0)
+        return (*size, float(self.df) if self.heavy_tailed else 1.0)
 
     @property
     def cov(self) -> np.ndarray:
+        """``scale_tril scale_tril^T``: the covariance of a normal prior, the scale matrix of a Student-t."""
         return self.scale_tril @ self.scale_tril.T
 
     def to_dict(self) -> dict:
@@ -152,6 +170,7 @@ class CellPrior:
             "nu": self.nu,
             "source": self.source,
             "size_scale": None if self.size_scale is None else list(self.size_scale),
+            "df": self.df,
         }
 
 
@@ -273,9 +292,10 @@ def run_size_distance(x_n, run_idx, mask, n_runs: int):
 
 
 @lru_cache(maxsize=None)
-def _model(scale_kind: str, marginal: bool, size_term: bool = False):
+def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_tailed: bool = False):
     """The cell model; ``marginal``: Normal likelihood with the run offsets integrated out;
-    ``size_term``: run offsets widen with the distance in log N (``sigma_size``).
+    ``size_term``: run offsets widen with the distance in log N (``sigma_size``);
+    ``heavy_tailed``: Student-t prior on theta with ``prior_df`` degrees of freedom.
 
     theta is sampled in level coordinates at the cell's data centre, as in the full model
     (:class:`bayes_scaling.model.LevelMultivariateNormal`): with one or two model sizes the
@@ -284,9 +304,9 @@ def _model(scale_kind: str, marginal: bool, size_term: bool = False):
     sampled as ``loc + L z``).
     """
 
-    def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, size_a, size_b, log_loss=None):
+    def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, size_a, size_b, prior_df, log_loss=None):
         x_n0, x_d0 = data_centre(x_n, x_d, mask)
-        level = numpyro.sample("theta_level", LevelMultivariateNormal(loc, scale_tril, x_n0, x_d0))
+        level = numpyro.sample("theta_level", LevelMultivariateNormal(loc, scale_tril, x_n0, x_d0, df=prior_df if heavy_tailed else None))
         theta = numpyro.deterministic("theta", from_level_coordinates(level, x_n0, x_d0))
         sigma_run = numpyro.sample("sigma_run", _scale_dist(scale_kind, run_a, run_b))
         sigma_obs = numpyro.sample("sigma_obs", _scale_dist(scale_kind, noise_a, noise_b))
@@ -323,9 +343,7 @@ def _bucket(n: int, minimum: int, base: int = 4) -> int:
 
 @lru_cache(maxsize=None)
 def _sampler(
-    scale_kind: str,
-    marginal: bool,
-    size_term: bool,
+    kind: tuple[str, bool, bool, bool],
     n_points: int,
     n_runs: int,
     chains: int,
@@ -342,9 +360,11 @@ def _sampler(
     loop on every ``run`` here: about 35 s of XLA compilation per cell.)
     """
 
+    size_term = kind[2]
+
     def run(rng_key, *args):
         kernel = NUTS(
-            _model(scale_kind, marginal, size_term),
+            _model(*kind),
             dense_mass=[dense_sites(size_term)],
             target_accept_prob=target_accept,
             max_tree_depth=max_tree_depth,
@@ -505,11 +525,11 @@ def fit_cell(
         jnp.asarray(prior.noise_scale[0]),
         jnp.asarray(prior.noise_scale[1]),
         jnp.asarray(prior.nu),
-        *(jnp.asarray(v) for v in prior.size_args()),
+        *(jnp.asarray(v) for v in prior.shape_args()),
         jnp.asarray(pad(log_loss, 0.0)),
     )
     sampler = _sampler(
-        prior.scale_kind, prior.marginal, prior.size_term, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
+        prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
     )
     theta, sigma_run, sigma_obs, sigma_size, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
     theta = np.asarray(theta)
@@ -611,8 +631,14 @@ def random_effects_prior(posteriors, source: str = "") -> CellPrior:
     """Prior for a new family: the population of theta fitted to other families' posteriors.
 
     Each family's posterior of theta, read as a normal estimate ``N(mean_f, cov_f)`` of its
-    true theta, feeds :func:`random_effects`; the prior is ``N(mu, Sigma + Cov(mu))``, the
-    predictive of a new family's theta with the uncertainty of ``mu`` carried. A family whose
+    true theta, feeds :func:`random_effects`. The prior is the predictive of a new family's
+    theta with the uncertainty of the population carried, not only its best estimate: a
+    multivariate Student-t with ``F - 5`` degrees of freedom (F families; at least 1) and
+    scale ``Sigma F / (F - 5) + Cov(mu)``. For F families drawn from a normal population
+    whose mean and covariance are unknown, that is the predictive under the usual
+    noninformative prior (``F - p`` degrees of freedom, scale ``(F + 1) / (F - p)`` times the
+    maximum-likelihood covariance; Gelman et al., Bayesian Data Analysis, 3.6); ``Cov(mu)``
+    stands in for its ``Sigma / F`` when families pin theta unequally. A family whose
     data leave a direction unpinned (E of a run that has not flattened, a two-mode posterior)
     has a wide ``cov_f`` there and little say in it, unlike in :func:`mixture_prior`, where
     its posterior mean counts as much as any and its width adds to the population's spread.
@@ -623,10 +649,12 @@ def random_effects_prior(posteriors, source: str = "") -> CellPrior:
     posteriors = list(posteriors)
     means, covs = _family_moments(posteriors)
     mu, sigma, mu_cov = random_effects(means, covs + 1e-9 * np.eye(N_PARAMS))
+    df = max(len(posteriors) - N_PARAMS, 1)
     return CellPrior(
         loc=mu,
-        scale_tril=_tril(sigma + mu_cov),
+        scale_tril=_tril(sigma * len(posteriors) / df + mu_cov),
         source=source or f"random effects of {len(posteriors)} family posteriors",
+        df=float(df),
         **_pooled_scales(posteriors),
     )
 

@@ -131,17 +131,21 @@ def family_effects(spec: Spec) -> str:
 
 
 class LevelMultivariateNormal(dist.Distribution):
-    """theta ~ MultivariateNormal(loc, scale_tril), in level coordinates at ``(x_n0, x_d0)``.
+    """theta ~ MultivariateNormal(loc, scale_tril), in level coordinates at ``(x_n0, x_d0)``;
+    with ``df``, a multivariate Student-t with that scale instead.
 
-    The map to level coordinates has unit Jacobian, so the density is the multivariate
-    normal's at the mapped-back point.
+    The map to level coordinates has unit Jacobian, so the density is the base
+    distribution's at the mapped-back point.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, loc, scale_tril, x_n0, x_d0, validate_args=None):
-        self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril)
+    def __init__(self, loc, scale_tril, x_n0, x_d0, df=None, validate_args=None):
+        if df is None:
+            self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        else:
+            self.base = dist.MultivariateStudentT(df, loc, scale_tril)
         self.x_n0, self.x_d0 = x_n0, x_d0
         super().__init__(batch_shape=jnp.shape(x_n0), event_shape=(N_PARAMS,), validate_args=validate_args)
 

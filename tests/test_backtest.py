@@ -332,6 +332,7 @@ def test_random_effects_prior_discounts_unpinned_families():
     assert abs(pooled.loc[0] - mu[0]) < 0.25
     assert np.all(np.abs(pooled.loc[1:] - mu[1:]) < 3 * sd[1:] / np.sqrt(20))  # 3 sd of a mean of 20
     assert 0.15 < np.sqrt(pooled.cov[0, 0]) < 0.6  # true between-family sd 0.3 (+ sd of mu)
+    assert pooled.df == 20 - 5 and not mixed.heavy_tailed  # predictive t of a population from 20 families
     # the scale priors are the pooled draws', as in the mixture
     assert pooled.run_scale == mixed.run_scale and pooled.noise_scale == mixed.noise_scale
     assert pooled.size_scale is None

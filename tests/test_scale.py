@@ -83,7 +83,7 @@ def test_batched_fits_the_size_discrepancy():
 
     problem = _problem(3)
     problem = dataclasses.replace(problem, prior=dataclasses.replace(problem.prior, size_scale=(0.02, 0.0)))
-    assert problem.bucket()[0] == ("half_normal", False, True)
+    assert problem.bucket()[0] == ("half_normal", False, True, False)
     (b,) = fit_cells_batched([problem], **SAMPLER)
     l = fit_cell(problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, problem.prior, seed=problem.seed, **SAMPLER)
     for post in (b, l):
@@ -92,6 +92,26 @@ def test_batched_fits_the_size_discrepancy():
     # the data (one run per size, noise 0.02) barely inform sigma_size: both stay near the
     # half-normal(0.02) prior, median 0.013; MC error of 240 draws allows a factor 2
     assert 0.5 < np.median(b.sigma_size) / np.median(l.sigma_size) < 2.0
+
+
+def test_student_t_prior_gives_way_to_conflicting_data():
+    """With the prior's exponents 5 prior sds off the planted ones, a Student-t prior (df 3,
+    same scale) lets the data pull alpha back further than a normal prior does, in the
+    batched program and in fit_cell alike."""
+    import dataclasses
+
+    problem = _problem(4)
+    off = dataclasses.replace(problem.prior, loc=problem.prior.loc + np.array([0.0, 0.0, 0.0, 0.4, 0.4]))
+    normal = dataclasses.replace(problem, prior=off)
+    student = dataclasses.replace(problem, prior=dataclasses.replace(off, df=3.0))
+    assert student.bucket()[0] == ("half_normal", False, False, True) and not normal.bucket()[0][3]
+    b_normal, b_student = fit_cells_batched([normal, student], **SAMPLER)
+    l_student = fit_cell(problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, student.prior, seed=4, **SAMPLER)
+
+    def miss(post):
+        return abs(np.median(post.theta[:, 3]) - TRUTH[3])
+
+    assert miss(b_student) < 0.5 * miss(b_normal) and miss(l_student) < 0.5 * miss(b_normal)
 
 
 def test_cells_bucket_and_bad_input():
