@@ -127,6 +127,8 @@ class CellPrior:
         tril = np.asarray(self.scale_tril, float)
         if loc.shape != (N_PARAMS,) or tril.shape != (N_PARAMS, N_PARAMS):
             raise ValueError(f"loc must be (5,) and scale_tril (5, 5), got {loc.shape} and {tril.shape}")
+        if not self.df > 0:
+            raise ValueError(f"df must be > 0 (math.inf: a normal prior), got {self.df!r}")
         object.__setattr__(self, "loc", loc)
         object.__setattr__(self, "scale_tril", tril)
 

@@ -13,8 +13,9 @@ the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1
 with 300 + 300 half the cells at the 1e10 cut had r_hat > 1.2, see backtest_mixing.py), the
 population fits of ``bayes_hierarchical`` the same (at 300 + 300 8 of 22 were unmixed, r_hat
 up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``),
-summarised for each held-out family by a random-effects fit of the other families'
-posteriors (``--population-summary``; ``mixture``: their equal-weight mixture).
+summarised for each held-out family by the Student-t predictive of a random-effects fit of
+the other families' posteriors (``--population-summary``; ``mixture``: their equal-weight
+mixture).
 One compiled sampler per shape bucket and worker serves every cell (compilation, 1-2
 minutes each on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
 """

@@ -295,6 +295,8 @@ def test_mixture_prior_moments():
         mixture_prior(posts[:1])
     with pytest.raises(ValueError):
         CellPrior(np.zeros(4), np.eye(5), "lognormal", (0, 1), (0, 1))
+    with pytest.raises(ValueError, match="df"):
+        CellPrior(np.zeros(5), np.eye(5), "lognormal", (0, 1), (0, 1), df=0.0)
 
 
 def test_random_effects_equal_covariances_closed_form():

@@ -105,13 +105,14 @@ def test_student_t_prior_gives_way_to_conflicting_data():
     normal = dataclasses.replace(problem, prior=off)
     student = dataclasses.replace(problem, prior=dataclasses.replace(off, df=3.0))
     assert student.bucket()[0] == ("half_normal", False, False, True) and not normal.bucket()[0][3]
-    b_normal, b_student = fit_cells_batched([normal, student], **SAMPLER)
-    l_student = fit_cell(problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, student.prior, seed=4, **SAMPLER)
+    (b_student,) = fit_cells_batched([student], **SAMPLER)
+    # fit_cell's normal sampler for this bucket is the one the fixture above compiled
+    l_normal, l_student = (fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=4, **SAMPLER) for p in (normal, student))
 
     def miss(post):
         return abs(np.median(post.theta[:, 3]) - TRUTH[3])
 
-    assert miss(b_student) < 0.5 * miss(b_normal) and miss(l_student) < 0.5 * miss(b_normal)
+    assert miss(b_student) < 0.5 * miss(l_normal) and miss(l_student) < 0.5 * miss(l_normal)
 
 
 def test_cells_bucket_and_bad_input():
