@@ -518,6 +518,13 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
         bt.population_priors(pd.DataFrame(), [], 1e10, size_scale=0.0)
     with pytest.raises(DataError, match="summary"):
         bt.population_priors(pd.DataFrame(), [], 1e10, summary="median")
+    # the CLI lists the summaries without importing JAX at parse time: same names as the package
+    from bayes_scaling.cellfit import POPULATION_SUMMARIES
+    from bayes_scaling.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["backtest", str(path), "--out", str(tmp_path / "e"), "--population-summary", "median"])
+    assert "choose from 'random_effects', 'mixture'" in capsys.readouterr().err and list(POPULATION_SUMMARIES) == ["random_effects", "mixture"]
 
 
 def test_plots_return_axes():
