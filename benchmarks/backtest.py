@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling.cellfit import POPULATION_SUMMARIES  # noqa: E402
 from bayes_scaling.distributed import make_executor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         help="half-normal scale of the size discrepancy in each population fit; 0: none",
     )
     parser.add_argument(
-        "--population-summary", choices=["random_effects", "mixture"], default="random_effects",
+        "--population-summary", choices=list(POPULATION_SUMMARIES), default=bt.POPULATION_SETTINGS["summary"],
         help="how the other families' posteriors become a held-out family's prior",
     )
     parser.add_argument("--max-tree-depth", type=int, default=8)
@@ -216,8 +217,10 @@ def main(argv=None) -> int:
         # a resume: keep the settings the first run recorded, say what this one added; population
         # fits it ran itself are described by its own settings
         resumed = f"{cells_run - len(done)} cells added in {elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min)"
-        refitted = {key: meta[key] for key in ["population (bayes_hierarchical)"] if population_seconds > 0}
-        meta = json.loads(meta_path.read_text()) | refitted | {"cells run": cells_run, "resumed": resumed}
+        population = meta["population (bayes_hierarchical)"]
+        meta = json.loads(meta_path.read_text()) | {"cells run": cells_run, "resumed": resumed}
+        if population_seconds > 0:
+            meta["population (bayes_hierarchical)"] = population
     if args.note:
         meta["note"] = args.note
     (out / "backtest_meta.json").write_text(json.dumps(meta, indent=1))

@@ -44,8 +44,10 @@ def run(args) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # the population as benchmarks/backtest.py fitted it when this diagnostic was run
-        # (300 + 300, no size discrepancy), so the recorded results reproduce
-        priors, _ = bt.population_priors(table, MISSED, 1e10, seed=args.seed, chains=2, warmup=300, draws=300, size_scale=None)
+        # (300 + 300, no size discrepancy, equal-weight mixture), so the recorded results reproduce
+        priors, _ = bt.population_priors(
+            table, MISSED, 1e10, seed=args.seed, chains=2, warmup=300, draws=300, size_scale=None, summary="mixture"
+        )
         frames = []
         for setting, (chains, warmup, draws) in {"short": (2, 300, 300), "long": (args.chains, args.warmup, args.draws)}.items():
             cells = bt.build_cells(
