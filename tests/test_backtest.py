@@ -202,6 +202,15 @@ def test_bars_need_are_and_coverage():
     assert met.to_dict() == {1: "no: coverage", 3: "no: ARE", 4: "yes"}
 
 
+def test_chance_range_of_a_calibrated_interval():
+    # Binomial(16, 0.9) by hand: P(X <= 11) = 0.017 < 0.025 <= P(X <= 12) = 0.068, and
+    # P(X <= 15) = 1 - 0.9^16 = 0.81 < 0.975: 12 to 16 families of 16 covered
+    assert bt.chance_range(16) == pytest.approx((12 / 16, 1.0))
+    low, high = bt.chance_range(1000)  # sd of the share 0.0095: about 0.9 -+ 0.019
+    assert 0.88 < low < 0.885 and 0.915 < high < 0.92
+    assert np.isnan(bt.chance_range(0)[0])
+
+
 def test_run_cells_streams_rows_any_order(tiny):
     proto = bt.protocol_cells(tiny, fractions=[1.0], min_tokens=0.0)
     cells = bt.build_cells(proto, ["classic", "classic_huber"])
