@@ -99,10 +99,13 @@ DIVERGENCE_RISE = 0.02
 LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
 #: Families never used in a population fit (data README: values not in nats/token).
 POPULATION_EXCLUDE = ("llm360-mamba",)
-#: Metrics whose loss levels mean nothing across families (data README: ``val_loss_normalized``
-#: curves are rescaled by their source to start at 0.999). A family measured in one stays out
-#: of every population, and its own population prior keeps only the exponents and scales.
-UNCOMPARABLE_METRICS = ("val_loss_normalized",)
+#: Curves whose loss is not in nats per token, as ``(metric, eval_set prefix)`` ("" matches any
+#: eval set), from the data README's table of metrics: ``val_loss_normalized`` curves are
+#: rescaled by their source to start at 0.999; a ``val_ppl_converted`` LAMBADA loss is per
+#: target *word*. A change of unit multiplies the loss by a constant, which moves the levels
+#: (log E, log A, log B) and leaves the exponents alone, so a family measured in one stays out
+#: of every population and its own population prior keeps only the exponents and scales.
+UNCOMPARABLE_CURVES = (("val_loss_normalized", ""), ("val_ppl_converted", "lambada"))
 #: Columns that identify a row (the rest are scores and diagnostics).
 ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
 CELL_KEY_COLUMNS = ("min_tokens", "family", "k", "fraction", "estimator")
@@ -388,7 +391,7 @@ def population_priors(
         large fit per fold and cut (too slow for the whole corpus on 2 busy cores). The full
         model has no size discrepancy, so ``size_scale`` and ``summary`` are ignored.
 
-    A family whose loss is in an uncomparable metric (:data:`UNCOMPARABLE_METRICS`) is
+    A family whose loss is in another unit (:data:`UNCOMPARABLE_CURVES`) is
     never in a population, and its own prior takes the loss levels from the independent
     prior (:func:`bayes_scaling.cellfit.exponents_only`).
 
@@ -426,10 +429,14 @@ def population_priors(
 
 
 def uncomparable_families(table) -> tuple[str, ...]:
-    """Families whose loss is in a metric listed in :data:`UNCOMPARABLE_METRICS` (none without a metric column)."""
+    """Families with a curve listed in :data:`UNCOMPARABLE_CURVES` (none without a metric column)."""
     if "metric" not in table.columns:
         return ()
-    return tuple(sorted(table.loc[table["metric"].isin(UNCOMPARABLE_METRICS), "family"].unique()))
+    eval_set = table["eval_set"].astype(str) if "eval_set" in table.columns else pd.Series("", index=table.index)
+    hit = np.zeros(len(table), bool)
+    for metric, prefix in UNCOMPARABLE_CURVES:
+        hit |= (table["metric"] == metric).to_numpy() & eval_set.str.startswith(prefix).to_numpy()
+    return tuple(sorted(table.loc[hit, "family"].unique()))
 
 
 @dataclass(frozen=True)

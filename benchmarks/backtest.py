@@ -15,7 +15,8 @@ population fits of ``bayes_hierarchical`` the same (at 300 + 300 8 of 22 were un
 up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``),
 summarised for each held-out family by the Student-t predictive of a random-effects fit of
 the other families' posteriors (``--population-summary``; ``mixture``: their equal-weight
-mixture).
+mixture); families whose loss is in another unit (``backtest.UNCOMPARABLE_CURVES``) stay out
+of every population and borrow only its exponents and scales.
 One compiled sampler per shape bucket and worker serves every cell (compilation, 1-2
 minutes each on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
 """
@@ -205,7 +206,8 @@ def main(argv=None) -> int:
         "population (bayes_hierarchical)": f"leave-one-family-out {args.population_summary} of per-family posteriors; "
         + f"per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
         f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run, "
-        f"size discrepancy half-normal scale {args.population_size_scale or 'none'}",
+        f"size discrepancy half-normal scale {args.population_size_scale or 'none'}; "
+        f"curves in other units {list(bt.UNCOMPARABLE_CURVES)} (metric, eval set prefix) in no population, borrowing exponents only",
         "workers": f"{args.workers} process(es) for the cells and the population fits",
         "cells run": cells_run,
         "wall time": f"{elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min); summed fit seconds by estimator: "

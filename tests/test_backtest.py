@@ -366,6 +366,20 @@ def test_exponents_only_keeps_levels_from_the_other_prior():
     assert (mixed.run_scale, mixed.noise_scale, mixed.nu) == (population.run_scale, population.noise_scale, population.nu)
 
 
+def test_uncomparable_families_read_metric_and_eval_set():
+    """The data README's units: normalised losses, and LAMBADA losses per target word (a
+    ``val_ppl_converted`` curve on ``lambada*``) but not other converted perplexities."""
+    runs = pd.DataFrame(
+        {
+            "family": ["norm", "word", "word5", "token", "plain"],
+            "metric": ["val_loss_normalized", "val_ppl_converted", "val_ppl_converted", "val_ppl_converted", "val_loss"],
+            "eval_set": ["val", "lambada_openai", "lambada_openai_5shot", "opt-val-avg", "lambada_openai"],
+        }
+    )
+    assert bt.uncomparable_families(runs) == ("norm", "word", "word5")
+    assert bt.uncomparable_families(runs.drop(columns="eval_set")) == ("norm",)
+
+
 def test_population_priors_keep_uncomparable_metrics_apart():
     """A family whose loss is normalised (metric ``val_loss_normalized``) feeds no population
     and takes no loss levels from one; the others take nothing from it."""
