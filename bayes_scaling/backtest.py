@@ -1008,6 +1008,28 @@ def bars(results: pd.DataFrame, min_tokens: float = 1e10, fraction: float = 1.0)
     return pd.DataFrame(rows)
 
 
+#: Largest split r-hat of a cell fit counted as mixed in the report.
+MIXED_RHAT = 1.05
+
+
+def coverage_by_mixing(results: pd.DataFrame) -> pd.DataFrame:
+    """90% coverage, interval width and ARE of Bayesian cells, split by whether their chains mixed.
+
+    One value per cell (mean over its targets); coverage is averaged over cells, width and
+    ARE are medians. A cell whose chains sit in different modes pools them half and half,
+    whatever their posterior mass, so its intervals say more about the sampler than the data.
+    """
+    cells = results.groupby(list(CELL_KEY_COLUMNS), dropna=False).agg(
+        cov_90=("cov_90", "mean"), width_90=("width_90", "mean"), are=("are", "mean"), max_rhat=("max_rhat", "first")
+    )
+    rhat = cells["max_rhat"].astype(float)
+    cells["mixed"] = np.select([rhat <= MIXED_RHAT, rhat > MIXED_RHAT], ["yes", "no"], "unknown (one chain)")
+    out = cells.groupby(["min_tokens", "estimator", "mixed"]).agg(
+        cells=("are", "size"), cov_90=("cov_90", "mean"), width_90=("width_90", "median"), are_median=("are", "median")
+    )
+    return out.reset_index()
+
+
 def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, meta: dict | None = None, population_info: pd.DataFrame | None = None) -> str:
     """Markdown report: settings, macro ARE by estimator x k and x fraction, coverage,
     the bars, a per-family table and the exclusions."""
@@ -1111,6 +1133,10 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
             with_divergences=("divergences", lambda x: int((x > 0).sum())),
             median_seconds=("fit_seconds", lambda x: f"{np.median(x):.1f}"),
         ).reset_index()
+        by_mixing = coverage_by_mixing(bayes)
+        by_mixing["cov_90"] = by_mixing["cov_90"].map(_pct)
+        by_mixing["width_90"] = by_mixing["width_90"].map(_pct)
+        by_mixing["are_median"] = by_mixing["are_median"].map(lambda v: _pct(v, 2))
         out += [
             "## Convergence of the Bayesian cell fits",
             "",
@@ -1118,6 +1144,11 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
             "cells above 1.05 have not mixed and their intervals should be read with care.",
             "",
             _md_table(conv),
+            "",
+            f"Cells that mixed (r-hat <= {MIXED_RHAT}) and cells that did not: 90% coverage (mean over cells), "
+            "relative width of the 90% interval and ARE (medians over cells), in %.",
+            "",
+            _md_table(by_mixing),
             "",
         ]
     if population_info is not None and len(population_info):

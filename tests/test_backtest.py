@@ -211,6 +211,21 @@ def test_chance_range_of_a_calibrated_interval():
     assert np.isnan(bt.chance_range(0)[0])
 
 
+def test_coverage_by_mixing_splits_cells_on_rhat():
+    # cell a (two targets, r-hat 1.01): coverage 0.5; cells b (1.3, covered) and c (r-hat
+    # unknown: one chain) each on their own line
+    rows = [
+        _rows("a", "bayes_hierarchical", 0.02) | {"target": "t1", "cov_90": 1.0, "width_90": 0.2, "max_rhat": 1.01},
+        _rows("a", "bayes_hierarchical", 0.04) | {"target": "t2", "cov_90": 0.0, "width_90": 0.4, "max_rhat": 1.01},
+        _rows("b", "bayes_hierarchical", 0.10) | {"cov_90": 1.0, "width_90": 0.9, "max_rhat": 1.3},
+        _rows("c", "bayes_hierarchical", 0.05) | {"cov_90": 1.0, "width_90": 0.5, "max_rhat": np.nan},
+    ]
+    split = bt.coverage_by_mixing(pd.DataFrame(rows)).set_index("mixed")
+    assert split.loc["yes", ["cells", "cov_90", "width_90", "are_median"]].tolist() == pytest.approx([1, 0.5, 0.3, 0.03])
+    assert split.loc["no", ["cells", "cov_90", "width_90"]].tolist() == pytest.approx([1, 1.0, 0.9])
+    assert split.loc["unknown (one chain)", "cells"] == 1
+
+
 def test_run_cells_streams_rows_any_order(tiny):
     proto = bt.protocol_cells(tiny, fractions=[1.0], min_tokens=0.0)
     cells = bt.build_cells(proto, ["classic", "classic_huber"])
