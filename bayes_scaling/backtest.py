@@ -102,9 +102,10 @@ POPULATION_EXCLUDE = ("llm360-mamba",)
 #: Curves whose loss is not in nats per token, as ``(metric, eval_set prefix)`` ("" matches any
 #: eval set), from the data README's table of metrics: ``val_loss_normalized`` curves are
 #: rescaled by their source to start at 0.999; a ``val_ppl_converted`` LAMBADA loss is per
-#: target *word*. A change of unit multiplies the loss by a constant, which moves the levels
-#: (log E, log A, log B) and leaves the exponents alone, so a family measured in one stays out
-#: of every population and its own population prior keeps only the exponents and scales.
+#: target *word*. A change of unit scales the loss (a normalisation by its constant, per word
+#: against per token by about the tokens per word), which moves the levels (log E, log A,
+#: log B) and leaves the exponents alone, so a family measured in one stays out of every
+#: population and its own population prior keeps only the exponents and scales.
 UNCOMPARABLE_CURVES = (("val_loss_normalized", ""), ("val_ppl_converted", "lambada"))
 #: Columns that identify a row (the rest are scores and diagnostics).
 ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
