@@ -6,6 +6,10 @@ does), so the notebook runs end to end in seconds to minutes instead of its publ
 Notebooks run two at a time, each in a temporary directory; the shared corpus is passed
 through ``BAYES_SCALING_DATA`` (notebooks that read it are skipped when it is absent) and
 the repository through ``PYTHONPATH``.
+
+The notebooks that fit the shared corpus are marked ``slow`` (alone, on this 2-core machine,
+their smoke runs took 61-150 s each (quickstart 92 s), and 355 s all four together inside the
+default suite, its longest item); the synthetic quickstart runs by default.
 """
 
 import os
@@ -45,7 +49,8 @@ def inject_smoke_settings(nb):
     return nb
 
 
-def _needs_corpus(nb) -> bool:
+def _needs_corpus(path: Path) -> bool:
+    nb = nbformat.read(path, as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     return "BAYES_SCALING_DATA" in text or "default_data_dir" in text or "runs.csv" in text
 
@@ -71,8 +76,8 @@ def _execute(path: Path, workdir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Run every notebook once, two kernels at a time; notebook -> exception or None.
+def executed(request, tmp_path_factory):
+    """Run every selected notebook once, two kernels at a time; notebook -> exception or None.
 
     A kernel spends much of a smoke run compiling on one core (NumPyro initialises the model
     op by op), so two at a time on two cores are faster: 243 s vs 309 s for the four here.
@@ -83,7 +88,8 @@ def executed(tmp_path_factory):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "MPLBACKEND": "Agg",
     }
-    runnable = [p for p in NOTEBOOKS if (corpus / "runs.csv.gz").is_file() or not _needs_corpus(nbformat.read(p, as_version=4))]
+    selected = {item.callspec.params["path"] for item in request.session.items if getattr(item, "originalname", "") == "test_notebook_runs"}
+    runnable = [p for p in NOTEBOOKS if p in selected and ((corpus / "runs.csv.gz").is_file() or not _needs_corpus(p))]
     with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(max_workers=2) as pool:
         for key, value in env.items():
             mp.setenv(key, value)  # kernels inherit the environment of this process
@@ -91,7 +97,9 @@ def executed(tmp_path_factory):
         return {p: f.exception() for p, f in futures.items()}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if _needs_corpus(p) else []) for p in NOTEBOOKS]
+)
 def test_notebook_runs(path, executed):
     if path not in executed:
         pytest.skip(f"{path.name} reads the shared corpus, not found at {_corpus_dir()}")
