@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     for d in args.dirs:
         seed = json.loads((d / "backtest_meta.json").read_text())["seed"]
         runs.append((seed, per_k(pd.read_csv(d / "backtest.csv"))))
-    ks = sorted(set().union(*(a.index for _, a in runs)))
+    ks = sorted(set.intersection(*(set(a.index) for _, a in runs)))  # k values every run scored
     rows = []
     for k in ks:
         row = {"k": k, "families": int(runs[0][1].loc[k, "n_families"])}
