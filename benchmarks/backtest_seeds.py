@@ -22,10 +22,6 @@ import pandas as pd
 from bayes_scaling import backtest as bt
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.1f}"
-
-
 def per_k(results: pd.DataFrame) -> pd.DataFrame:
     sub = results[(results["min_tokens"] == 1e10) & (results["fraction"] == 1.0) & (results["estimator"] == "bayes_hierarchical")]
     return bt.aggregate(sub, ("k",)).set_index("k")
@@ -45,11 +41,11 @@ def main(argv=None) -> int:
         row = {"k": k, "families": int(runs[0][1].loc[k, "n_families"])}
         for seed, a in runs:
             r = a.loc[k]
-            row[f"seed {seed}: ARE median / capped %"] = f"{_pct(r['are_median'])} / {_pct(r['are_capped_mean'])}"
-            row[f"seed {seed}: cov 90%"] = _pct(r["cov_90"])
-            row[f"seed {seed}: CRPS %"] = _pct(r["crps_rel"])
+            row[f"seed {seed}: ARE median / capped %"] = f"{bt._pct(r['are_median'])} / {bt._pct(r['are_capped_mean'])}"
+            row[f"seed {seed}: cov 90%"] = bt._pct(r["cov_90"])
+            row[f"seed {seed}: CRPS %"] = bt._pct(r["crps_rel"])
         low, high = bt.chance_range(row["families"])
-        row["calibrated, by chance (95%)"] = f"{_pct(low)} - {_pct(high)}"
+        row["calibrated, by chance (95%)"] = f"{bt._pct(low)} - {bt._pct(high)}"
         rows.append(row)
     text = "\n".join(
         [

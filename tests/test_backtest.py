@@ -556,7 +556,7 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
         bt.population_priors(pd.DataFrame(), [], 1e10, size_scale=0.0)
     with pytest.raises(DataError, match="summary"):
         bt.population_priors(pd.DataFrame(), [], 1e10, summary="median")
-    # the CLI lists the summaries without importing JAX at parse time: same names as the package
+    # the CLI offers the package's summaries
     from bayes_scaling.cellfit import POPULATION_SUMMARIES
     from bayes_scaling.cli import build_parser
 

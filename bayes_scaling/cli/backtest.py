@@ -17,6 +17,8 @@ import argparse
 import warnings
 from pathlib import Path
 
+from ..backtest import POPULATION_SETTINGS
+from ..cellfit import POPULATION_SUMMARIES
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
 
@@ -61,10 +63,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--population-summary",
-        choices=["random_effects", "mixture"],
-        default="random_effects",
+        choices=list(POPULATION_SUMMARIES),
+        default=POPULATION_SETTINGS["summary"],
         help="how other families' posteriors become a held-out family's prior: a random-effects fit, where a "
-        "family weighs by how well it pins each parameter, or their equal-weight mixture (default random_effects)",
+        f"family weighs by how well it pins each parameter, or their equal-weight mixture (default {POPULATION_SETTINGS['summary']})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
