@@ -593,3 +593,13 @@ def test_plots_return_axes():
     }
     assert plot_fan(fan) is not None
     plt.close("all")
+
+
+def test_classic_fit_has_the_papers_evaluation_budget(shared_runs_path):
+    """overtrain-rpj at k = 3 (7 final losses, 1e10 cut): scipy's default budget of
+    evaluations stops both solvers; with max_nfev = 10000 (the paper's maxfev) the fit succeeds."""
+    proto = bt.protocol_cells(shared_runs_path, ks=[3], fractions=[1.0], min_tokens=[1e10], families=["overtrain-rpj"])
+    (cell,) = proto.cells
+    pf = fit_classic(cell.train_num_params, cell.train_tokens, cell.train_loss)
+    assert pf.ok, pf.message
+    assert np.all(np.isfinite(pf.params))
