@@ -77,17 +77,17 @@ from __future__ import annotations
 import csv
 import functools
 import time
-import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from .cellfit import SAMPLER_DEFAULTS
 from .data import Filters, apply_filters, load_runs, thin_log_spaced
 from .errors import DataError
-from .laws import PARAM_NAMES, centre
+from .laws import centre
 
 ESTIMATORS = ("classic", "classic_huber", "bayes_independent", "bayes_hierarchical")
 BAYES_ESTIMATORS = ("bayes_independent", "bayes_hierarchical")
@@ -97,32 +97,14 @@ MIN_SIZES = 3
 DIVERGENCE_RISE = 0.02
 #: Central interval levels scored (coverage columns ``cov_20`` ... ``cov_95``).
 LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
-#: Families never used in a population fit (data README: values not in nats/token).
-POPULATION_EXCLUDE = ("llm360-mamba",)
-#: Curves whose loss is not in nats per token, as ``(metric, eval_set prefix)`` ("" matches any
-#: eval set), from the data README's table of metrics: ``val_loss_normalized`` curves are
-#: rescaled by their source to start at 0.999; a ``val_ppl_converted`` LAMBADA loss is per
-#: target *word*. A change of unit scales the loss (a normalisation by its constant, per word
-#: against per token by about the tokens per word), which moves the levels (log E, log A,
-#: log B) and leaves the exponents alone, so a family measured in one stays out of every
-#: population and its own population prior keeps only the exponents and scales.
-UNCOMPARABLE_CURVES = (("val_loss_normalized", ""), ("val_ppl_converted", "lambada"))
 #: Columns that identify a row (the rest are scores and diagnostics).
 ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
 CELL_KEY_COLUMNS = ("min_tokens", "family", "k", "fraction", "estimator")
 ARE_CAP = 1.0
 
-#: Default sampler settings of the Bayesian cell fits.
-BAYES_SETTINGS = dict(chains=2, warmup=200, draws=200, target_accept=0.9, max_tree_depth=7, n_pred_draws=400)
-#: Default settings of each population fit (one per fold and cut).
-#: ``size_scale``: half-normal scale of ``sigma_size`` (sd of log loss per unit of distance in
-#: log N, see :mod:`bayes_scaling.cellfit`) in each lofo population fit; a weak prior, 2% of
-#: the loss per e-fold of model size. None: no size discrepancy.
-#: ``summary``: how other families' posteriors become the held-out family's prior in lofo
-#: (:data:`bayes_scaling.cellfit.POPULATION_SUMMARIES`).
-POPULATION_SETTINGS = dict(
-    method="lofo", chains=1, warmup=200, draws=200, max_checkpoints=8, n_folds=3, size_scale=0.02, summary="random_effects"
-)
+#: Default sampler settings of the Bayesian cell fits: the library's (one definition) plus
+#: the predictive draws scored per target.
+BAYES_SETTINGS = {**SAMPLER_DEFAULTS, "n_pred_draws": 400}
 
 
 # --------------------------------------------------------------------------- cells
@@ -342,13 +324,11 @@ def _cell_data(family, k, p, cut, sel, max_checkpoints, targets) -> CellData:
 # --------------------------------------------------------------------------- priors
 
 
-def assign_folds(families: Iterable[str], n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Deterministic assignment of families to ``n_folds`` folds (seeded permutation)."""
-    families = sorted(set(families))
-    if n_folds < 1:
-        raise DataError(f"n_folds must be >= 1, got {n_folds}")
-    order = np.random.default_rng(seed).permutation(len(families))
-    return {families[i]: int(j % n_folds) for j, i in enumerate(order)}
+def source_groups(table: pd.DataFrame) -> dict[str, str]:
+    """Family -> source group (the ``source`` column; the family itself without one)."""
+    if "source" not in table.columns:
+        return {f: f for f in table["family"].unique()}
+    return table.groupby("family")["source"].first().astype(str).to_dict()
 
 
 def population_priors(
@@ -356,206 +336,47 @@ def population_priors(
     scored_families: Iterable[str],
     min_tokens: float,
     *,
-    method: str = POPULATION_SETTINGS["method"],
-    n_folds: int = POPULATION_SETTINGS["n_folds"],
-    max_checkpoints: int | None = POPULATION_SETTINGS["max_checkpoints"],
-    chains: int = POPULATION_SETTINGS["chains"],
-    warmup: int = POPULATION_SETTINGS["warmup"],
-    draws: int = POPULATION_SETTINGS["draws"],
-    size_scale: float | None = POPULATION_SETTINGS["size_scale"],
-    summary: str = POPULATION_SETTINGS["summary"],
+    population=None,
     seed: int = 0,
-    exclude: Iterable[str] = POPULATION_EXCLUDE,
     progress: Callable | None = None,
     executor=None,
+    **build_settings,
 ) -> tuple[dict, pd.DataFrame]:
-    """Population priors for ``bayes_hierarchical``, never using the target family's data.
+    """Populations of ``bayes_hierarchical``: one per scored family, without its source group.
 
-    Two methods:
+    A family's population never holds the family itself nor any family of its source group
+    (siblings share data, code and units, so they would leak what the held-out family's
+    target looks like): :meth:`bayes_scaling.population.Population.without`.
 
-    ``"lofo"`` (default, affordable)
-        Every family with >= 3 sizes at the token cut (minus ``exclude``) is fitted once on
-        *all* its data (thinned to ``max_checkpoints`` per run) with the single-family cell
-        model and the independent prior (:func:`bayes_scaling.cellfit.fit_cell`). The prior
-        of family f is built from every *other* family's posterior: leave-one-family-out at the cost of
-        one small fit per family. ``summary="random_effects"`` (default) fits a normal
-        population to those posteriors, each weighing by how well it pins each parameter
-        (:func:`bayes_scaling.cellfit.random_effects_prior`); ``"mixture"`` weighs them equally
-        (:func:`bayes_scaling.cellfit.mixture_prior`). With ``size_scale`` (half-normal scale of ``sigma_size``)
-        each family also learns how far its runs sit off the law as the distance in log N
-        below its largest size grows, and the population carries that to the held-out family,
-        whose predictions then widen with the distance they extrapolate.
-    ``"hierarchical"``
-        K-fold over the scored families: one ``chinchilla_hierarchical`` NUTS fit
-        (:func:`bayes_scaling.inference.fit`) of every family outside the fold, summarised
-        by :func:`bayes_scaling.cellfit.population_prior`. Closer to the full model but one
-        large fit per fold and cut (too slow for the whole corpus on 2 busy cores). The full
-        model has no size discrepancy, so ``size_scale`` and ``summary`` are ignored.
-
-    A family whose loss is in another unit (:data:`UNCOMPARABLE_CURVES`) is
-    never in a population, and its own prior takes the loss levels from the independent
-    prior (:func:`bayes_scaling.cellfit.exponents_only`).
-
-    ``executor`` (lofo only; default in-process) runs the per-family fits, e.g. a
-    :class:`bayes_scaling.distributed.ProcessExecutor`; the numbers do not depend on it.
+    Parameters
+    ----------
+    runs : path or DataFrame
+    scored_families : iterable of str
+    min_tokens : float
+        Token cut of the cells (a population built here uses it).
+    population : "public", path or Population, optional
+        An existing population (e.g. the shipped public one, built from this corpus at
+        tokens >= 1e10); None builds one from ``runs`` with
+        :func:`bayes_scaling.population.build` (``build_settings``, ``seed``, ``progress``,
+        ``executor`` go to it).
 
     Returns
     -------
     priors : dict
-        scored family -> CellPrior.
+        scored family -> :class:`~bayes_scaling.population.Population`.
     info : DataFrame
-        One row per population fit (family for lofo, fold for hierarchical) with seconds
-        and diagnostics.
+        The population's members (one row each) with ``min_tokens``.
     """
-    if method not in ("lofo", "hierarchical"):
-        raise DataError(f"population method must be 'lofo' or 'hierarchical', got {method!r}")
-    if size_scale is not None and not (np.isfinite(size_scale) and size_scale > 0):
-        raise DataError(f"size_scale must be a positive number or None, got {size_scale!r}")
-    from .cellfit import POPULATION_SUMMARIES, exponents_only, independent_prior
+    from . import population as pop_mod
 
-    if summary not in POPULATION_SUMMARIES:
-        raise DataError(f"population summary must be one of {list(POPULATION_SUMMARIES)}, got {summary!r}")
     table = primary_table(runs)
-    scored = sorted(set(scored_families))
-    uncomparable = uncomparable_families(table)
-    at_cut = table[table["tokens"] >= min_tokens]
-    at_cut = at_cut[~at_cut["family"].isin(tuple(exclude) + uncomparable)]
-    if method == "lofo":
-        priors, info = _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, summary, seed, progress, executor)
+    if population is None:
+        pop = pop_mod.build(table, min_tokens=min_tokens, seed=seed, executor=executor, progress=progress, **build_settings)
     else:
-        priors, info = _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress)
-    for family in set(uncomparable) & set(priors):
-        priors[family] = exponents_only(priors[family], independent_prior())
-    return priors, info
-
-
-def uncomparable_families(table) -> tuple[str, ...]:
-    """Families with a curve listed in :data:`UNCOMPARABLE_CURVES` (none without a metric column)."""
-    if "metric" not in table.columns:
-        return ()
-    eval_set = table["eval_set"].astype(str) if "eval_set" in table.columns else pd.Series("", index=table.index)
-    hit = np.zeros(len(table), bool)
-    for metric, prefix in UNCOMPARABLE_CURVES:
-        hit |= (table["metric"] == metric).to_numpy() & eval_set.str.startswith(prefix).to_numpy()
-    return tuple(sorted(table.loc[hit, "family"].unique()))
-
-
-@dataclass(frozen=True)
-class PopulationJob:
-    """One family's population fit (picklable, for an executor): ``data`` = (x_n, x_d,
-    run index, log loss) of all its thinned checkpoints, ``settings`` = fit_cell keywords."""
-
-    min_tokens: float
-    family: str
-    data: tuple
-    prior: object
-    settings: dict
-
-
-def fit_population_job(job: PopulationJob):
-    """``(CellPosterior, seconds)`` of one population fit (a pure function of the job)."""
-    from .cellfit import fit_cell
-
-    start = time.perf_counter()
-    with _threads_limited():
-        post = fit_cell(*job.data, job.prior, **job.settings)
-    return post, time.perf_counter() - start
-
-
-def _lofo_priors(at_cut, scored, min_tokens, max_checkpoints, chains, warmup, draws, size_scale, summary, seed, progress, executor):
-    from .cellfit import POPULATION_SUMMARIES, independent_prior
-
-    base = independent_prior()
-    if size_scale is not None:
-        base = replace(base, size_scale=(float(size_scale), 0.0))
-    sizes = at_cut.groupby("family")["num_params"].nunique()
-    members = sorted(sizes[sizes >= MIN_SIZES].index)
-    jobs = []
-    for family in members:
-        g = at_cut[at_cut["family"] == family]
-        parts = []
-        for _, run in g.groupby("model", sort=True):
-            if max_checkpoints is not None:
-                run = run.iloc[np.sort(thin_log_spaced(run["tokens"].to_numpy(), int(max_checkpoints)))]
-            parts.append(run)
-        g = pd.concat(parts)
-        models = {m: i for i, m in enumerate(dict.fromkeys(g["model"]))}
-        x_n, x_d = centre(g["num_params"], g["tokens"])
-        settings = dict(seed=cell_seed((min_tokens, family, "population"), seed), chains=chains, warmup=warmup, draws=draws)
-        data = (x_n, x_d, g["model"].map(models).to_numpy(dtype=int), np.log(g["loss"].to_numpy(dtype=float)))
-        jobs.append(PopulationJob(min_tokens, family, data, base, settings))
-    posts, info = {}, []
-    for job, (post, seconds) in (executor or LocalExecutor()).map_unordered(fit_population_job, jobs):
-        posts[job.family] = post
-        info.append(
-            {
-                "min_tokens": min_tokens,
-                "fold": job.family,
-                "held_out": "",
-                "n_population": 1,
-                "n_points": len(job.data[0]),
-                "seconds": seconds,
-                "problems": f"divergences={post.divergences}, max_rhat={post.max_rhat:.3f}",
-                **{f"post_mean_{p}": v for p, v in zip(PARAM_NAMES, post.theta.mean(axis=0))},
-                "post_median_sigma_run": float(np.median(post.sigma_run)),
-                "post_median_sigma_size": float(np.median(post.sigma_size)) if post.sigma_size is not None else np.nan,
-            }
-        )
-        if progress is not None:
-            progress(job.family)
-    info.sort(key=lambda row: row["fold"])
-    priors = {}
-    for family in scored:
-        others = [posts[f] for f in members if f != family]
-        if len(others) < 2:
-            raise DataError(f"fewer than 2 other families to build the population prior of {family!r}")
-        priors[family] = POPULATION_SUMMARIES[summary](others, source=f"{summary} of {len(others)} other families (LOFO)")
-    return priors, pd.DataFrame(info)
-
-
-def _kfold_priors(at_cut, scored, min_tokens, n_folds, max_checkpoints, chains, warmup, draws, seed, progress):
-    import warnings
-
-    from .cellfit import population_prior
-    from .inference import fit
-
-    folds = assign_folds(scored, min(n_folds, max(len(scored), 1)), seed)
-    available = set(at_cut["family"])
-    priors, info = {}, []
-    for fold in sorted(set(folds.values())):
-        held = sorted(f for f, j in folds.items() if j == fold)
-        members = tuple(sorted(available - set(held)))
-        if len(members) < 2:
-            raise DataError(f"fold {fold} leaves {len(members)} families for the population fit; need >= 2")
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pop_fit = fit(
-                at_cut,
-                "chinchilla_hierarchical",
-                filters=Filters(min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=members),
-                chains=chains,
-                warmup=warmup,
-                draws=draws,
-                seed=seed + fold,
-            )
-        prior = population_prior(pop_fit, seed=seed + fold)
-        problems = "; ".join(str(w.message)[:200] for w in caught if "converge" in str(w.message).lower())
-        info.append(
-            {
-                "min_tokens": min_tokens,
-                "fold": fold,
-                "held_out": ",".join(held),
-                "n_population": len(members),
-                "seconds": time.perf_counter() - start,
-                "problems": problems,
-            }
-        )
-        if progress is not None:
-            progress(fold)
-        for f in held:
-            priors[f] = prior
-    return priors, pd.DataFrame(info)
+        pop = pop_mod.resolve(population)
+    groups = source_groups(table)
+    priors = {f: pop.without(groups=[groups.get(f, f)], families=[f]) for f in sorted(set(scored_families))}
+    return priors, pop.members.assign(min_tokens=min_tokens)
 
 
 def build_cells(
@@ -622,7 +443,9 @@ def build_cells(
 
 def cell_seed(key: tuple, seed: int) -> int:
     """Seed of a cell: a hash of its key mixed with the run seed (order independent)."""
-    return (zlib.crc32(repr(key).encode()) ^ (int(seed) * 2654435761)) % (2**31)
+    from .cellfit import stable_seed
+
+    return stable_seed(key, seed)
 
 
 def crps_from_draws(draws: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -755,30 +578,51 @@ def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict, posterior=
                 return pf.predict(n, target.tokens), pf.draws(n, target.tokens, n_draws=1000, seed=s)
 
         return predictors, diag
-    from .cellfit import fit_cell
+    sampler = {k: int(settings[k]) if k != "target_accept" else float(settings[k]) for k in SAMPLER_DEFAULTS}
+    n_pred = int(settings.get("n_pred_draws", 0))
+    if cell.estimator == "bayes_hierarchical" and posterior is None:
+        return _public_path_predictors(cell, sampler, seed, diag, n_pred)
+    from .cellfit import FamilyArrays
 
     x_n, x_d = centre(d.train_num_params, d.train_tokens)
-    post = posterior if posterior is not None else fit_cell(
-        x_n,
-        x_d,
-        d.train_run,
-        np.log(d.train_loss),
-        cell.prior,
-        seed=seed,
-        chains=int(settings["chains"]),
-        warmup=int(settings["warmup"]),
-        draws=int(settings["draws"]),
-        target_accept=float(settings["target_accept"]),
-        max_tree_depth=int(settings["max_tree_depth"]),
-    )
+    arrays = FamilyArrays.from_arrays(x_n, x_d, d.train_run, np.log(d.train_loss), d.train_models)
+    post = posterior if posterior is not None else arrays.fit(cell.prior, seed=seed, **sampler)
     diag = {**diag, "divergences": post.divergences, "max_rhat": post.max_rhat}
-    n_pred = int(settings.get("n_pred_draws", 0)) or len(post.theta)
 
     def predictors(target, s):
         tn, td = centre(np.full_like(target.tokens, target.num_params), target.tokens)
-        draws = post.predict_new_run(tn, td, seed=s)
-        if n_pred < len(draws):
-            draws = draws[np.random.default_rng(s).choice(len(draws), n_pred, replace=False)]
+        draws = _subsample(post.predict_new_run(tn, td, seed=s), n_pred, s)
+        return np.median(draws, axis=0), draws
+
+    return predictors, diag
+
+
+def _subsample(draws: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` rows of ``draws`` (all when ``n`` is 0), chosen with ``seed``."""
+    if 0 < n < len(draws):
+        return draws[np.random.default_rng(seed).choice(len(draws), n, replace=False)]
+    return draws
+
+
+def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_pred: int):
+    """``bayes_hierarchical``: exactly what a user runs, ``fit(train runs, population=...)``
+    then ``predict_loss(kind="new_run", observation_noise=True)`` at the target's checkpoints."""
+    from .cellfit import _split_rhat
+    from .popfit import fit_with_population
+    from .predict import predict_loss
+
+    d = cell.data
+    table = pd.DataFrame(
+        {"family": d.family, "model": np.asarray(d.train_models)[d.train_run], "num_params": d.train_num_params, "tokens": d.train_tokens, "loss": d.train_loss}
+    )
+    # the protocol already cut and thinned the training checkpoints
+    fit = fit_with_population(table, cell.prior, filters=Filters(min_tokens=0.0, max_checkpoints=None), seed=seed, **sampler)
+    theta = fit.idata.posterior["theta"].isel(family=0).transpose("chain", "draw", "param").values
+    diag = {**diag, "divergences": int(fit.idata.sample_stats["diverging"].sum()), "max_rhat": _split_rhat(theta)}
+
+    def predictors(target, s):
+        pred = predict_loss(fit, d.family, target.num_params, target.tokens, kind="new_run", observation_noise=True, seed=s)
+        draws = _subsample(pred.stack(sample=("chain", "draw")).transpose("sample", "point").values, n_pred, s)
         return np.median(draws, axis=0), draws
 
     return predictors, diag
@@ -1264,6 +1108,7 @@ def backtest(
     bayes_fractions: Iterable[float] | None = None,
     bayes_ks: Iterable[int] | None = None,
     bayes_settings: dict | None = None,
+    population=None,
     population_settings: dict | None = None,
     seed: int = 0,
     executor=None,
@@ -1271,11 +1116,13 @@ def backtest(
     progress=None,
     on_cells: Callable[[list], None] | None = None,
 ) -> BacktestResult:
-    """Run the whole back-test: protocol, population fits, every cell, in one call.
+    """Run the whole back-test: protocol, populations, every cell, in one call.
 
     See :func:`protocol_cells`, :func:`population_priors`, :func:`build_cells` and
-    :func:`run_cells` for the parameters. ``on_cells`` receives the list of cells before
-    they run (e.g. to size a progress bar).
+    :func:`run_cells` for the parameters. ``population`` ("public", a path or a Population)
+    serves every cut; None builds one per cut from ``runs`` with ``population_settings``
+    (:data:`bayes_scaling.population.BUILD_DEFAULTS` keys). ``on_cells`` receives the list of
+    cells before they run (e.g. to size a progress bar).
     """
     table = primary_table(runs)
     protocol = protocol_cells(table, ks=ks, fractions=fractions, min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=families)
@@ -1286,7 +1133,7 @@ def backtest(
         cuts = sorted({c.min_tokens for c in protocol.cells})
         for cut in cuts:
             scored = sorted({c.family for c in protocol.cells if c.min_tokens == cut})
-            priors, pinfo = population_priors(table, scored, cut, seed=seed, **(population_settings or {}))
+            priors, pinfo = population_priors(table, scored, cut, population=population, seed=seed, **(population_settings or {}))
             population[cut] = priors
             info.append(pinfo)
     cells = build_cells(

@@ -69,6 +69,7 @@ from .cellfit import (
     _split_rhat,
     data_centre,
     dense_sites,
+    effective_weights,
 )
 from .laws import to_level_coordinates
 
@@ -88,6 +89,8 @@ class CellProblem:
     prior : CellPrior
     seed : int
         PRNG seed of this fit's chains.
+    weight : ndarray (n,), optional
+        Likelihood weight of each checkpoint (:func:`bayes_scaling.cellfit.effective_weights`); default 1.
     """
 
     x_n: np.ndarray
@@ -96,9 +99,12 @@ class CellProblem:
     log_loss: np.ndarray
     prior: CellPrior
     seed: int = 0
+    weight: np.ndarray | None = None
 
     def __post_init__(self):
-        arrays = {k: np.asarray(getattr(self, k), int if k == "run_idx" else float) for k in ("x_n", "x_d", "run_idx", "log_loss")}
+        if self.weight is None:
+            object.__setattr__(self, "weight", np.ones(len(np.atleast_1d(self.log_loss))))
+        arrays = {k: np.asarray(getattr(self, k), int if k == "run_idx" else float) for k in ("x_n", "x_d", "run_idx", "log_loss", "weight")}
         n = len(arrays["log_loss"])
         if n == 0:
             raise ValueError("a cell problem needs at least one checkpoint")
@@ -162,6 +168,7 @@ def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...
         np.float64(p.noise_scale[1]),
         np.float64(p.nu),
         *(np.float64(v) for v in p.shape_args()),
+        pad(problem.weight, 1.0),
         pad(problem.log_loss, 0.0),
     )
 
@@ -337,7 +344,9 @@ def _problem_of(cell, seed: int) -> CellProblem:
 
     d = cell.data
     x_n, x_d = centre(d.train_num_params, d.train_tokens)
-    return CellProblem(np.asarray(x_n), np.asarray(x_d), d.train_run, np.log(d.train_loss), cell.prior, cell_seed(cell.key, seed))
+    x_n, x_d, log_loss = np.asarray(x_n), np.asarray(x_d), np.log(d.train_loss)
+    weight = effective_weights(x_n, x_d, d.train_run, log_loss)
+    return CellProblem(x_n, x_d, d.train_run, log_loss, cell.prior, cell_seed(cell.key, seed), weight)
 
 
 def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:

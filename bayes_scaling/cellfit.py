@@ -1,44 +1,34 @@
 """Small single-family NUTS fits with a given prior, compiled once for many back-test cells.
 
-The back-test (:mod:`bayes_scaling.backtest`) fits hundreds of cells: one family's
-training runs for one (k, fraction, token cut). Compiling a NUTS sampler per cell would
-cost more than the sampling, so this module fits every cell with *one* small model whose
-prior arrives as array arguments:
+One family at a time: a user's family under a population prior
+(:mod:`bayes_scaling.popfit`), each member of a population when it is built
+(:mod:`bayes_scaling.population`), every back-test cell. Compiling a NUTS sampler per fit
+would cost more than the sampling, so every fit uses *one* small model whose prior arrives
+as array arguments:
 
     theta ~ Normal(loc, scale_tril scale_tril^T)   (sampled in level coordinates, below;
             a multivariate Student-t with that scale when the prior has a finite ``df``)
     sigma_run ~ prior_run,  u_r ~ Normal(0, sigma_run)          (run offsets on log loss)
     sigma_obs ~ prior_obs
     (optional) sigma_size ~ prior_size: u_r ~ Normal(0, sqrt(sigma_run^2 + (sigma_size d_r)^2)),
-        d_r = |log N_r - log N of the cell's largest size| (see "Size discrepancy" below)
-    log L_i ~ StudentT(nu) or Normal(chinchilla_log_loss(theta) + u_run(i), sigma_obs), masked
+        d_r = |log N_r - log N of the largest size| (see "Size discrepancy" below)
+    log L_i ~ StudentT(nu) or Normal(chinchilla_log_loss(theta) + u_run(i), sigma_obs),
+        each checkpoint's log density weighted by w_i (see "Correlated checkpoints")
 
-With ``nu = inf`` (Normal, as in the shipped ``chinchilla_hierarchical``) the offsets u_r
-are integrated out exactly, as in the full model (:class:`bayes_scaling.model.RunMarginalNormal`);
-with a finite ``nu`` (``chinchilla_independent``: 4) the likelihood is Student-t and the
-offsets are sampled, ``u_r = sigma_run * z_r``.
+With ``nu = inf`` (Normal) the offsets u_r are integrated out exactly, as in the joint
+model (:class:`bayes_scaling.model.RunMarginalNormal`); with a finite ``nu``
+(``chinchilla_independent``: 4, the likelihood of every population fit) the likelihood is
+Student-t and the offsets are sampled, ``u_r = sigma_run * z_r``.
 
 The data are padded to a bucket of shapes (points to 64 x 4^j, runs to 8 x 8^j) and
 a boolean mask removes the padding from the likelihood; the whole NUTS run is traced under
 ``jax.jit`` with the data and the prior as traced arguments, so one compiled sampler serves
-every cell with the same bucket, prior kind and sampler settings. Padded run offsets are sampled from their prior and never used.
+every fit with the same bucket, prior kind and sampler settings. Padded run offsets are
+sampled from their prior and never used.
 
-Priors that feed this model:
-
-* :func:`independent_prior` - the ``chinchilla_independent`` spec's weak priors
-  (``bayes_independent``: the held-out family alone, no pooling);
-* :func:`random_effects_prior` (default of ``bayes_hierarchical``) and :func:`mixture_prior` -
-  a population built from other families' cell posteriors, each fitted alone under the
-  independent prior: the Student-t predictive of a random-effects meta-analysis of their
-  posteriors of theta (families weigh by how well they pin each parameter), or the
-  equal-weight mixture of them;
-* :func:`population_prior` - a summary of a full hierarchical fit of *other* families
-  (``bayes_hierarchical`` with ``method="hierarchical"``): the population predictive of a new family's theta, moment-matched
-  to a multivariate normal (mean and covariance of ``mu + diag(tau) L z`` over posterior
-  draws, so uncertainty in mu, tau and the correlation is carried), a log-normal matched to
-  the posterior of ``sigma_run``, and a log-normal matched to the posterior medians of the
-  per-family noise scales ``sigma_obs`` (the spec gives those no hierarchy, so the spread
-  across families is the best available statement of what noise a new family has).
+Priors that feed this model: :func:`independent_prior` (the ``chinchilla_independent``
+spec's weak priors: ``bayes_independent`` and a population's member fits) and
+:meth:`bayes_scaling.population.Population.prior` (a new family under a population).
 
 Size discrepancy: the Chinchilla form is a model, and a family's losses bend away from it
 the further one goes from the sizes it was fitted to (in-sample residuals of classic fits on
@@ -46,16 +36,14 @@ the corpus grow with the distance in log N from the middle of a family's sizes).
 ``CellPrior.size_scale`` set, a run's offset gets an extra sd ``sigma_size`` per unit of
 distance in log N from the *largest* training size: the law is anchored where extrapolation
 starts, smaller runs may sit further off it, and a prediction for a larger model inherits a
-spread that grows with how far it extrapolates. (Anchored at the middle of the sizes, the
-largest runs were free to sit above the law and the population's E fell: on the corpus,
-median ARE at k = 1 was 12.6% against 12.0% anchored at the largest size and 13.2% with no
-size term.) Without the term, five training sizes pin the parameters so tightly that
-intervals at the target are narrower than the law's own error there.
+spread that grows with how far it extrapolates. Without the term, five training sizes pin
+the parameters so tightly that intervals at the target are narrower than the law's own
+error there.
 
-This is an empirical-Bayes style two-stage approximation of the full hierarchical model:
-the held-out family's data update its own theta but do not feed back into the population.
-With dozens of families in the population and one family held out, that feedback would be
-small; the saving is one large NUTS fit per fold instead of one per cell.
+Correlated checkpoints: a run's checkpoints err together (its curve bends away from the law
+smoothly), so a dense log is not as many independent observations as it has points; each
+checkpoint's log density is weighted by :func:`effective_weights` (an AR(1) effective sample
+size per run).
 
 Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)``,
 ``x_d = log(D / 1e11)``), loss in nats, scales on natural-log loss.
@@ -64,7 +52,8 @@ Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 
 import jax
@@ -218,52 +207,6 @@ def _tril(cov) -> np.ndarray:
     return np.linalg.cholesky(cov + 1e-9 * np.eye(N_PARAMS))
 
 
-def population_prior(fit, n_draws: int = 4000, seed: int = 0) -> CellPrior:
-    """Summarise a hierarchical :class:`~bayes_scaling.inference.Fit` as a :class:`CellPrior`.
-
-    Parameters
-    ----------
-    fit : Fit
-        A partial-pooling fit (posterior has ``mu``, ``tau``, ``corr``, ``sigma_run``,
-        ``sigma_obs``).
-    n_draws : int
-        Draws of a new family's theta used for the moment match.
-    seed : int
-        Seed of those draws.
-    """
-    post = fit.idata.posterior
-    for name in ("mu", "tau", "corr", "sigma_obs"):
-        if name not in post:
-            raise ValueError(f"population_prior needs a partial-pooling fit; posterior has no {name!r}")
-    mu = post["mu"].transpose("chain", "draw", "param").values.reshape(-1, N_PARAMS)
-    tau = post["tau"].transpose("chain", "draw", "param").values.reshape(-1, N_PARAMS)
-    corr = post["corr"].transpose("chain", "draw", "param", "param_").values.reshape(-1, N_PARAMS, N_PARAMS)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(mu), n_draws)
-    chol = np.linalg.cholesky(corr[idx] + 1e-9 * np.eye(N_PARAMS))
-    z = rng.standard_normal((n_draws, N_PARAMS))
-    theta = mu[idx] + tau[idx] * np.einsum("sij,sj->si", chol, z)
-    loc = theta.mean(axis=0)
-    cov = np.cov(theta, rowvar=False)
-    if "sigma_run_fitted" in post:  # families whose runs identify a run scale (the others hold 0)
-        run_scale = _lognormal_match(post["sigma_run_fitted"].values)
-    elif "sigma_run" in post:
-        run_scale = _lognormal_match(post["sigma_run"].values)
-    else:
-        run_scale = (np.log(1e-3), 1e-3)
-    noise_medians = post["sigma_obs"].median(("chain", "draw")).values
-    spec = fit.spec
-    return CellPrior(
-        loc=loc,
-        scale_tril=_tril(cov),
-        scale_kind="lognormal",
-        run_scale=run_scale,
-        noise_scale=_lognormal_match(noise_medians),
-        nu=_likelihood_nu(spec),
-        source=f"population of {len(fit.families)} families",
-    )
-
-
 def _scale_dist(kind, a, b):
     if kind == "half_normal":
         return dist.HalfNormal(a)
@@ -306,7 +249,7 @@ def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_taile
     sampled as ``loc + L z``).
     """
 
-    def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, size_a, size_b, prior_df, log_loss=None):
+    def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, size_a, size_b, prior_df, weight, log_loss=None):
         x_n0, x_d0 = data_centre(x_n, x_d, mask)
         level = numpyro.sample("theta_level", LevelMultivariateNormal(loc, scale_tril, x_n0, x_d0, df=prior_df if heavy_tailed else None))
         theta = numpyro.deterministic("theta", from_level_coordinates(level, x_n0, x_d0))
@@ -320,12 +263,14 @@ def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_taile
         mean = chinchilla_log_loss(x_n, x_d, *[theta[i] for i in range(N_PARAMS)])
         if marginal:
             numpyro.sample(
-                "log_loss", RunMarginalNormal(mean, run_idx, jnp.full(n_runs, sigma_obs), run_sd, weight=mask.astype(mean.dtype)), obs=log_loss
+                "log_loss", RunMarginalNormal(mean, run_idx, jnp.full(n_runs, sigma_obs), run_sd, weight=weight * mask), obs=log_loss
             )
             return
         run_z = numpyro.sample("run_z", dist.Normal(0.0, 1.0).expand([n_runs]).to_event(1))
-        mean = mean + run_sd[run_idx] * run_z[run_idx]
-        numpyro.sample("log_loss", dist.StudentT(nu, mean, sigma_obs).mask(mask).to_event(1), obs=log_loss)
+        run_offset = numpyro.deterministic("run_offset", run_sd * run_z)
+        mean = mean + run_offset[run_idx]
+        with numpyro.handlers.scale(scale=weight):  # padded checkpoints: weight 1, masked out
+            numpyro.sample("log_loss", dist.StudentT(nu, mean, sigma_obs).mask(mask), obs=log_loss)
 
     return model
 
@@ -383,8 +328,10 @@ def _sampler(
         mcmc.run(rng_key, *args, extra_fields=("diverging",))
         samples = mcmc.get_samples(group_by_chain=True)
         sigma_size = samples["sigma_size"] if size_term else jnp.zeros_like(samples["sigma_run"])
+        # integrated out under the Normal likelihood: no draws of the offsets (zeros)
+        run_offset = jnp.zeros(samples["sigma_run"].shape + (n_runs,)) if kind[1] else samples["run_offset"]
         diverging = mcmc.get_extra_fields(group_by_chain=True)["diverging"]
-        return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, diverging
+        return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging
 
     return jax.jit(run)
 
@@ -406,6 +353,13 @@ class CellPosterior:
         Size discrepancy per unit of log N (None: the fit had no size term).
     size_anchor : float
         Largest training size in centred log N, where that distance is 0.
+    chains : int
+        Chains the S draws come from, in order (``S = chains x draws``).
+    run_offset : ndarray (S, runs) or None
+        Draws of each training run's offset on log loss (None: not recorded; zeros when the
+        Normal likelihood integrated them out).
+    diverging : ndarray of bool (S,) or None
+        Which draws ended in a divergent transition (None: not recorded).
     """
 
     theta: np.ndarray
@@ -416,6 +370,13 @@ class CellPosterior:
     max_rhat: float
     sigma_size: np.ndarray | None = None
     size_anchor: float = 0.0
+    chains: int = 1
+    run_offset: np.ndarray | None = None
+    diverging: np.ndarray | None = None
+
+    def by_chain(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with leading axis S reshaped to (chains, draws, ...)."""
+        return values.reshape(self.chains, -1, *values.shape[1:])
 
     def predict_new_run(self, x_n, x_d, seed: int = 0, observation_noise: bool = True) -> np.ndarray:
         """Loss draws (S, points) at centred covariates for a run not in the data.
@@ -459,6 +420,103 @@ def _split_rhat(x: np.ndarray) -> float:
         return float(np.nanmax(np.sqrt(var / w)))
 
 
+#: Sampler settings of every single-family fit under a population (a user's ``fit`` with a
+#: population, the back-test's Bayesian cells, the population's own family fits). With 300 +
+#: 300 draws per chain half of the back-test's cells had r_hat > 1.2 and their intervals
+#: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
+SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8)
+
+
+def effective_weights(x_n, x_d, run_idx, log_loss) -> np.ndarray:
+    """Likelihood weight of each checkpoint: a run's correlated checkpoints count as fewer points.
+
+    Residuals of a run's checkpoints from the law are not independent: a run's curve bends
+    away from the Chinchilla form smoothly, so neighbouring checkpoints err together, and a
+    dense log treated as independent points pins the law far more tightly than the data can.
+    With lag-1 autocorrelation rho of the residuals along a run (checkpoints in token order),
+    n checkpoints carry about ``n (1 - rho) / (1 + rho)`` independent points (the AR(1)
+    effective sample size). rho is estimated from the residuals of a robust point fit of these
+    checkpoints (:func:`bayes_scaling.pointfit.fit_classic_huber`), pooled over the runs with at
+    least 3 checkpoints and clipped to [0, 0.99]; each checkpoint of a run of n gets weight
+    ``max((1 - rho) / (1 + rho), 1 / n)`` (a run counts at least as one point). Weight 1
+    everywhere when rho is not positive or the point fit fails.
+
+    Parameters
+    ----------
+    x_n, x_d : array (n,)
+        Centred covariates (:func:`bayes_scaling.laws.centre`).
+    run_idx : array of int (n,)
+    log_loss : array (n,)
+
+    Returns
+    -------
+    ndarray (n,)
+        Weights in (0, 1].
+    """
+    from .laws import REFERENCE_PARAMS, REFERENCE_TOKENS
+    from .pointfit import fit_classic_huber
+
+    x_n, x_d, log_loss = (np.asarray(a, float) for a in (x_n, x_d, log_loss))
+    run_idx = np.asarray(run_idx, int)
+    counts = np.bincount(run_idx)
+    weights = np.ones(len(log_loss))
+    if counts.max() < 3:
+        return weights
+    n, d = REFERENCE_PARAMS * np.exp(x_n), REFERENCE_TOKENS * np.exp(x_d)
+    fit = fit_classic_huber(n, d, np.exp(log_loss))
+    if not fit.ok:
+        return weights
+    resid = log_loss - np.log(fit.predict(n, d))
+    lagged, total = 0.0, 0.0
+    for r in np.flatnonzero(counts >= 3):
+        e = resid[run_idx == r][np.argsort(x_d[run_idx == r])]
+        e = e - e.mean()  # the run's offset is a parameter of its own, not correlation
+        lagged += float(np.sum(e[1:] * e[:-1]))
+        total += float(np.sum(e**2))
+    rho = float(np.clip(lagged / total, 0.0, 0.99)) if total > 0 else 0.0
+    return np.maximum((1 - rho) / (1 + rho), 1.0 / counts[run_idx])
+
+
+def stable_seed(key: tuple, seed: int) -> int:
+    """Seed of one fit in a collection: a hash of its key mixed with the run seed, so that
+    the numbers do not depend on the order (or the process) in which fits run."""
+    return (zlib.crc32(repr(key).encode()) ^ (int(seed) * 2654435761)) % (2**31)
+
+
+@dataclass(frozen=True)
+class FamilyArrays:
+    """One family's checkpoints as cell-model arrays (centred covariates, runs from 0)."""
+
+    x_n: np.ndarray
+    x_d: np.ndarray
+    run_idx: np.ndarray
+    log_loss: np.ndarray
+    runs: tuple[str, ...]
+    weight: np.ndarray  # likelihood weight per checkpoint (effective_weights)
+
+    @classmethod
+    def of(cls, data, family: int) -> "FamilyArrays":
+        """Family number ``family`` of a :class:`~bayes_scaling.data.RunsData` (its runs are
+        contiguous in the run index, see :func:`bayes_scaling.data.prepare`)."""
+        rows = np.flatnonzero(data.family_idx == family)
+        first = int(data.run_idx[rows].min())
+        run_idx = np.asarray(data.run_idx[rows] - first, int)
+        runs = tuple(data.runs[first : first + int(run_idx.max()) + 1])
+        return cls.from_arrays(data.x_n[rows], data.x_d[rows], run_idx, data.log_loss[rows], runs)
+
+    @classmethod
+    def from_arrays(cls, x_n, x_d, run_idx, log_loss, runs=None) -> "FamilyArrays":
+        """Arrays of one family (runs numbered from 0), weighted by :func:`effective_weights`."""
+        x_n, x_d, log_loss = (np.asarray(a, float) for a in (x_n, x_d, log_loss))
+        run_idx = np.asarray(run_idx, int)
+        runs = tuple(runs) if runs is not None else tuple(str(r) for r in range(int(run_idx.max()) + 1))
+        return cls(x_n, x_d, run_idx, log_loss, runs, effective_weights(x_n, x_d, run_idx, log_loss))
+
+    def fit(self, prior: "CellPrior", *, seed: int = 0, **sampler) -> "CellPosterior":
+        """:func:`fit_cell` of these checkpoints, with their weights, under ``prior``."""
+        return fit_cell(self.x_n, self.x_d, self.run_idx, self.log_loss, prior, weight=self.weight, seed=seed, **sampler)
+
+
 def fit_cell(
     x_n,
     x_d,
@@ -466,12 +524,13 @@ def fit_cell(
     log_loss,
     prior: CellPrior,
     *,
+    weight=None,
     seed: int = 0,
-    chains: int = 2,
-    warmup: int = 300,
-    draws: int = 300,
-    target_accept: float = 0.9,
-    max_tree_depth: int = 8,
+    chains: int = SAMPLER_DEFAULTS["chains"],
+    warmup: int = SAMPLER_DEFAULTS["warmup"],
+    draws: int = SAMPLER_DEFAULTS["draws"],
+    target_accept: float = SAMPLER_DEFAULTS["target_accept"],
+    max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
 ) -> CellPosterior:
     """NUTS fit of one family's checkpoints under ``prior``.
 
@@ -484,6 +543,8 @@ def fit_cell(
     log_loss : array (n,)
         Natural log of the observed loss.
     prior : CellPrior
+    weight : array (n,), optional
+        Likelihood weight of each checkpoint in (0, 1] (:func:`effective_weights`); default 1.
     seed : int
         PRNG seed of the sampler.
     chains, warmup, draws : int
@@ -504,6 +565,9 @@ def fit_cell(
         raise ValueError("fit_cell needs at least one checkpoint")
     if not (len(x_n) == len(x_d) == len(run_idx) == n):
         raise ValueError("x_n, x_d, run_idx and log_loss differ in length")
+    weight = np.ones(n) if weight is None else np.asarray(weight, float)
+    if weight.shape != (n,) or not np.all((weight > 0) & (weight <= 1)):
+        raise ValueError("weight must hold one value in (0, 1] per checkpoint")
     n_runs = int(run_idx.max()) + 1
     n_pad = _bucket(n, *POINTS_BUCKET)
     r_pad = _bucket(n_runs, *RUNS_BUCKET)
@@ -528,12 +592,13 @@ def fit_cell(
         jnp.asarray(prior.noise_scale[1]),
         jnp.asarray(prior.nu),
         *(jnp.asarray(v) for v in prior.shape_args()),
+        jnp.asarray(pad(weight, 1.0)),
         jnp.asarray(pad(log_loss, 0.0)),
     )
     sampler = _sampler(
         prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
     )
-    theta, sigma_run, sigma_obs, sigma_size, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
+    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
     theta = np.asarray(theta)
     diverging = np.asarray(diverging)
     return CellPosterior(
@@ -545,51 +610,11 @@ def fit_cell(
         max_rhat=_split_rhat(theta),
         sigma_size=np.asarray(sigma_size).reshape(-1) if prior.size_term else None,
         size_anchor=float(x_n.max()),
+        chains=int(chains),
+        run_offset=np.asarray(run_offset).reshape(len(theta.reshape(-1, N_PARAMS)), -1)[:, :n_runs],
+        diverging=diverging.reshape(-1).astype(bool),
     )
 
-
-
-def _pooled_scales(posteriors) -> dict:
-    """Scale priors for a new family: log-normals matched to the pooled draws of ``sigma_run``,
-    ``sigma_obs`` and (when every posterior has one) ``sigma_size``."""
-    sized = all(p.sigma_size is not None for p in posteriors)
-    return dict(
-        scale_kind="lognormal",
-        run_scale=_lognormal_match(np.concatenate([p.sigma_run for p in posteriors])),
-        noise_scale=_lognormal_match(np.concatenate([p.sigma_obs for p in posteriors])),
-        nu=float(posteriors[0].nu),
-        size_scale=_lognormal_match(np.concatenate([p.sigma_size for p in posteriors])) if sized else None,
-    )
-
-
-def _family_moments(posteriors) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior means (F, 5) and covariances (F, 5, 5) of theta, one per family (at least 2)."""
-    posteriors = list(posteriors)
-    if len(posteriors) < 2:
-        raise ValueError(f"a population prior needs >= 2 family posteriors, got {len(posteriors)}")
-    means = np.array([p.theta.mean(axis=0) for p in posteriors])
-    covs = np.array([np.cov(p.theta, rowvar=False) for p in posteriors])
-    return means, covs
-
-
-def mixture_prior(posteriors, source: str = "") -> CellPrior:
-    """Prior for a new family: the moment-matched mixture of other families' posteriors.
-
-    theta ~ N(mean, cov) with the mean and covariance of the equal-weight mixture of the
-    given :class:`CellPosterior` objects (between-family spread of the posterior means plus
-    the average within-family posterior covariance); scales as :func:`random_effects_prior`.
-    Every family weighs the same, so one whose data cannot pin a parameter (a wide or
-    two-mode posterior) moves the mean as much as one that pins it; kept for comparison.
-    """
-    posteriors = list(posteriors)
-    means, covs = _family_moments(posteriors)
-    cov = np.cov(means, rowvar=False) * (len(means) - 1) / len(means) + covs.mean(axis=0)
-    return CellPrior(
-        loc=means.mean(axis=0),
-        scale_tril=_tril(cov),
-        source=source or f"mixture of {len(posteriors)} family posteriors",
-        **_pooled_scales(posteriors),
-    )
 
 
 def random_effects(means, covs, max_iter: int = 10_000, tol: float = 1e-10):
@@ -627,56 +652,3 @@ def random_effects(means, covs, max_iter: int = 10_000, tol: float = 1e-10):
             break
     mu_cov = np.linalg.inv(np.linalg.inv(sigma[None] + covs).sum(axis=0))
     return mu, sigma, mu_cov
-
-
-def random_effects_prior(posteriors, source: str = "") -> CellPrior:
-    """Prior for a new family: the population of theta fitted to other families' posteriors.
-
-    Each family's posterior of theta, read as a normal estimate ``N(mean_f, cov_f)`` of its
-    true theta, feeds :func:`random_effects`. The prior is the predictive of a new family's
-    theta with the uncertainty of the population carried, not only its best estimate: a
-    multivariate Student-t with ``F - 5`` degrees of freedom (F families; at least 1) and
-    scale ``Sigma F / (F - 5) + Cov(mu)``. For F families drawn from a normal population
-    whose mean and covariance are unknown, that is the predictive under the usual
-    noninformative prior (``F - p`` degrees of freedom, scale ``(F + 1) / (F - p)`` times the
-    maximum-likelihood covariance; Gelman et al., Bayesian Data Analysis, 3.6); ``Cov(mu)``
-    stands in for its ``Sigma / F`` when families pin theta unequally. A family whose
-    data leave a direction unpinned (E of a run that has not flattened, a two-mode posterior)
-    has a wide ``cov_f`` there and little say in it, unlike in :func:`mixture_prior`, where
-    its posterior mean counts as much as any and its width adds to the population's spread.
-    ``sigma_run``, ``sigma_obs`` and (when every posterior has one) ``sigma_size`` get
-    log-normals matched to the pooled draws. This is the default population of the
-    back-test's ``bayes_hierarchical`` (see :mod:`bayes_scaling.backtest`).
-    """
-    posteriors = list(posteriors)
-    means, covs = _family_moments(posteriors)
-    mu, sigma, mu_cov = random_effects(means, covs + 1e-9 * np.eye(N_PARAMS))
-    df = max(len(posteriors) - N_PARAMS, 1)
-    return CellPrior(
-        loc=mu,
-        scale_tril=_tril(sigma * len(posteriors) / df + mu_cov),
-        source=source or f"random effects of {len(posteriors)} family posteriors",
-        df=float(df),
-        **_pooled_scales(posteriors),
-    )
-
-
-def exponents_only(population: CellPrior, levels: CellPrior) -> CellPrior:
-    """``population`` with the loss levels (log E, log A, log B) taken from ``levels`` instead.
-
-    For a family whose loss is in units no other family shares (a normalised curve), the
-    levels of other families say nothing; the exponents and the scales on log loss (relative
-    noise, run spread, size discrepancy) do not depend on the units and still carry over.
-    """
-    level = np.isin(PARAM_NAMES, ("log_e", "log_a", "log_b"))
-    cov = np.where(np.outer(level, level), levels.cov, 0.0) + np.where(np.outer(~level, ~level), population.cov, 0.0)
-    return replace(
-        population,
-        loc=np.where(level, levels.loc, population.loc),
-        scale_tril=_tril(cov),
-        source=f"{population.source}; loss levels from {levels.source}",
-    )
-
-
-#: How the back-test turns other families' posteriors into a held-out family's prior.
-POPULATION_SUMMARIES = {"random_effects": random_effects_prior, "mixture": mixture_prior}

@@ -91,6 +91,9 @@ def _param_arrays(draws):
         out["run_offset"] = draws["run_offset"].transpose(*SAMPLE_DIMS).values.reshape(-1).astype(float)
     else:
         out["run_offset"] = np.zeros_like(out["log_e"])
+    # a planned run's spread grows with its distance in log N from the largest size trained
+    out["size_offset"] = draws["size_offset"].transpose(*SAMPLE_DIMS).values.reshape(-1).astype(float) if "size_offset" in draws else np.zeros_like(out["log_e"])
+    out["size_anchor"] = float(draws.attrs.get("size_anchor", 0.0))
     # reference points of the centred parametrisation (attrs of family_draws; laws defaults otherwise)
     out["log_ref_n"] = np.log(float(draws.attrs.get("reference_params", REFERENCE_PARAMS)))
     out["log_ref_d"] = np.log(float(draws.attrs.get("reference_tokens", REFERENCE_TOKENS)))
@@ -129,7 +132,8 @@ def _log_loss(p, log_n, log_d):
         return v.reshape(v.shape + extra)
 
     terms = np.logaddexp(col(p["log_e"]), col(p["log_a"]) - col(p["alpha"]) * x_n)
-    return np.logaddexp(terms, col(p["log_b"]) - col(p["beta"]) * x_d) + col(p["run_offset"])
+    offset = col(p["run_offset"]) + col(p["size_offset"]) * np.abs(x_n - p["size_anchor"])
+    return np.logaddexp(terms, col(p["log_b"]) - col(p["beta"]) * x_d) + offset
 
 
 def loss(draws, num_params, tokens):

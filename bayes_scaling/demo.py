@@ -1,12 +1,20 @@
-"""The built-in demo: fit a synthetic corpus with each family's largest model held out.
+"""The built-in demos.
 
-Shows the whole workflow on data with known truth: prepare, fit, predict each held-out
-model as a new run of its family, and score the 90% intervals.
+``run_real_demo`` (``bayes-scaling demo``): a real family, Gemstones (McLeish et al. 2025,
+MIT licence; thinned curves ship with the package, see NOTICE), predicted the way a user
+predicts their own: the runs of its two smallest model sizes (48M and 52M parameters) are
+fitted under the shipped public population *rebuilt without the family's source group*
+(Gemstones and its cooldown branches never inform the prior), and the largest run (2B
+parameters, 40x larger) is predicted over its last 30% of training as a run not yet trained.
+
+``run_demo`` (``bayes-scaling demo --synthetic``): a synthetic corpus with known truth,
+fitted with the joint hierarchical model, each family's largest model held out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -14,6 +22,71 @@ import pandas as pd
 from .datasets import synthetic
 from .inference import Fit, fit
 from .predict import predict_loss, summarize
+
+#: The real demo: family, how many of its smallest sizes are trained on, its source group.
+REAL_DEMO = {"family": "gemstones", "k": 2, "group": "gemstones", "file": "gemstones.csv"}
+
+
+def demo_runs() -> pd.DataFrame:
+    """The shipped Gemstones curves (three runs, thinned): family, model, num_params, tokens, loss, ..."""
+    with resources.files("bayes_scaling").joinpath("demo_data", REAL_DEMO["file"]).open() as handle:
+        return pd.read_csv(handle)
+
+
+@dataclass(frozen=True)
+class RealDemoResult:
+    """Outputs of :func:`run_real_demo`.
+
+    Attributes
+    ----------
+    fit : Fit
+        The two smallest sizes fitted under the population.
+    train, target : DataFrame
+        The runs fitted (checkpoints used) and the largest run's last 30% of training.
+    table : DataFrame
+        Per target checkpoint: tokens, observed loss, predicted median and 90% interval,
+        inside or not, absolute relative error.
+    population_source : str
+        Which population the prior came from and what it left out.
+    """
+
+    fit: Fit
+    train: pd.DataFrame
+    target: pd.DataFrame
+    table: pd.DataFrame
+    population_source: str
+
+    @property
+    def coverage(self) -> float:
+        return float(self.table["inside_90"].mean())
+
+    @property
+    def median_are(self) -> float:
+        return float(self.table["abs_rel_error"].median())
+
+
+def run_real_demo(*, seed: int = 0, population="public", **sampler) -> RealDemoResult:
+    """Fit the demo family's smallest sizes under ``population`` without its source group and
+    predict its largest run (see module docstring). ``sampler``: NUTS settings (default the
+    library's, :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`)."""
+    from .backtest import target_window
+    from .data import Filters
+    from .population import resolve
+
+    runs = demo_runs()
+    sizes = np.sort(runs["num_params"].unique())
+    train = runs[runs["num_params"] <= sizes[REAL_DEMO["k"] - 1]]
+    largest = runs[runs["num_params"] == sizes[-1]]
+    tokens, loss = target_window(largest["tokens"], largest["loss"])
+    target = pd.DataFrame({"model": largest["model"].iloc[0], "num_params": sizes[-1], "tokens": tokens, "loss": loss})
+    pop = resolve(population).without(groups=[REAL_DEMO["group"]])
+    result = fit(train, population=pop, filters=Filters(), seed=seed, **sampler)
+    pred = summarize(predict_loss(result, REAL_DEMO["family"], sizes[-1], tokens, kind="new_run", observation_noise=True, seed=seed))
+    table = pred[["tokens", "median", "q05", "q95"]].assign(observed=loss)
+    table["inside_90"] = (table["observed"] >= table["q05"]) & (table["observed"] <= table["q95"])
+    table["abs_rel_error"] = (table["median"] - table["observed"]).abs() / table["observed"]
+    used = train[train["tokens"] >= Filters().min_tokens]
+    return RealDemoResult(result, used, target, table, pop.prior().source)
 
 #: Sampler settings of the default demo and of ``--quick``.
 #: The demo learns its metric from all chains (``fit(metric_adaptation="pooled")``): 25
@@ -71,7 +144,7 @@ def run_demo(
     runs, _ = synthetic(n_families=n_families, seed=seed)
     train, held_out = split_largest(runs)
     result = fit(
-        train, chains=chains, warmup=warmup, draws=draws, seed=seed, metric_adaptation=metric_adaptation, progress_bar=progress_bar
+        train, population=None, chains=chains, warmup=warmup, draws=draws, seed=seed, metric_adaptation=metric_adaptation, progress_bar=progress_bar
     )
     rows, inside = [], []
     for (family, model), run in held_out.groupby(["family", "model"], sort=False):

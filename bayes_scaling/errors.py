@@ -17,5 +17,9 @@ class FitError(BayesScalingError, ValueError):
     """A fit or saved fit cannot serve the request (unknown family, missing group, ...)."""
 
 
+class PopulationError(BayesScalingError, ValueError):
+    """A population file cannot be used (corrupted, another format version, not a population)."""
+
+
 class ConvergenceWarning(UserWarning):
     """The sampler did not converge well enough to trust the numbers (r_hat, ESS, divergences)."""

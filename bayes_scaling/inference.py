@@ -376,17 +376,22 @@ def _chain_method(chains: int, chain_method: str) -> str:
     return "parallel" if chains > 1 and jax.local_device_count() >= chains else "sequential"
 
 
+#: Sampler defaults of the joint model (the population path's are ``cellfit.SAMPLER_DEFAULTS``).
+JOINT_SAMPLER_DEFAULTS = dict(chains=4, warmup=500, draws=500, target_accept=0.95, max_tree_depth=10)
+
+
 def fit(
     runs,
-    spec: Spec | str | Path = "chinchilla_hierarchical",
+    spec: Spec | str | Path | None = None,
     *,
+    population="public",
     filters: Filters | None = None,
-    chains: int = 4,
-    warmup: int = 500,
-    draws: int = 500,
+    chains: int | None = None,
+    warmup: int | None = None,
+    draws: int | None = None,
     seed: int = 0,
-    target_accept: float = 0.95,
-    max_tree_depth: int = 10,
+    target_accept: float | None = None,
+    max_tree_depth: int | None = None,
     chain_method: str = "auto",
     init: str = "laplace",
     metric_adaptation: str = "auto",
@@ -394,14 +399,31 @@ def fit(
     log_likelihood: bool = True,
     x64: bool = True,
 ) -> Fit:
-    """Fit a model spec to a runs table with NUTS.
+    """Fit the scaling law to a runs table with NUTS.
+
+    Two paths, one result type:
+
+    * ``population`` given (default ``"public"``, the population shipped with the package):
+      each family of the table is fitted alone under the population's prior
+      (:func:`bayes_scaling.popfit.fit_with_population`). This is the path the back-test
+      scores out of sample (``bayes_hierarchical``), for a table of one family as for forty;
+      families of one table do not borrow from each other, only from the population (build
+      one from your own families with :func:`bayes_scaling.population.build` to borrow
+      among them). Sampler defaults: :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`.
+    * ``population=None``: the joint hierarchical model of ``spec`` (default
+      ``chinchilla_hierarchical``): the table's families share a population fitted with them.
+      It has no size discrepancy and was not back-tested out of sample; use it to study a
+      corpus of families, not to extrapolate one. Defaults: :data:`JOINT_SAMPLER_DEFAULTS`.
 
     Parameters
     ----------
     runs : path, DataFrame or RunsData
         The runs table (see :mod:`bayes_scaling.data`), or data already prepared.
-    spec : Spec, name or path
-        Model spec; shipped names are ``chinchilla_hierarchical`` and ``chinchilla_independent``.
+    spec : Spec, name or path, optional
+        Model spec of the joint model (``population=None`` only); shipped names are
+        ``chinchilla_hierarchical`` and ``chinchilla_independent``.
+    population : "public", path, Population or None
+        What each family borrows; None: the joint model.
     filters : Filters, optional
         Data filters; default: the spec's ``[data]`` defaults. Ignored for RunsData input.
     chains, warmup, draws : int
@@ -447,7 +469,19 @@ def fit(
     ConvergenceWarning
         When r_hat > 1.01, ESS is low or there are divergences; the message has the numbers.
     """
-    spec = load_spec(spec)
+    if population is not None:
+        if spec is not None:
+            raise FitError("a spec describes the joint model; pass population=None to fit it (a population fit uses the population's model)")
+        from .cellfit import SAMPLER_DEFAULTS
+        from .popfit import fit_with_population
+
+        given = dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth)
+        return fit_with_population(runs, population, filters=filters, seed=seed, **{k: SAMPLER_DEFAULTS[k] if v is None else v for k, v in given.items()})
+    chains, warmup, draws, target_accept, max_tree_depth = (
+        JOINT_SAMPLER_DEFAULTS[k] if v is None else v
+        for k, v in dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth).items()
+    )
+    spec = load_spec("chinchilla_hierarchical" if spec is None else spec)
     if isinstance(runs, RunsData):
         data = runs
     else:

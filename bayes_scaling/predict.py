@@ -24,6 +24,7 @@ import xarray as xr
 from .errors import DataError, FitError
 from .inference import Fit
 from .laws import PARAM_NAMES, centre, chinchilla_log_loss
+from .popfit import prior_from_attrs
 
 KINDS = ("family", "new_run", "new_family")
 SUMMARY_QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
@@ -80,7 +81,9 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
     -------
     xarray.Dataset
         Variables ``log_e, log_a, log_b, alpha, beta`` (centred units, see
-        :mod:`bayes_scaling.laws`), ``run_offset`` (on log loss; 0 for ``family``) and
+        :mod:`bayes_scaling.laws`), ``run_offset`` (on log loss; 0 for ``family``),
+        ``size_offset`` (per unit of distance in log N from attr ``size_anchor``, the largest
+        training size; 0 for ``family`` and for joint-model fits, see :func:`size_offset`) and
         ``sigma_obs`` (checkpoint noise sd on log loss); dims ``(chain, draw)``. Attrs carry
         the reference points, the likelihood and its ``df``.
     """
@@ -89,7 +92,11 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
     rng = np.random.default_rng(seed)
     post = fit.idata.posterior
     spec = fit.spec
-    if kind == "new_family":
+    population = prior_from_attrs(fit)
+    sigma_size, size_anchor = np.zeros((post.sizes["chain"], post.sizes["draw"])), 0.0
+    if kind == "new_family" and population is not None:
+        theta, sigma_run, sigma_obs = _new_family_from_prior(population, post, rng)
+    elif kind == "new_family":
         theta = _population_theta(fit, rng)
         # noise of an unseen family: that of a family picked at random per draw
         sigma_obs_all = post["sigma_obs"].values
@@ -101,13 +108,20 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         theta = post["theta"].isel(family=f)
         sigma_obs = post["sigma_obs"].isel(family=f).values
         sigma_run = _sigma_run(fit, f, rng)
-    offset = np.zeros_like(sigma_run) if kind == "family" else sigma_run * rng.standard_normal(sigma_run.shape)
+        if "sigma_size" in post:  # fitted under a population: planned runs widen beyond the largest size
+            sigma_size = post["sigma_size"].isel(family=f).values
+            size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
+    new_run = kind != "family"
+    offset = sigma_run * rng.standard_normal(sigma_run.shape) if new_run else np.zeros_like(sigma_run)
+    size_draw = sigma_size * rng.standard_normal(sigma_size.shape) if new_run else np.zeros_like(sigma_size)
     coords = {"chain": post.chain.values, "draw": post.draw.values}
     dims = ("chain", "draw")
     data = {name: (dims, np.asarray(theta.sel(param=name).values, dtype=float)) for name in PARAM_NAMES}
     data["run_offset"] = (dims, offset)
+    data["size_offset"] = (dims, size_draw)
     data["sigma_obs"] = (dims, np.asarray(sigma_obs, dtype=float))
     attrs = {
+        "size_anchor": size_anchor,
         "family": "" if family is None else str(family),
         "kind": kind,
         "reference_params": spec.reference_params,
@@ -116,6 +130,26 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         "likelihood_df": spec.likelihood_df if spec.likelihood_df is not None else 0.0,
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def size_offset(draws: xr.Dataset, x_n) -> np.ndarray:
+    """Offset on log loss (chain, draw, point) of a planned run's size: its ``size_offset`` per
+    unit of distance in log N from the family's largest training size (0 for fits without one)."""
+    if "size_offset" not in draws:
+        return np.zeros(draws["log_e"].shape + (np.size(x_n),))
+    distance = np.abs(np.asarray(x_n, float) - float(draws.attrs.get("size_anchor", 0.0)))
+    return draws["size_offset"].values[..., None] * distance
+
+
+def _new_family_from_prior(prior, post, rng):
+    """theta (as DataArray), sigma_run and sigma_obs draws of a family absent from a population fit."""
+    shape = (post.sizes["chain"], post.sizes["draw"])
+    z = rng.standard_normal(shape + (len(PARAM_NAMES),)) @ prior.scale_tril.T
+    theta = prior.loc + z * np.sqrt(prior.df / rng.chisquare(prior.df, shape + (1,)))
+    theta = xr.DataArray(theta, dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
+    sigma_run = np.exp(prior.run_scale[0] + prior.run_scale[1] * rng.standard_normal(shape))
+    sigma_obs = np.exp(prior.noise_scale[0] + prior.noise_scale[1] * rng.standard_normal(shape))
+    return theta, sigma_run, sigma_obs
 
 
 def _points(num_params, tokens) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +173,7 @@ def loss_from_draws(draws: xr.Dataset, num_params, tokens, observation_noise: bo
     x_n, x_d = centre(n, d, draws.attrs["reference_params"], draws.attrs["reference_tokens"])
     p = {name: draws[name].values[..., None] for name in PARAM_NAMES}
     log_loss = np.asarray(chinchilla_log_loss(x_n, x_d, p["log_e"], p["log_a"], p["log_b"], p["alpha"], p["beta"]), dtype=float)
-    log_loss = log_loss + draws["run_offset"].values[..., None]
+    log_loss = log_loss + draws["run_offset"].values[..., None] + size_offset(draws, x_n)
     if observation_noise:
         rng = np.random.default_rng(seed)
         shape = log_loss.shape

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     prepare_s = time.perf_counter() - t0
     print(f"{len(data.families)} families, {len(data.runs)} runs, {data.n_checkpoints} checkpoints", file=sys.stderr)
     t0 = time.perf_counter()
-    result = fit(data, spec, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, target_accept=args.target_accept, progress_bar=True)
+    result = fit(data, spec, population=None, chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, target_accept=args.target_accept, progress_bar=True)
     fit_s = time.perf_counter() - t0  # fit() blocks until the samples are ready
     conv = check_convergence(result.idata)
     pop = check_convergence(result.idata, ["mu", "tau", "sigma_run"])

@@ -43,7 +43,7 @@ def small_fit(synthetic_runs):
     runs, _ = synthetic_runs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return fit(runs, chains=2, warmup=200, draws=200, seed=0)
+        return fit(runs, population=None, chains=2, warmup=200, draws=200, seed=0)
 
 
 @pytest.fixture(scope="session")

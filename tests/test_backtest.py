@@ -22,9 +22,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
     CellPrior,
     fit_cell,
     independent_prior,
-    mixture_prior,
     random_effects,
-    random_effects_prior,
 )
 from bayes_scaling.errors import DataError  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
@@ -300,23 +298,7 @@ def test_bayes_cell_recovers_planted_truth(synthetic_runs, nu):
     assert a_lo <= truth.loc[family, "alpha"] <= a_hi
 
 
-def test_mixture_prior_moments():
-    rng = np.random.default_rng(0)
-    posts = [
-        CellPosterior(rng.normal(m, 0.01, size=(400, 5)), np.full(400, 0.01), np.full(400, 0.005), 4.0, 0, 1.0)
-        for m in (0.0, 1.0)
-    ]
-    prior = mixture_prior(posts)
-    np.testing.assert_allclose(prior.loc, 0.5, atol=0.01)
-    np.testing.assert_allclose(np.diag(prior.cov), 0.25 + 1e-4, rtol=0.05)
-    assert prior.run_scale[0] == pytest.approx(np.log(0.01), abs=1e-3)
-    assert prior.size_scale is None  # no posterior had a size term
-    sized = [dataclasses.replace(p, sigma_size=np.full(400, s)) for p, s in zip(posts, (0.004, 0.016))]
-    # log-normal of the pooled draws: log-mean at log(0.008), log-sd log(4) / 2
-    np.testing.assert_allclose(mixture_prior(sized).size_scale, (np.log(0.008), np.log(4) / 2), rtol=1e-6)
-    assert mixture_prior([sized[0], posts[1]]).size_scale is None  # only when every family has one
-    with pytest.raises(ValueError):
-        mixture_prior(posts[:1])
+def test_cell_prior_refuses_bad_shapes_and_df():
     with pytest.raises(ValueError):
         CellPrior(np.zeros(4), np.eye(5), "lognormal", (0, 1), (0, 1))
     with pytest.raises(ValueError, match="df"):
@@ -333,86 +315,6 @@ def test_random_effects_equal_covariances_closed_form():
     np.testing.assert_allclose(mu, means.mean(axis=0), atol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(means, rowvar=False, bias=True) - s, atol=1e-8)
     np.testing.assert_allclose(mu_cov, (sigma + s) / 30, rtol=1e-8)
-
-
-def test_random_effects_prior_discounts_unpinned_families():
-    # 20 families, theta_f ~ N(mu, diag(sd^2)); ten pin theta to 0.01, ten leave log E unpinned
-    # (posterior sd 2) with their posterior mean 3 above the truth, as a two-mode posterior
-    # that settled on the wrong mode. The equal-weight mixture moves E by about 1.5 and
-    # counts the width as population spread; the random-effects fit should do neither.
-    rng = np.random.default_rng(0)
-    mu = np.array([0.2, -1.0, -1.5, 0.35, 0.35])
-    sd = np.array([0.3, 0.3, 0.3, 0.1, 0.1])
-    theta = mu + sd * rng.standard_normal((20, 5))
-    posts = []
-    for f, t in enumerate(theta):
-        draw_sd = np.full(5, 0.01)
-        centre = t.copy()
-        if f % 2:
-            draw_sd[0], centre[0] = 2.0, t[0] + 3.0
-        draws = centre + draw_sd * rng.standard_normal((4000, 5))
-        posts.append(CellPosterior(draws, np.full(4000, 0.01), np.full(4000, 0.005), 4.0, 0, 1.0))
-    mixed, pooled = mixture_prior(posts), random_effects_prior(posts)
-    assert mixed.loc[0] - mu[0] > 1.0 and np.sqrt(mixed.cov[0, 0]) > 1.0  # the failure shown
-    # tolerance 0.25: 3 x the sd of a mean of 10 pinned families (0.3 / sqrt(10) = 0.095)
-    assert abs(pooled.loc[0] - mu[0]) < 0.25
-    assert np.all(np.abs(pooled.loc[1:] - mu[1:]) < 3 * sd[1:] / np.sqrt(20))  # 3 sd of a mean of 20
-    assert 0.15 < np.sqrt(pooled.cov[0, 0]) < 0.6  # true between-family sd 0.3 (+ sd of mu)
-    assert pooled.df == 20 - 5 and not mixed.heavy_tailed  # predictive t of a population from 20 families
-    # the scale priors are the pooled draws', as in the mixture
-    assert pooled.run_scale == mixed.run_scale and pooled.noise_scale == mixed.noise_scale
-    assert pooled.size_scale is None
-    with pytest.raises(ValueError):
-        random_effects_prior(posts[:1])
-
-
-def test_exponents_only_keeps_levels_from_the_other_prior():
-    from bayes_scaling.cellfit import exponents_only
-
-    levels = independent_prior()
-    rng = np.random.default_rng(3)
-    a = rng.normal(size=(5, 5))
-    population = CellPrior(rng.normal(size=5), np.linalg.cholesky(a @ a.T + np.eye(5)), "lognormal", (-4.0, 0.5), (-5.0, 0.5), math.inf, "pop")
-    mixed = exponents_only(population, levels)
-    np.testing.assert_allclose(mixed.loc, np.r_[levels.loc[:3], population.loc[3:]])
-    np.testing.assert_allclose(mixed.cov[:3, :3], levels.cov[:3, :3], atol=1e-8)
-    np.testing.assert_allclose(mixed.cov[3:, 3:], population.cov[3:, 3:], atol=1e-8)
-    np.testing.assert_allclose(mixed.cov[:3, 3:], 0.0, atol=1e-8)
-    assert (mixed.run_scale, mixed.noise_scale, mixed.nu) == (population.run_scale, population.noise_scale, population.nu)
-
-
-def test_uncomparable_families_read_metric_and_eval_set():
-    """The data README's units: normalised losses, and LAMBADA losses per target word (a
-    ``val_ppl_converted`` curve on ``lambada*``) but not other converted perplexities."""
-    runs = pd.DataFrame(
-        {
-            "family": ["norm", "word", "word5", "token", "plain"],
-            "metric": ["val_loss_normalized", "val_ppl_converted", "val_ppl_converted", "val_ppl_converted", "val_loss"],
-            "eval_set": ["val", "lambada_openai", "lambada_openai_5shot", "opt-val-avg", "lambada_openai"],
-        }
-    )
-    assert bt.uncomparable_families(runs) == ("norm", "word", "word5")
-    assert bt.uncomparable_families(runs.drop(columns="eval_set")) == ("norm",)
-
-
-def test_population_priors_keep_uncomparable_metrics_apart():
-    """A family whose loss is normalised (metric ``val_loss_normalized``) feeds no population
-    and takes no loss levels from one; the others take nothing from it."""
-    from bayes_scaling.datasets import synthetic
-
-    runs, truth = synthetic(n_families=4, seed=2)
-    families = list(truth.index)
-    odd = families[0]
-    runs["metric"] = np.where(runs["family"] == odd, "val_loss_normalized", "val_loss")
-    assert bt.uncomparable_families(runs) == (odd,)
-    assert bt.uncomparable_families(runs.drop(columns="metric")) == ()
-    tiny = dict(chains=1, warmup=30, draws=30, max_checkpoints=6)
-    priors, info = bt.population_priors(runs, families, 1e10, **tiny)
-    assert sorted(info["fold"]) == sorted(families[1:])
-    levels = independent_prior()
-    np.testing.assert_allclose(priors[odd].loc[:3], levels.loc[:3])
-    for f in families[1:]:
-        assert "of 2 other families" in priors[f].source and not np.allclose(priors[f].loc[:3], levels.loc[:3])
 
 
 def test_run_size_distance_below_largest_size():
@@ -470,19 +372,6 @@ def test_size_discrepancy_is_learned_from_runs_off_the_law():
     assert medians["bent"] > 3 * medians["straight"], medians
 
 
-def test_population_prior_from_hierarchical_fit(small_fit, synthetic_runs):
-    from bayes_scaling.cellfit import population_prior
-
-    _, truth = synthetic_runs
-    prior = population_prior(small_fit)
-    mean = np.array(list(truth.attrs["population_mean"].values()))
-    sd = np.sqrt(np.diag(prior.cov))
-    assert np.all(np.abs(prior.loc - mean) < 3 * sd)
-    assert prior.scale_kind == "lognormal" and np.isfinite(prior.run_scale).all()
-    # the shipped hierarchical spec is Normal: its cells integrate the run offsets out too
-    assert prior.marginal and not independent_prior().marginal
-
-
 @pytest.mark.slow
 def test_bayes_coverage_near_nominal_on_synthetic():
     """Coverage of the 50% / 90% predictive intervals over 8 synthetic families (k = 2)."""
@@ -527,10 +416,12 @@ def test_cli_backtest_point_fits(tmp_path, synthetic_runs):
 
 
 def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
-    # cells and population fits get their own warmup/draws (defaults 1000/1000 for both);
+    # cells take the library's sampler defaults, population members the build defaults;
     # a population with no draws is refused with exit code 2, naming the flag
     from bayes_scaling import backtest as bt
+    from bayes_scaling.cellfit import SAMPLER_DEFAULTS
     from bayes_scaling.cli import main
+    from bayes_scaling.population import BUILD_DEFAULTS
 
     seen = {}
 
@@ -542,27 +433,17 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
     path = tmp_path / "runs.csv"
     path.write_text("family,model,num_params,tokens,loss\n")
     assert main(["backtest", str(path), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
-    assert seen["bayes_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000}
-    assert seen["population_settings"] == {"chains": 2, "warmup": 1000, "draws": 1000, "size_scale": 0.02, "summary": "random_effects"}
+    assert seen["bayes_settings"] == {k: SAMPLER_DEFAULTS[k] for k in ("chains", "warmup", "draws")}
+    assert seen["population_settings"] == {k: BUILD_DEFAULTS[k] for k in ("warmup", "draws", "size_scale")}
+    assert seen["population"] is None
     args = ["backtest", str(path), "--out", str(tmp_path / "b"), "--no-progress", "--population-warmup", "50", "--population-draws", "60"]
-    assert main([*args, "--population-size-scale", "0", "--population-summary", "mixture"]) == 2
-    assert seen["population_settings"] == {"chains": 2, "warmup": 50, "draws": 60, "size_scale": None, "summary": "mixture"}
+    assert main([*args, "--population", "public"]) == 2
+    assert seen["population_settings"] == {"warmup": 50, "draws": 60, "size_scale": BUILD_DEFAULTS["size_scale"]} and seen["population"] == "public"
     capsys.readouterr()
     assert main(["backtest", str(path), "--out", str(tmp_path / "c"), "--population-draws", "0"]) == 2
     assert "--population-draws must be >= 1" in capsys.readouterr().err
-    assert main(["backtest", str(path), "--out", str(tmp_path / "d"), "--population-size-scale", "-1"]) == 2
-    assert "--population-size-scale must be >= 0" in capsys.readouterr().err
-    with pytest.raises(DataError, match="size_scale"):
-        bt.population_priors(pd.DataFrame(), [], 1e10, size_scale=0.0)
-    with pytest.raises(DataError, match="summary"):
-        bt.population_priors(pd.DataFrame(), [], 1e10, summary="median")
-    # the CLI offers the package's summaries
-    from bayes_scaling.cellfit import POPULATION_SUMMARIES
-    from bayes_scaling.cli import build_parser
-
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["backtest", str(path), "--out", str(tmp_path / "e"), "--population-summary", "median"])
-    assert "choose from 'random_effects', 'mixture'" in capsys.readouterr().err and list(POPULATION_SUMMARIES) == ["random_effects", "mixture"]
+    assert main(["backtest", str(path), "--out", str(tmp_path / "d"), "--population-size-scale", "0"]) == 2
+    assert "--population-size-scale must be > 0" in capsys.readouterr().err
 
 
 def test_plots_return_axes():

@@ -319,7 +319,7 @@ def test_five_percent_better_family_detected_by_a_real_fit():
     runs = pd.DataFrame(rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = fit(runs, chains=2, warmup=300, draws=300, seed=0)
+        result = fit(runs, population=None, chains=2, warmup=300, draws=300, seed=0)
     a, b, b2 = (family_draws(result, f, kind="family") for f in ("A", "B", "B2"))
     better = decide.compare(a, b, num_params=[3e8, 3e9], tokens=[3e10, 1e11])
     assert (better.table["p_a_better"] > 0.95).all()

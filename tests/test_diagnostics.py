@@ -80,7 +80,7 @@ def test_good_fit_passes():
     runs, _ = datasets.synthetic(n_families=2, seed=5, n_checkpoints=10, sizes_per_family=(12, 12))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        good = fit(runs, spec=spec_from_dict(raw), filters=Filters(min_tokens=1e9), chains=2, warmup=300, draws=1000, seed=1)
+        good = fit(runs, spec=spec_from_dict(raw), population=None, filters=Filters(min_tokens=1e9), chains=2, warmup=300, draws=1000, seed=1)
     report = diagnostics.convergence_report(good)
     assert report.verdict == "pass", report.failures + report.warnings
     assert report.divergences == 0 and report.worst.max_r_hat <= 1.01
@@ -93,7 +93,7 @@ def bad_fit():
     runs, _ = datasets.synthetic(n_families=2, seed=5, n_checkpoints=6, sizes_per_family=(2, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return fit(runs, filters=Filters(min_tokens=1e9), chains=2, warmup=3, draws=40, seed=1)
+        return fit(runs, population=None, filters=Filters(min_tokens=1e9), chains=2, warmup=3, draws=40, seed=1)
 
 
 def test_bad_fit_is_flagged(bad_fit):

@@ -84,7 +84,7 @@ def test_same_seed_same_draws_and_bad_fit_warns():
     # in parallel with the progress bar on: its callbacks run on another thread, which must
     # see fit's float64 setting (they failed with an int32/int64 mismatch when it did not).
     runs, _ = datasets.synthetic(n_families=1, seed=11, n_checkpoints=8, sizes_per_family=(3, 3))
-    kwargs = dict(spec="chinchilla_independent", chains=2, warmup=5, draws=20, seed=7, log_likelihood=False)
+    kwargs = dict(spec="chinchilla_independent", population=None, chains=2, warmup=5, draws=20, seed=7, log_likelihood=False)
     x64_before = jax.config.jax_enable_x64
     with pytest.warns(ConvergenceWarning, match="ESS"):
         first = fit(runs, progress_bar=True, chain_method="parallel", **kwargs)
@@ -99,13 +99,13 @@ def test_same_seed_same_draws_and_bad_fit_warns():
 def test_bad_sampler_arguments(synthetic_runs):
     runs, _ = synthetic_runs
     with pytest.raises(FitError, match="draws"):
-        fit(runs, draws=0)
+        fit(runs, population=None, draws=0)
     with pytest.raises(FitError, match="init"):
-        fit(runs, init="random")
+        fit(runs, population=None, init="random")
     with pytest.raises(FitError, match="target_accept"):
-        fit(runs, target_accept=1.0)
+        fit(runs, population=None, target_accept=1.0)
     with pytest.raises(FitError, match="metric_adaptation"):
-        fit(runs, metric_adaptation="diagonal")
+        fit(runs, population=None, metric_adaptation="diagonal")
 
 
 def test_unknown_family(small_fit):

@@ -304,19 +304,18 @@ def test_batched_executor_scores_bayes_cells(table):
     assert frame_equal_numbers(a, b)
 
 
-def test_population_priors_through_worker_processes():
-    """The per-family population fits give the same priors in worker processes as in this
-    one, and carry the size discrepancy to every held-out family."""
+def test_population_build_through_worker_processes():
+    """Member fits give the same population in worker processes as in this one, and each
+    member carries a size discrepancy."""
+    from bayes_scaling import population
     from bayes_scaling.datasets import synthetic
     from bayes_scaling.distributed import ProcessExecutor
 
     runs, truth = synthetic(n_families=3, seed=2)
-    families = list(truth.index)
     tiny = dict(chains=1, warmup=30, draws=30, max_checkpoints=6)
-    local, info = bt.population_priors(runs, families, 1e10, **tiny)
+    local = population.build(runs, **tiny)
     with ProcessExecutor(workers=2) as ex:
-        pooled, info_p = bt.population_priors(runs, families, 1e10, executor=ex, **tiny)
-    assert list(info["fold"]) == list(info_p["fold"]) == sorted(families)
-    for f in families:
-        np.testing.assert_array_equal(local[f].loc, pooled[f].loc)
-        assert local[f].size_scale == pooled[f].size_scale and local[f].size_scale is not None
+        pooled = population.build(runs, executor=ex, **tiny)
+    assert local.families == pooled.families == tuple(sorted(truth.index))
+    np.testing.assert_array_equal(local.theta_mean, pooled.theta_mean)
+    assert np.all(np.isfinite(local.log_scales[:, 2]))  # sigma_size moments of every member

@@ -17,8 +17,8 @@ import argparse
 import warnings
 from pathlib import Path
 
-from ..backtest import POPULATION_SETTINGS
-from ..cellfit import POPULATION_SUMMARIES
+from ..cellfit import SAMPLER_DEFAULTS
+from ..population import BUILD_DEFAULTS
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
 
@@ -47,26 +47,24 @@ def register(subparsers) -> None:
     p.add_argument("--families", nargs="+", default=None, help="restrict to these families")
     p.add_argument("--bayes-fractions", type=float, nargs="+", default=None, help="fractions for the Bayesian estimators (default: all)")
     p.add_argument("--bayes-k", type=int, nargs="+", default=None, help="k values for the Bayesian estimators (default: all)")
-    p.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell (default 2)")
-    # 1000 + 1000 per cell: with 300 + 300, half of the shared corpus's cells at the 1e10 cut
-    # had r_hat > 1.2 (benchmarks/backtest_mixing.md)
-    p.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per chain of each Bayesian cell (default 1000)")
-    p.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain of each Bayesian cell (default 1000)")
-    p.add_argument("--population-warmup", type=int, default=1000, help="NUTS warmup per chain of each population fit (default 1000)")
-    p.add_argument("--population-draws", type=int, default=1000, help="NUTS draws per chain of each population fit (default 1000)")
+    p.add_argument("--chains", type=int, default=SAMPLER_DEFAULTS["chains"], help=f"NUTS chains per Bayesian cell (default {SAMPLER_DEFAULTS['chains']})")
+    p.add_argument("--warmup", type=int, default=SAMPLER_DEFAULTS["warmup"], help=f"NUTS warmup per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['warmup']})")
+    p.add_argument("--draws", type=int, default=SAMPLER_DEFAULTS["draws"], help=f"NUTS draws per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['draws']})")
+    p.add_argument(
+        "--population",
+        default=None,
+        help="population of bayes_hierarchical: 'public' (shipped, built from the shared corpus at tokens >= 1e10) or a "
+        "file from 'bayes-scaling population build'; each family's prior leaves out its source group. "
+        "Default: build one from RUNS per token cut",
+    )
+    p.add_argument("--population-warmup", type=int, default=BUILD_DEFAULTS["warmup"], help=f"NUTS warmup per chain of each population member's fit (default {BUILD_DEFAULTS['warmup']})")
+    p.add_argument("--population-draws", type=int, default=BUILD_DEFAULTS["draws"], help=f"NUTS draws per chain of each population member's fit (default {BUILD_DEFAULTS['draws']})")
     p.add_argument(
         "--population-size-scale",
         type=float,
-        default=0.02,
-        help="half-normal scale of each population family's size discrepancy (sd of log loss per e-fold of "
-        "model size; bayes_hierarchical predictions widen with the distance they extrapolate); 0: none (default 0.02)",
-    )
-    p.add_argument(
-        "--population-summary",
-        choices=list(POPULATION_SUMMARIES),
-        default=POPULATION_SETTINGS["summary"],
-        help="how other families' posteriors become a held-out family's prior: a random-effects fit, where a "
-        f"family weighs by how well it pins each parameter, or their equal-weight mixture (default {POPULATION_SETTINGS['summary']})",
+        default=BUILD_DEFAULTS["size_scale"],
+        help="half-normal scale of each population member's size discrepancy (sd of log loss per e-fold of "
+        f"model size; bayes_hierarchical predictions widen with the distance they extrapolate) (default {BUILD_DEFAULTS['size_scale']})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -85,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("chains", "draws", "population_draws"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.population_size_scale >= 0:
-        raise DataError("--population-size-scale must be >= 0")
+    if not args.population_size_scale > 0:
+        raise DataError("--population-size-scale must be > 0")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
@@ -104,12 +102,11 @@ def run(args: argparse.Namespace) -> int:
             bayes_fractions=args.bayes_fractions,
             bayes_ks=args.bayes_k,
             bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
+            population=args.population,
             population_settings={
-                "chains": args.chains,
                 "warmup": args.population_warmup,
                 "draws": args.population_draws,
-                "size_scale": args.population_size_scale or None,
-                "summary": args.population_summary,
+                "size_scale": args.population_size_scale,
             },
             seed=args.seed,
             executor=cli_run.executor,
@@ -127,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         "fractions": args.fractions,
         "min_tokens": args.min_tokens,
         "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
-        f"population fits warmup={args.population_warmup}, draws={args.population_draws}, "
-        f"size scale={args.population_size_scale or 'none'}, summary={args.population_summary}",
+        + (f"population {args.population} (each family without its source group)" if args.population else
+           f"population built per cut: member fits warmup={args.population_warmup}, draws={args.population_draws}, size scale={args.population_size_scale}"),
         "seed": args.seed,
     }
     (out / "backtest.md").write_text(result.summary(meta))

@@ -33,13 +33,20 @@ def acceptance(text: str) -> float:
     return value
 
 
-def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draws=500) -> None:
-    group = parser.add_argument_group("sampler")
-    group.add_argument("--chains", type=positive_int, default=chains, help=f"NUTS chains (default {chains})")
-    group.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
-    group.add_argument("--draws", type=positive_int, default=draws, help=f"kept draws per chain (default {draws})")
+def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draws=500, target_accept=0.95, default_note="") -> None:
+    """``--chains --warmup --draws --target-accept --seed --no-progress``; a default of None
+    means "the library's default for the path taken", explained by ``default_note``."""
+    group = parser.add_argument_group("sampler", default_note or None)
+
+    def shown(value):
+        return "see above" if value is None else value
+
+    group.add_argument("--chains", type=positive_int, default=chains, help=f"NUTS chains (default {shown(chains)})")
+    group.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {shown(warmup)})")
+    group.add_argument("--draws", type=positive_int, default=draws, help=f"kept draws per chain (default {shown(draws)})")
     group.add_argument(
-        "--target-accept", type=acceptance, default=0.95, help="NUTS target acceptance, in (0, 1); raise it (0.99) against divergences (default 0.95)"
+        "--target-accept", type=acceptance, default=target_accept,
+        help=f"NUTS target acceptance, in (0, 1); raise it (0.99) against divergences (default {shown(target_accept)})",
     )
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -8,6 +8,9 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..spec import load_spec
@@ -15,23 +18,36 @@ from .common import add_sampler_args, positive_float, positive_int, write_table
 
 
 def register(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="fit the built-in synthetic corpus and score held-out predictions")
+    demo = subparsers.add_parser(
+        "demo",
+        help="predict a real 2B-parameter run from its family's two smallest sizes (Gemstones), scored against what it reached",
+    )
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory (default demo-out)")
-    demo.add_argument("--quick", action="store_true", help="fewer families and draws (about a minute)")
+    demo.add_argument("--synthetic", action="store_true", help="the synthetic demo instead: a corpus with known truth, joint model")
+    demo.add_argument("--quick", action="store_true", help="fewer draws (and, with --synthetic, fewer families)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the corpus and the sampler (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(func=run_demo)
 
-    fit = subparsers.add_parser("fit", help="fit a model spec to a runs table (CSV, CSV.gz or Parquet)")
+    fit = subparsers.add_parser("fit", help="fit the scaling law to a runs table (CSV, CSV.gz or Parquet)")
     fit.add_argument("runs", type=Path, help="runs table")
     fit.add_argument("--out", type=Path, required=True, help="where to write the fit (NetCDF)")
-    fit.add_argument("--spec", default="chinchilla_hierarchical", help="shipped spec name or path to a .toml")
+    fit.add_argument(
+        "--population", default="public",
+        help="what each family borrows: 'public' (the population shipped with the package, default), "
+        "a population file from 'bayes-scaling population build', or 'none' for the joint model of --spec",
+    )
+    fit.add_argument("--spec", default=None, help="joint model spec (with --population none): shipped name or .toml path (default chinchilla_hierarchical)")
     fit.add_argument("--min-tokens", type=float, default=None, help="drop checkpoints below this many tokens (spec default 1e10)")
     fit.add_argument("--max-checkpoints", type=positive_int, default=None, help="thin each run to at most K log-spaced checkpoints")
     fit.add_argument("--families", nargs="+", default=None, help="fit only these families")
     fit.add_argument("--drop-emptied", action="store_true", help="drop families a filter leaves empty instead of failing")
-    fit.add_argument("--float32", action="store_true", help="sample in float32 (faster on large corpora, more divergences)")
-    add_sampler_args(fit)
+    fit.add_argument("--float32", action="store_true", help="sample in float32 (joint model; faster on large corpora, more divergences)")
+    add_sampler_args(
+        fit, chains=None, warmup=None, draws=None, target_accept=None,
+        default_note="defaults: 2 chains x (1000 warmup + 1000 draws) at target acceptance 0.9 per family with a population; "
+        "4 x (500 + 500) at 0.95 for the joint model",
+    )
     fit.set_defaults(func=run_fit)
 
     predict = subparsers.add_parser("predict", help="posterior predictive loss of a saved fit at (N, D)")
@@ -56,6 +72,60 @@ def convergence_summary(fit) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    return run_synthetic_demo(args) if args.synthetic else run_real_demo(args)
+
+
+def run_real_demo(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from ..demo import REAL_DEMO, run_real_demo as demo
+    from ..plots import plot_loss_curves
+    from ..predict import predict_loss, summarize
+
+    sampler = {"chains": 2, "warmup": 300, "draws": 300} if args.quick else {}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"demo: {REAL_DEMO['family']} (MIT; see NOTICE.md): fit its {REAL_DEMO['k']} smallest model sizes under the public "
+        f"population without the '{REAL_DEMO['group']}' source group, predict its largest run as a run not yet trained",
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported below with the verdict
+        result = demo(seed=args.seed, **sampler)
+    elapsed = time.perf_counter() - start
+    sizes = ", ".join(f"{n / 1e6:.0f}M" for n in sorted(result.train["num_params"].unique()))
+    target = result.target
+    print(f"\ntrained on {result.train['model'].nunique()} runs ({sizes} parameters, {len(result.train)} checkpoints >= 1e10 tokens)")
+    print(f"prior: {result.population_source}")
+    print(f"target: {target['model'].iloc[0]} ({target['num_params'].iloc[0] / 1e9:.2f}B parameters), last 30% of training (loss in nats):")
+    shown = result.table.iloc[np.unique(np.linspace(0, len(result.table) - 1, 8).round().astype(int))]
+    write_table(shown[["tokens", "observed", "median", "q05", "q95", "inside_90"]], "table")
+    print(f"\ncoverage of 90% intervals: {result.coverage:.0%} of {len(result.table)} target checkpoints")
+    print(f"median absolute relative error: {result.median_are:.2%}")
+    print(f"fit time: {elapsed:.0f} s")
+    print(convergence_summary(result.fit))
+
+    family, n_target = REAL_DEMO["family"], target["num_params"].iloc[0]
+    tokens = np.geomspace(result.train["tokens"].min(), target["tokens"].max(), 60)
+    bands = [  # the fitted law at the trained sizes, and the planned run at the target size
+        summarize(predict_loss(result.fit, family, n, tokens, kind="family", seed=args.seed)) for n in sorted(result.train["num_params"].unique())
+    ]
+    bands.append(summarize(predict_loss(result.fit, family, n_target, tokens, kind="new_run", observation_noise=True, seed=args.seed)))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_loss_curves(result.train, pd.concat(bands), held_out=target, ax=ax)
+    ax.set_title(f"{family}: {target['model'].iloc[0]} predicted from {sizes} (50% / 90% bands)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "demo_fan.png", dpi=110)
+    plt.close(fig)
+    result.table.to_csv(out / "demo_predictions.csv", index=False)
+    result.fit.save(out / "demo_fit.nc")
+    print(f"wrote {out / 'demo_predictions.csv'}, {out / 'demo_fan.png'}, {out / 'demo_fit.nc'}")
+    return 0
+
+
+def run_synthetic_demo(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from ..demo import DEMO_SETTINGS, QUICK_SETTINGS, run_demo as demo
@@ -113,8 +183,14 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_fit(args: argparse.Namespace) -> int:
     from ..data import prepare
     from ..inference import fit
+    from ..popfit import POPULATION_SPEC
+    from ..population import resolve
 
-    spec = load_spec(args.spec)
+    joint = args.population.lower() == "none"
+    if args.spec is not None and not joint:
+        raise FitError("--spec chooses the joint model's spec; add --population none to fit it")
+    population = None if joint else resolve(args.population)  # a bad file fails before any sampling
+    spec = load_spec((args.spec or "chinchilla_hierarchical") if joint else POPULATION_SPEC)
     defaults = Filters(**spec.data)
     filters = Filters(
         min_tokens=defaults.min_tokens if args.min_tokens is None else args.min_tokens,
@@ -124,8 +200,9 @@ def run_fit(args: argparse.Namespace) -> int:
         drop_emptied=args.drop_emptied,
     )
     data = prepare(args.runs, filters, spec.reference_params, spec.reference_tokens)
+    model = f"joint model {spec.name}" if joint else f"each family under the population of {len(population.families)} families ({args.population})"
     print(
-        f"fit: {spec.name} on {len(data.families)} families, {len(data.runs)} runs, {data.n_checkpoints} checkpoints "
+        f"fit: {model}; {len(data.families)} families, {len(data.runs)} runs, {data.n_checkpoints} checkpoints "
         f"(min_tokens={filters.min_tokens:g}, max_checkpoints={filters.max_checkpoints})",
         file=sys.stderr,
     )
@@ -134,17 +211,19 @@ def run_fit(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported below with the verdict
-        result = fit(
-            data,
-            spec,
-            chains=args.chains,
-            warmup=args.warmup,
-            draws=args.draws,
-            seed=args.seed,
-            target_accept=args.target_accept,
-            progress_bar=not args.no_progress,
-            x64=not args.float32,
-        )
+        sampler = dict(chains=args.chains, warmup=args.warmup, draws=args.draws, seed=args.seed, target_accept=args.target_accept)
+        if joint:
+            result = fit(data, spec, population=None, progress_bar=not args.no_progress, x64=not args.float32, **sampler)
+        else:
+            from ..popfit import fit_with_population
+
+            done = []
+
+            def progress(family):
+                print(f"  fitted {family} ({len(done) + 1}/{len(data.families)}, {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+                done.append(family)
+
+            result = fit_with_population(data, population, progress=None if args.no_progress else progress, **{k: v for k, v in sampler.items() if v is not None})
     elapsed = time.perf_counter() - start
     path = result.save(args.out)
     print(f"sampled in {elapsed:.0f} s; wrote {path}")

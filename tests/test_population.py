@@ -1,0 +1,229 @@
+"""Populations as data, and families fitted under them (issue 17).
+
+NUTS budget: one tiny population build and one tiny fit under it share two compiled cell
+samplers (member prior, population prior); the CLI test reuses them in the same process.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayes_scaling as bs
+from bayes_scaling import population as P
+from bayes_scaling.errors import FitError, PopulationError
+from bayes_scaling.laws import PARAM_NAMES
+
+TINY_BUILD = dict(min_tokens=1e9, chains=2, warmup=60, draws=60, max_checkpoints=6)
+TINY_FIT = dict(chains=2, warmup=60, draws=60)
+
+
+def _hand_population(n=24, unit_shift_sd=1.5, seed=0):
+    """Members with theta_f = mu + shape noise + c_f (1, 1, 1, 0, 0): a loss unit per family."""
+    rng = np.random.default_rng(seed)
+    mu = np.array([0.3, -0.8, -1.6, 0.35, 0.3])
+    sd = np.array([0.1, 0.1, 0.1, 0.03, 0.03])
+    shifts = unit_shift_sd * rng.standard_normal(n)
+    means = mu + sd * rng.standard_normal((n, 5)) + shifts[:, None] * np.array([1, 1, 1, 0, 0])
+    covs = np.repeat(np.diag(np.full(5, 0.01**2))[None], n, axis=0)
+    members = pd.DataFrame(
+        {
+            "family": [f"f{i:02d}" for i in range(n)],
+            "group": [f"g{i // 2}" for i in range(n)],  # siblings in pairs
+            "unit": "val_loss:x",
+            "n_points": 30,
+            "n_runs": 4,
+            "n_sizes": 4,
+            "divergences": 0,
+            "max_rhat": 1.0,
+        }
+    )
+    log_scales = np.tile(np.array([[np.log(0.01), 0.2], [np.log(0.005), 0.1], [np.log(0.01), 0.3]]), (n, 1, 1))
+    return P.Population(members, means, covs, log_scales, 4.0, {"seed": 0}, {"runs": "hand-made"}), mu, sd
+
+
+def test_prior_borrows_the_shape_of_the_law_not_the_loss_unit():
+    pop, mu, sd = _hand_population()
+    prior = pop.prior()
+    v = P.UNIT_DIRECTION
+    basis = P._unit_basis()
+    # orthogonal to a change of unit the members agree: the prior is centred and tight there
+    # (tolerance: 4 sd of a mean of 24 families, plus the shape spread)
+    assert np.all(np.abs((prior.loc - mu) @ basis) < 4 * 0.1 / np.sqrt(24) + 1e-3)
+    assert abs(prior.loc[3] - mu[3]) < 4 * sd[3] / np.sqrt(24) and abs(prior.loc[4] - mu[4]) < 4 * sd[4] / np.sqrt(24)
+    assert np.sqrt(prior.cov[3, 3]) < 3 * sd[3]  # exponents borrowed
+    # along the unit direction the prior is wide: UNIT_SHIFT_SD per log level, and nothing more
+    assert np.sqrt(v @ prior.cov @ v) == pytest.approx(P.UNIT_SHIFT_SD * math.sqrt(3), rel=0.05)
+    assert prior.df == 24 - 4 and prior.size_scale is not None
+    # pooled log-normal of the scales: mean of the members' log-means, sd of the pooled draws
+    assert prior.run_scale == pytest.approx((np.log(0.01), 0.2))
+    # a family whose loss is 3x the population's (every log level + log 3) is about as likely
+    # a priori as one at the population's level (density ratio < 2.5); tripling E alone
+    # changes the shape of the law, which the members agree on (ratio > 1000)
+    from scipy import stats
+
+    density = stats.multivariate_t(prior.loc, prior.cov, df=prior.df)
+    unit = density.logpdf(prior.loc) - density.logpdf(prior.loc + np.log(3) * np.array([1, 1, 1, 0, 0]))
+    shape = density.logpdf(prior.loc) - density.logpdf(prior.loc + np.log(3) * np.array([1, 0, 0, 0, 0]))
+    assert unit < np.log(2.5) and shape > np.log(1000)
+
+
+def test_without_drops_whole_source_groups():
+    pop, _, _ = _hand_population()
+    rest = pop.without(groups=["g0"], families=["f05"])
+    assert rest.families == tuple(f for f in pop.families if f not in ("f00", "f01", "f05"))
+    assert rest.settings["left_out"] == ["f00", "f01", "f05"]
+    assert "left out: f00, f01, f05" in rest.prior().source
+    assert pop.group_of("f03") == "g1" and pop.group_of("nope") is None
+    with pytest.raises(PopulationError, match=">= 2"):
+        pop.without(families=pop.families[1:]).prior()
+
+
+def test_file_round_trip_is_exact_and_damage_is_refused(tmp_path):
+    pop, _, _ = _hand_population()
+    path = pop.save(tmp_path / "pop.nc")
+    back = P.load(path)
+    for name in ("theta_mean", "theta_cov", "log_scales"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(pop, name))
+    pd.testing.assert_frame_equal(back.members, pop.members, check_dtype=False)
+    assert (back.nu, back.settings, back.provenance) == (pop.nu, pop.settings, pop.provenance)
+    assert P.resolve(str(path)).families == pop.families and P.resolve(pop) is pop
+    assert not list(tmp_path.glob(".pop.nc.*"))  # the temporary file was renamed away
+    # a flipped byte in the data: unreadable or checksum mismatch, both a PopulationError
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(PopulationError, match="bad.nc"):
+        P.load(bad)
+    # another format version, or not a population at all
+    ds = pop.to_dataset()
+    ds.attrs["format_version"] = P.FORMAT_VERSION + 1
+    ds.attrs["checksum"] = P._checksum(ds)
+    with pytest.raises(PopulationError, match="format version"):
+        P.Population.from_dataset(ds, "x.nc")
+    ds.attrs["format"] = "something else"
+    with pytest.raises(PopulationError, match="not a bayes_scaling population"):
+        P.Population.from_dataset(ds, "x.nc")
+    (tmp_path / "text.nc").write_text("not netcdf")
+    with pytest.raises(PopulationError, match="cannot read"):
+        P.load(tmp_path / "text.nc")
+    with pytest.raises(PopulationError, match="not found"):
+        P.load(tmp_path / "missing.nc")
+    with pytest.raises(PopulationError, match="'public', a path or a Population"):
+        P.resolve(3)
+
+
+def test_public_population_ships_with_provenance():
+    pop = P.public()
+    assert len(pop.families) >= 15
+    assert pop.settings["min_tokens"] == 1e10 and pop.provenance["package_version"]
+    assert set(pop.members["group"]) >= {"pythia-evals", "overtrain-2024"}
+    assert "llm360-mamba" not in pop.families  # not a loss in nats
+    prior = pop.prior()
+    assert np.all(np.isfinite(prior.loc)) and prior.df == len(pop.families) - 4
+
+
+def test_population_priors_of_the_backtest_leave_out_the_source_group():
+    from bayes_scaling import backtest as bt
+
+    pop, _, _ = _hand_population()
+    table = pd.DataFrame({"family": ["f00", "x"], "model": "m", "num_params": 1e8, "tokens": 2e10, "loss": 3.0, "source": ["g0", "g5"]})
+    priors, info = bt.population_priors(table, ["f00", "x"], 1e10, population=pop)
+    assert "f01" not in priors["f00"].families and "f00" not in priors["f00"].families
+    assert not {"f10", "f11"} & set(priors["x"].families) and len(priors["x"].families) == 22
+    assert len(info) == 24 and (info["min_tokens"] == 1e10).all()
+
+
+@pytest.fixture(scope="module")
+def built(synthetic_runs):
+    runs, truth = synthetic_runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pop = P.build(runs, **TINY_BUILD)
+    return runs, truth, pop
+
+
+@pytest.fixture(scope="module")
+def one_family_fit(built):
+    runs, truth, pop = built
+    family = truth.index[0]
+    train = runs[(runs["family"] == family) & (runs["num_params"] < runs.loc[runs["family"] == family, "num_params"].max())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bs.fit(train.drop(columns="true_loss"), population=pop, filters=bs.Filters(min_tokens=1e9), seed=0, **TINY_FIT)
+    return family, train, fit
+
+
+def test_build_summarises_every_family(built):
+    runs, truth, pop = built
+    assert pop.families == tuple(truth.index)  # synthetic families each have >= 3 sizes
+    assert pop.members["group"].tolist() == list(truth.index)  # no source column: own group
+    assert pop.theta_mean.shape == (len(truth), 5) and np.all(np.isfinite(pop.log_scales))
+    # the members' posterior means sit near the planted truth (tiny chains: 0.5 on log levels, 0.1 on exponents)
+    err = np.abs(pop.theta_mean - truth[list(PARAM_NAMES)].to_numpy())
+    assert np.median(err[:, 3:]) < 0.1
+
+
+def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path):
+    from bayes_scaling import decide, diagnostics
+
+    family, train, fit = one_family_fit
+    post = fit.idata.posterior
+    assert fit.families == (family,) and post["theta"].dims == ("chain", "draw", "family", "param")
+    assert {"sigma_size", "run_offset"} <= set(post.data_vars)
+    assert fit.idata.log_likelihood["log_loss"].shape[-1] == fit.idata.observed_data["log_loss"].size
+    assert "left out" in fit.settings["population"]  # the family never borrows from itself
+    report = diagnostics.convergence_report(fit)
+    assert report.chains == 2 and report.divergences == int(fit.idata.sample_stats["diverging"].sum())
+    assert set(diagnostics.ppc_coverage(fit).index) == {family}
+    # a planned run widens with the distance it extrapolates beyond the largest size
+    largest = train["num_params"].max()
+    widths = []
+    for n in (largest, 30 * largest):
+        pred = bs.summarize(bs.predict_loss(fit, family, n, 2e11, kind="new_run", seed=1))
+        widths.append(float((pred["q95"] - pred["q05"]).iloc[0] / pred["median"].iloc[0]))
+    family_kind = bs.summarize(bs.predict_loss(fit, family, 30 * largest, 2e11, kind="family", seed=1))
+    assert widths[1] > widths[0] and widths[1] > float((family_kind["q95"] - family_kind["q05"]).iloc[0] / family_kind["median"].iloc[0])
+    band = decide.planned_run(bs.family_draws(fit, family, kind="new_run"), 30 * largest, 2e11).table
+    assert np.isfinite(band.to_numpy(dtype=float, na_value=0)).all()
+    # the prior travels with the file: a new family is drawn from it after a load
+    back = bs.Fit.load(fit.save(tmp_path / "fit.nc"))
+    new = bs.predict_loss(back, None, 1e9, 2e10, kind="new_family", seed=0)
+    assert np.all(np.isfinite(new.values)) and np.all(new.values > 0)
+
+
+def test_fit_refuses_a_spec_with_a_population(synthetic_runs):
+    runs, _ = synthetic_runs
+    with pytest.raises(FitError, match="population=None"):
+        bs.fit(runs, "chinchilla_independent", population="public")
+
+
+def test_cli_population_build_show_fit_predict(built, one_family_fit, tmp_path, capsys):
+    from bayes_scaling.cli import main
+
+    runs, truth, _ = built
+    family, train, _ = one_family_fit
+    runs_path, train_path = tmp_path / "runs.csv", tmp_path / "train.csv"
+    runs.drop(columns="true_loss").to_csv(runs_path, index=False)
+    train.drop(columns="true_loss").to_csv(train_path, index=False)
+    pop_path = tmp_path / "pop.nc"
+    build = ["population", "build", str(runs_path), "--out", str(pop_path), "--min-tokens", "1e9", "--max-checkpoints", "6"]
+    assert main([*build, "--chains", "2", "--warmup", "60", "--draws", "60"]) == 0
+    assert main(["population", "show", str(pop_path)]) == 0
+    assert "Student-t" in capsys.readouterr().out
+    fit_path = tmp_path / "fit.nc"
+    args = ["fit", str(train_path), "--out", str(fit_path), "--population", str(pop_path), "--min-tokens", "1e9", "--no-progress"]
+    assert main([*args, "--chains", "2", "--warmup", "60", "--draws", "60"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(fit_path), "--family", family, "--params", "7e9", "--tokens", "2e11", "--new-run", "--format", "csv"]) == 0
+    table = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert table["q05"].iloc[0] < table["median"].iloc[0] < table["q95"].iloc[0]
+    # a damaged population file: exit 2 before any sampling, one line naming the file
+    (tmp_path / "junk.nc").write_bytes(b"\x89HDF\r\n" + bytes(64))
+    assert main(["fit", str(train_path), "--out", str(tmp_path / "f2.nc"), "--population", str(tmp_path / "junk.nc")]) == 2
+    assert "junk.nc" in capsys.readouterr().err
+    assert main(["fit", str(train_path), "--out", str(tmp_path / "f3.nc"), "--spec", "chinchilla_independent"]) == 2
+    assert "--population none" in capsys.readouterr().err
