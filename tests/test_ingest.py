@@ -98,7 +98,7 @@ def test_ingest_command_writes_a_validated_table(logs, tmp_path, capsys):
     hf = table[table["model"] == "hf-125m"]
     np.testing.assert_allclose(hf["loss"], chinchilla_loss(1.25e8, hf["tokens"]), rtol=0.02)  # bits came back as nats
     assert {"step", "source", "tag"} <= set(table.columns)
-    assert "restarts replaced 41 values" in captured.err and "excluded 1 runs: tb/debug-1" in captured.err
+    assert "1 restart replaced 41 values" in captured.err and "excluded 1 runs: tb/debug-1" in captured.err
 
 
 @pytest.mark.parametrize(

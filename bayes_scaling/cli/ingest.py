@@ -24,8 +24,8 @@ def register(subparsers) -> None:
         ),
     )
     ingest.add_argument("sources", nargs="+", metavar="SOURCE", help="log directory, log file or wandb:// URL")
-    ingest.add_argument("--map", type=Path, required=True, dest="mapping", help="mapping file (TOML)")
-    ingest.add_argument("--out", type=Path, required=True, help="runs table to write (.parquet, .csv or .csv.gz)")
+    ingest.add_argument("--map", type=Path, required=True, dest="mapping", metavar="MAP", help="mapping file (TOML)")
+    ingest.add_argument("--out", type=Path, required=True, metavar="RUNS", help="runs table to write (.parquet, .csv or .csv.gz)")
     ingest.add_argument("--format", choices=("table", "csv", "json"), default="table", help="format of the per-run report")
     ingest.set_defaults(func=run_ingest)
 

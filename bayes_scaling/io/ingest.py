@@ -72,7 +72,7 @@ class IngestResult:
                 f"{len(self.table)} rows from {len(self.report)} runs in {families} famil{'y' if families == 1 else 'ies'} "
                 f"(of {int(total['logged'])} loss values logged)"
             ),
-            f"{int(total['restarts'])} restarts replaced {int(total['superseded'])} values (the later segment wins)",
+            f"{int(total['restarts'])} restart{'' if total['restarts'] == 1 else 's'} replaced {int(total['superseded'])} values (the later segment wins)",
             f"dropped {int(total['non_finite'])} non-finite, {int(total['spikes'])} spikes, {int(total['no_tokens'])} without tokens",
         ]
         truncated = int(self.report["truncated_records"].sum()) if "truncated_records" in self.report else 0

@@ -171,7 +171,7 @@ class Mapping:
         problems = [f"no {what} for run{'s' if len(runs) > 1 else ''} {_names(runs)}" for what, runs in missing.items() if runs]
         if problems:
             raise SpecError(f"{self.source}: " + "; ".join(problems))
-        return {name: self._settings(name, m) for name, m in merged.items()}
+        return {name: _run_settings(m) for name, m in merged.items()}
 
     def _merge(self, name: str) -> dict:
         merged = {"family": self.family, "params": None, "config": {}, "loss": dict(self.loss), "tokens": self.tokens}
@@ -189,14 +189,15 @@ class Mapping:
                 merged["params"] = None
         return merged
 
-    def _settings(self, name: str, merged: dict) -> RunSettings:
-        if merged["params"] is not None:
-            num_params, params_from = merged["params"], "given"
-        else:
-            config = merged["config"]
-            num_params = ModelConfig(**config).num_params()
-            params_from = f"config, embeddings {'included' if config['embeddings'] else 'excluded'}"
-        return RunSettings(merged["family"], num_params, params_from, merged["loss"]["tag"], merged["loss"].get("unit", "nats"), merged["tokens"])
+
+def _run_settings(merged: dict) -> RunSettings:
+    if merged["params"] is not None:
+        num_params, params_from = merged["params"], "given"
+    else:
+        config = merged["config"]
+        num_params = ModelConfig(**config).num_params()
+        params_from = f"config, embeddings {'included' if config['embeddings'] else 'excluded'}"
+    return RunSettings(merged["family"], num_params, params_from, merged["loss"]["tag"], merged["loss"].get("unit", "nats"), merged["tokens"])
 
 
 def _config_lacks(config: dict) -> list[str]:
