@@ -8,7 +8,9 @@ instead), plus one non-loss tag logged every 10 steps. Then times, ``--repeats``
 - the command, end to end, in a fresh process: ``bayes-scaling ingest DIR --map MAP --out
   runs.parquet`` (Python start, imports, reading, cleaning, validation, the Parquet write);
 - in this process, :func:`bayes_scaling.io.ingest` alone and the reading alone (every run's
-  event files decoded, no cleaning), to show where the time goes.
+  event files decoded, no cleaning), to show where the time goes;
+- for comparison, tensorboard's own ``EventFileLoader`` (without TensorFlow: a pure-Python
+  record reader) over the first ``--compare-runs`` runs, scaled to all runs.
 
 Writing the logs is not timed. ``--logs DIR`` keeps them (and reuses them when present)::
 
@@ -54,6 +56,20 @@ def write_logs(directory: Path, n_runs: int, n_scalars: int, simple_value: bool,
         write_tensorboard(directory / f"run-{i:03d}", {"train/loss": (steps, loss), "lr": (steps[::10], np.full(len(steps[::10]), 3e-4))}, simple_value)
 
 
+def read_with_tensorboard(paths) -> int:
+    """Scalars of one run's event files through tensorboard's own loader (values decoded too)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    n = 0
+    for path in paths:
+        for event in EventFileLoader(path).Load():
+            for value in event.summary.value:
+                float(tensor_util.make_ndarray(value.tensor))
+                n += 1
+    return n
+
+
 def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
@@ -66,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scalars", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--simple-value", action="store_true", help="write simple_value events (PyTorch, Megatron) instead of tensors")
+    parser.add_argument("--compare-runs", type=int, default=5, help="runs read with tensorboard's EventFileLoader for comparison")
     parser.add_argument("--logs", type=Path, default=None, help="keep the generated logs here (reused when present)")
     parser.add_argument("--out", type=Path, default=RESULTS / "ingest.md")
     args = parser.parse_args(argv)
@@ -96,6 +113,9 @@ def main(argv=None) -> int:
             seconds, _ = timed(lambda: [ref.load(frozenset({"train/loss"})) for ref in discover([logs])])
             reading.append(seconds)
         table = ingest([logs], mapping).table
+        run_files = [sorted(str(p) for p in Path(ref.origin).iterdir()) for ref in discover([logs])[: args.compare_runs]]
+        seconds, _ = timed(lambda: [read_with_tensorboard(paths) for paths in run_files])
+        tensorboard_reader = seconds * args.runs / max(len(run_files), 1)
         summary = proc.stderr.strip().splitlines()[0]
 
     load = os.getloadavg()
@@ -118,6 +138,7 @@ def main(argv=None) -> int:
         f"| `bayes-scaling ingest` end to end (fresh process: start, imports, read, clean, validate, write Parquet) | **{statistics.median(cli):.1f}** | {', '.join(f'{s:.1f}' for s in cli)} |",
         f"| `io.ingest` + `write_runs` in process | {statistics.median(library):.1f} | {', '.join(f'{s:.1f}' for s in library)} |",
         f"| reading the event files alone | {statistics.median(reading):.1f} | {', '.join(f'{s:.1f}' for s in reading)} |",
+        f"| for comparison: tensorboard's `EventFileLoader`, {args.compare_runs} runs scaled to {args.runs} | {tensorboard_reader:.1f} | one pass |",
         "",
         (f"Bar: <= 30 s on 2 cores: **{'met' if statistics.median(cli) <= 30 else 'NOT met'}** (median of the end-to-end command). "
         f"Peak memory of the benchmark process: {peak_mb:.0f} MB."),

@@ -391,3 +391,14 @@ def test_the_table_is_validated_like_fit_input(tmp_path):
     write_tensorboard(tmp_path / "m-125m", {"lm loss": (np.arange(1, 11), np.linspace(4, 3, 10))})
     with pytest.raises(DataError, match="looks like billions of tokens"):
         ingest([tmp_path], mapping(tokens={"per_step": 1}))
+
+
+def test_linked_run_folders_are_followed_once(tmp_path):
+    for name in ("m-125m", "m-350m"):
+        write_tensorboard(tmp_path / "store" / name, {"lm loss": ([10, 20], [3.2, 3.1])})
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in ("m-125m", "m-350m"):
+        (sweep / name).symlink_to(tmp_path / "store" / name, target_is_directory=True)
+    (sweep / "m-350m" / "loop").symlink_to(sweep, target_is_directory=True)  # a cycle must not hang discovery
+    assert sorted(ref.name for ref in tb.find_runs(sweep)) == ["m-125m", "m-350m"]

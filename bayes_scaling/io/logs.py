@@ -7,6 +7,7 @@ loss, computing tokens and cleaning happen once, in :mod:`bayes_scaling.io.inges
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from ..errors import DataError
 
-__all__ = ["Curve", "RunLog", "RunRef", "curves_from_frame", "describe_tags", "read_ref", "strip_suffix"]
+__all__ = ["Curve", "RunLog", "RunRef", "curves_from_frame", "describe_tags", "read_ref", "strip_suffix", "walk_files"]
 
 #: How many tag names an error message lists before "...".
 TAGS_SHOWN = 30
@@ -106,6 +107,21 @@ def strip_suffix(name: str, suffixes) -> str:
     return name
 
 
+def walk_files(directory):
+    """``(folder, file names)`` below ``directory``, folders in name order, following
+    symbolic links (a sweep folder of links to run folders is common) but never into a
+    folder twice."""
+    seen = set()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield root, files
+
+
 def describe_tags(tags) -> str:
     tags = sorted(tags)
     if not tags:
@@ -115,7 +131,7 @@ def describe_tags(tags) -> str:
     return f"tags there: {shown}{more}"
 
 
-def curves_from_frame(frame: pd.DataFrame, step: np.ndarray, columns, source_index: int = 0) -> dict:
+def curves_from_frame(frame: pd.DataFrame, step: np.ndarray, columns) -> dict:
     """Tag -> Curve for the numeric ``columns`` of a wide table (one row per logged step).
 
     Empty cells (a metric not logged at that step) are skipped; NaN written by the logger
@@ -126,5 +142,5 @@ def curves_from_frame(frame: pd.DataFrame, step: np.ndarray, columns, source_ind
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         present = ~np.isnan(values)
         if present.any():
-            curves[str(column)] = Curve(step[present], values[present], np.full(int(present.sum()), source_index))
+            curves[str(column)] = Curve(step[present], values[present], np.zeros(int(present.sum()), dtype=np.int32))
     return curves

@@ -24,8 +24,10 @@ spec (:mod:`bayes_scaling.spec`): unknown keys, wrong types and impossible value
     [runs."gpt-125m"]
     config = { layers = 12, width = 768 }   # or: params = 124_439_808
 
-    [cleaning]
-    drop_spikes = true; spike_factor = 1.25; spike_window = 10
+    [cleaning]                              # the defaults
+    drop_spikes = true
+    spike_factor = 1.25
+    spike_window = 10
 
 Per run, tables merge in file order: top-level defaults first, then each ``[runs.P]``
 whose pattern matches; ``loss`` and ``config`` merge key by key, ``tokens`` is replaced

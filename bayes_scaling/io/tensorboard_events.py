@@ -15,7 +15,6 @@ contributed a scalar. The tests compare the result with tensorboard's ``EventFil
 from __future__ import annotations
 
 import functools
-import os
 import re
 import struct
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .logs import Curve, RunLog, RunRef
+from .logs import Curve, RunLog, RunRef, walk_files
 
 __all__ = ["find_runs", "is_event_file", "masked_crc32c", "read_run"]
 
@@ -46,8 +45,7 @@ def find_runs(directory: Path) -> list[RunRef]:
     as numbers), so a restarted job's later file comes last.
     """
     refs = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
+    for root, files in walk_files(directory):
         events = sorted((f for f in files if is_event_file(f)), key=_natural_key)
         if not events:
             continue
@@ -86,15 +84,15 @@ def read_run(name: str, paths, tags: frozenset | None = None) -> RunLog:
         from tensorboard.compat.proto import event_pb2
     except ImportError as exc:  # pragma: no cover - the test extra installs it
         raise DataError("reading TensorBoard event files needs the tensorboard package: pip install 'bayes-scaling[ingest]'") from exc
-    columns: dict[str, tuple[list, list, list]] = {}
-    seen: set[str] = set()
+    parse = event_pb2.Event.FromString
+    chunks: dict[str, list] = {}  # tag -> one (steps, values, file index) per file
+    is_scalar: dict[str, bool] = {}  # decided by a tag's first value when the tag is not kept
     truncated = 0
     for index, path in enumerate(paths):
         buf = Path(path).read_bytes()
         offsets, lengths, tail = _frames(buf, path)
         truncated += tail
-        used = np.zeros(len(offsets), dtype=bool)
-        parse = event_pb2.Event.FromString
+        columns: dict[str, tuple[list, list, list]] = {}  # tag -> record indices, steps, values
         for i, (offset, length) in enumerate(zip(offsets.tolist(), lengths.tolist())):
             start = offset + _HEADER + _CRC
             try:
@@ -102,27 +100,40 @@ def read_run(name: str, paths, tags: frozenset | None = None) -> RunLog:
             except Exception as exc:  # protobuf's DecodeError has no stable import path
                 _check_data_crcs(buf, offsets[i : i + 1], lengths[i : i + 1], path)  # name the checksum when it is the cause
                 raise DataError(f"{path}: record at byte {offset} is not a TensorBoard event (corrupt file?): {exc}") from exc
-            if event.WhichOneof("what") != "summary":
+            if not event.HasField("summary"):
                 continue
+            step = event.step
             for value in event.summary.value:
+                tag = value.tag
+                if tags is not None and tag not in tags:
+                    if tag not in is_scalar:
+                        is_scalar[tag] = _scalar(value) is not None
+                    continue
                 number = _scalar(value)
                 if number is None:
                     continue
-                tag = value.tag
-                seen.add(tag)
-                if tags is not None and tag not in tags:
-                    continue
-                steps, values, sources = columns.setdefault(tag, ([], [], []))
-                steps.append(event.step)
-                values.append(number)
-                sources.append(index)
-                used[i] = True
+                column = columns.get(tag)
+                if column is None:
+                    column = columns[tag] = ([], [], [])
+                    is_scalar[tag] = True
+                column[0].append(i)
+                column[1].append(step)
+                column[2].append(number)
+        used = np.zeros(len(offsets), dtype=bool)
+        for tag, (records, steps, values) in columns.items():
+            used[records] = True
+            chunks.setdefault(tag, []).append((steps, values, np.full(len(steps), index, dtype=np.int32)))
         _check_data_crcs(buf, offsets[used], lengths[used], path)
     curves = {
-        tag: Curve(np.asarray(s, dtype=np.int64), np.asarray(v, dtype=float), np.asarray(f, dtype=np.int32))
-        for tag, (s, v, f) in columns.items()
+        tag: Curve(
+            np.concatenate([np.asarray(c[0], dtype=np.int64) for c in parts]),
+            np.concatenate([np.asarray(c[1], dtype=float) for c in parts]),
+            np.concatenate([c[2] for c in parts]),
+        )
+        for tag, parts in chunks.items()
     }
-    return RunLog(name, "tensorboard", tuple(str(p) for p in paths), curves, tuple(sorted(seen)), {"truncated_records": truncated})
+    seen = tuple(sorted(tag for tag, scalar in is_scalar.items() if scalar))
+    return RunLog(name, "tensorboard", tuple(str(p) for p in paths), curves, seen, {"truncated_records": truncated})
 
 
 def _scalar(value) -> float | None:

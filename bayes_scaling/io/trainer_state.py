@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .logs import Curve, RunLog, RunRef, read_ref
+from .logs import Curve, RunLog, RunRef, read_ref, walk_files
 
 __all__ = ["STATE_FILE", "find_runs", "read_state", "run_name_of", "state_file_ref"]
 
@@ -53,8 +53,7 @@ def find_runs(directory: Path) -> list[RunRef]:
     with the largest ``global_step`` holds everything.
     """
     best: dict[str, tuple[int, RunLog]] = {}
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
+    for root, files in walk_files(directory):
         if STATE_FILE in files:
             path = Path(root) / STATE_FILE
             name = run_name_of(path, Path(directory))
