@@ -6,10 +6,10 @@ Events are decoded with the ``tensorboard`` package's protobuf definitions
 (``tensorboard.summary.Writer``, TF2 ``tf.summary.scalar``). The TFRecord framing around
 the events (length, masked CRC-32C, data, masked CRC-32C) is read here: without
 TensorFlow, tensorboard's own record reader computes CRC-32C one byte at a time in Python,
-0.2-0.45 s per file of 10,000 scalars on this machine, which alone misses the ingest bar
-(100 such runs in 30 s). Here the checksums of all records of a file are computed
-together with NumPy; every header is checked, and the data of every record that
-contributed a scalar. The tests compare the result with tensorboard's ``EventFileLoader``.
+several times too slow for the ingest bar (``benchmarks/results/ingest.md`` compares them).
+Here the checksums of all records of a file are computed together with NumPy; every header
+is checked, and the data of every record that contributed a scalar. The tests compare the
+result with tensorboard's ``EventFileLoader``.
 """
 
 from __future__ import annotations
