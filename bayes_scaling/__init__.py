@@ -9,7 +9,7 @@ Typical use::
     bs.summarize(pred)
 """
 
-from . import data, datasets, laws, spec
+from . import data, datasets, io, laws, spec
 from .data import Filters, load_runs, prepare
 from .errors import ConvergenceWarning, DataError, FitError, SpecError
 from .inference import Fit, fit
@@ -29,6 +29,7 @@ __all__ = [
     "datasets",
     "family_draws",
     "fit",
+    "io",
     "laws",
     "load_runs",
     "load_spec",
