@@ -14,7 +14,7 @@ import os
 import sys
 
 #: Command modules in ``bayes_scaling.cli``, in the order shown by ``--help``.
-COMMAND_MODULES = ["core", "diagnose", "decide", "backtest"]
+COMMAND_MODULES = ["core", "diagnose", "decide", "plan", "backtest"]
 
 
 def configure_platform(platform: str, chains: int | None) -> None:
