@@ -22,9 +22,11 @@ For each candidate the answer is a Monte Carlo preposterior expectation:
 The expected width is the mean over outcomes. Re-weighting never moves a draw, so a
 candidate that pins the law far more tightly than the current posterior leaves few draws
 with weight: the effective sample size (``ess``: ``(sum w)^2 / sum w^2`` per outcome) is
-reported per candidate, and a candidate whose mean ESS falls below ``min_ess`` is flagged
-``ess_low``: its expected width is then a noisy, optimistic estimate (ranking it first is
-still right; how much it gains is not known well).
+reported per candidate (mean, minimum, and the share of outcomes below ``min_ess``), and a
+candidate with more than :data:`MAX_LOW_ESS_SHARE` of its outcomes below ``min_ess`` is
+flagged ``ess_low``: in those outcomes the weights sit on a handful of draws, the width after
+them is far too narrow, and the expected width is optimistic (ranking it high is still
+informative; how much it gains is not known well).
 
 Size discrepancy: cell fits (:mod:`bayes_scaling.cellfit`) give a run's offset an extra sd
 ``sigma_size x |log N - log N of the largest training size|``. A candidate larger than
@@ -55,6 +57,7 @@ __all__ = [
     "Candidate",
     "NextRunResult",
     "PlanDraws",
+    "anchor_after",
     "candidates_from_table",
     "default_candidates",
     "draws_from_cell",
@@ -70,8 +73,10 @@ __all__ = [
 
 #: Central interval whose width is planned for.
 INTERVAL = 0.9
-#: Mean effective sample size below which a candidate's expected width is flagged.
+#: Effective sample size below which an outcome's re-weighted posterior is unreliable, and
+#: the share of such outcomes above which a candidate is flagged ``ess_low``.
 MIN_ESS = 30.0
+MAX_LOW_ESS_SHARE = 0.1
 #: Gauss-Hermite nodes over a run's offset for a Student-t likelihood.
 QUADRATURE_NODES = 24
 #: Default candidate grid: sizes from the family's smallest run to the target, and tokens
@@ -405,9 +410,11 @@ def target_width(draws: PlanDraws, target_params: float, target_tokens: float, w
     return (np.exp(hi) - np.exp(lo)) / np.exp(mid)
 
 
-def _candidate_anchor(draws: PlanDraws, candidate: Candidate) -> float:
-    largest = float(draws.centre(candidate.num_params, 1.0)[0])
-    return max(draws.size_anchor, largest) if draws.sigma_size is not None else draws.size_anchor
+def anchor_after(draws: PlanDraws, num_params: float) -> float:
+    """Size anchor (centred log N) once a run of ``num_params`` is trained: the largest size."""
+    if draws.sigma_size is None:
+        return draws.size_anchor
+    return max(draws.size_anchor, float(draws.centre(num_params, 1.0)[0]))
 
 
 def simulate_and_weigh(draws: PlanDraws, candidate: Candidate, n_outcomes: int, rng: np.random.Generator):
@@ -416,7 +423,7 @@ def simulate_and_weigh(draws: PlanDraws, candidate: Candidate, n_outcomes: int, 
     Returns ``(weights (J, S), anchor)``: one row of weights per simulated outcome, and the
     size anchor after the candidate is trained.
     """
-    anchor = _candidate_anchor(draws, candidate)
+    anchor = anchor_after(draws, candidate.num_params)
     source = rng.integers(0, draws.n_draws, size=n_outcomes)  # the draw each outcome is simulated from
     log_lik = np.zeros((n_outcomes, draws.n_draws))
     for num_params, tokens in candidate.runs:
@@ -435,8 +442,7 @@ def observed_weights(draws: PlanDraws, runs: Iterable[tuple[float, np.ndarray, n
     """Importance weights (S,) of the draws given runs actually observed: ``(num_params,
     checkpoint tokens, loss)`` per run (the same update :func:`next_run` simulates)."""
     runs = list(runs)
-    largest = max(float(draws.centre(n, 1.0)[0]) for n, _, _ in runs)
-    anchor = max(draws.size_anchor, largest) if draws.sigma_size is not None else draws.size_anchor
+    anchor = anchor_after(draws, max(n for n, _, _ in runs))
     log_lik = np.zeros(draws.n_draws)
     for num_params, tokens, loss in runs:
         x_n, x_d = draws.centre(np.full(np.shape(tokens), num_params), tokens)
@@ -458,7 +464,7 @@ class NextRunResult:
         One row per candidate, best first (largest expected width reduction per FLOP):
         ``rank, label, num_params, tokens, seeds, flops, cumulative_flops, expected_width,
         width_q10, width_q90, width_reduction, reduction_per_flop, ess_mean, ess_min,
-        ess_low``. Widths are relative to the predicted median loss at the target.
+        ess_share_low, ess_low``. Widths are relative to the predicted median loss at the target.
     width_now : float
         Width of the target's interval under the current posterior.
     existing_flops : float
@@ -519,7 +525,8 @@ def next_run(
     level : float
         Central interval level (default 0.9).
     min_ess : float
-        Flag candidates whose mean effective sample size falls below this.
+        Effective sample size below which an outcome counts as collapsed; candidates with
+        more than :data:`MAX_LOW_ESS_SHARE` of their outcomes collapsed are flagged ``ess_low``.
     min_tokens : float, optional
         Checkpoints before this are not simulated (default: the fit's token cut; 0 for PlanDraws).
     seed : int
@@ -586,7 +593,8 @@ def next_run(
                 "reduction_per_flop": (width_now - expected) / float(c_flops),
                 "ess_mean": float(ess.mean()),
                 "ess_min": float(ess.min()),
-                "ess_low": bool(ess.mean() < min_ess),
+                "ess_share_low": float(np.mean(ess < min_ess)),
+                "ess_low": bool(np.mean(ess < min_ess) > MAX_LOW_ESS_SHARE),
             }
         )
         outcome_rows.append(pd.DataFrame({"label": candidate.label, "outcome": np.arange(len(widths)), "width": widths, "ess": ess}))

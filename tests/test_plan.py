@@ -87,7 +87,9 @@ def test_candidate_at_target_shrinks_most_and_ranking_is_per_flop():
     assert list(res.table["reduction_per_flop"]) == sorted(res.table["reduction_per_flop"], reverse=True)
     assert res.existing_flops == pytest.approx(6 * (1e8 * 2e9 + 2e8 * 4e9))
     assert len(res.outcomes) == 3 * 48 and (res.outcomes["ess"] <= draws.n_draws + 1e-6).all()
-    np.testing.assert_array_equal(res.table["ess_low"], res.table["ess_mean"] < plan.MIN_ESS)
+    share = res.outcomes.groupby("label")["ess"].apply(lambda e: np.mean(e < plan.MIN_ESS))
+    np.testing.assert_allclose(res.table["ess_share_low"], share.loc[res.table["label"]].to_numpy())
+    np.testing.assert_array_equal(res.table["ess_low"], res.table["ess_share_low"] > plan.MAX_LOW_ESS_SHARE)
 
 
 def test_size_anchor_moves_with_a_larger_candidate():

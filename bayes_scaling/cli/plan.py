@@ -18,7 +18,7 @@ from ..errors import DataError
 from .common import positive_float, positive_int, write_table
 
 COLUMNS = ["rank", "label", "num_params", "tokens", "seeds", "flops", "cumulative_flops", "expected_width", "width_q10",
-           "width_q90", "width_reduction", "reduction_per_flop", "ess_mean", "ess_low"]
+           "width_q90", "width_reduction", "reduction_per_flop", "ess_mean", "ess_share_low", "ess_low"]
 
 
 def register(subparsers) -> None:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print("candidates, best expected width reduction per FLOP first (widths relative to the median):")
     write_table(result.table[COLUMNS], args.format)
     if args.format == "table" and result.table["ess_low"].any():
-        print("ess_low: few posterior draws keep weight after that run; its expected width is rough (refit to check)")
+        print("ess_low: in over 10% of simulated outcomes few posterior draws keep weight; that expected width is optimistic (refit to check)")
     if not args.no_plots:
         from ..plots.decide import plan_widths
         from .decide import _save, _slug
