@@ -375,7 +375,7 @@ def report(results: pd.DataFrame, meta: dict, out: Path) -> str:
             x = t["pilot_flops"].to_numpy() / t["budget_flops"].iloc[0]
             w = t["width_90"].to_numpy() / g[(g["strategy"] == s) & (g["step"] == 0)]["width_90"].iloc[0]
             ax.step(x, w, where="post", color=colors[s], alpha=0.15, lw=0.8)
-            curves.append(w[np.searchsorted(x, grid, side="right") - 1])
+            curves.append(w[np.searchsorted(x - 1e-9, grid, side="right") - 1])  # spent sums differ in the last bits
         ax.step(grid, np.median(curves, axis=0), where="post", color=colors[s], lw=2.2, label=f"{s} (median)")
     ax.set_yscale("log")
     ax.set_xlabel("pilot compute beyond the smallest size / next-size-up's total")

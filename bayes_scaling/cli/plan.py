@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         "plan",
         help="rank candidate pilot runs by expected shrinkage of the target's interval per FLOP",
         description="For each candidate run, simulate its loss curve from the posterior predictive, re-weight the "
-        "posterior draws by its likelihood, and report the expected width of the target's 90%% interval after it, "
+        "posterior draws by its likelihood, and report the expected width of the target's 90% interval after it, "
         "and the reduction per FLOP (6ND). Candidates default to a grid of sizes from the family's smallest run to "
         "the target, at 0.5, 1 and 2 times the target's tokens per parameter.",
     )
