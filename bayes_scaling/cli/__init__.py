@@ -14,7 +14,7 @@ import os
 import sys
 
 #: Command modules in ``bayes_scaling.cli``, in the order shown by ``--help``.
-COMMAND_MODULES = ["core", "population", "diagnose", "decide", "backtest", "ingest"]
+COMMAND_MODULES = ["core", "population", "diagnose", "decide", "plan", "backtest", "ingest"]
 
 
 def configure_platform(platform: str, chains: int | None) -> None:

@@ -5,7 +5,7 @@ Nothing here samples, prints or calls ``show()``.
 
 from .backtest import plot_are_vs_k, plot_calibration, plot_fan
 from .curves import grid_axes, plot_loss_curves
-from .decide import frontier, isoflop_bands, p_a_better, rel_diff_bands, required_flops
+from .decide import frontier, isoflop_bands, p_a_better, plan_widths, rel_diff_bands, required_flops
 from .diagnostics import plot_family_parameters, plot_family_ppc, plot_loo_pit, plot_pareto_k, plot_ppc_grid, plot_rank
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "grid_axes",
     "isoflop_bands",
     "p_a_better",
+    "plan_widths",
     "plot_are_vs_k",
     "plot_calibration",
     "plot_family_parameters",

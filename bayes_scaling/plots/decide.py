@@ -149,3 +149,37 @@ def required_flops(budget, ax=None, *, color="tab:blue"):
 
 
 __all__ = ["frontier", "isoflop_bands", "p_a_better", "rel_diff_bands", "required_flops"]
+
+
+def plan_widths(result, ax=None, *, annotate: int = 3, color="tab:blue"):
+    """Expected width of the target's interval against cumulative pilot compute, per candidate.
+
+    Parameters
+    ----------
+    result : bayes_scaling.plan.NextRunResult
+        Result of :func:`bayes_scaling.plan.next_run`.
+    ax : matplotlib.axes.Axes, optional
+    annotate : int
+        Label the best ``annotate`` candidates (by width reduction per FLOP).
+    """
+    ax = _axes(ax)
+    t = result.table
+    x = t["cumulative_flops"].to_numpy()
+    y = t["expected_width"].to_numpy()
+    low = t["ess_low"].to_numpy(bool)
+    ax.vlines(x, t["width_q10"], t["width_q90"], color=color, alpha=0.3, lw=1)
+    ax.scatter(x[~low], y[~low], color=color, s=25, label="candidate (expected width)")
+    if low.any():
+        ax.scatter(x[low], y[low], facecolors="none", edgecolors=color, s=25, label="candidate, low ESS")
+    now = max(result.existing_flops, np.min(x) * 1e-3)
+    ax.scatter([now], [result.width_now], marker="*", color="black", s=120, zorder=3, label="now")
+    for _, row in t.head(annotate).iterrows():
+        ax.annotate(f"#{int(row['rank'])} {row['label']}", (row["cumulative_flops"], row["expected_width"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative pilot compute (FLOPs)")
+    ax.set_ylabel(f"expected {round(result.level * 100)}% interval width / median")
+    n, d = result.target
+    ax.set_title(f"target N={n:.3g}, D={d:.3g}", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
