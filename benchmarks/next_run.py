@@ -86,9 +86,9 @@ def population(runs_path, families, settings, seed, progress):
     bt, _ = backtest_tools()
     priors, info = bt.population_priors(
         runs_path, families, MIN_TOKENS, chains=settings["chains"], warmup=settings["warmup"], draws=settings["draws"], seed=seed,
-        progress=progress,
+        progress=lambda family, seconds: progress(family),
     )
-    return priors, info
+    return {f: pop.prior() for f, pop in priors.items()}, info
 
 
 def refit(data, prior, settings, seed):
@@ -453,7 +453,7 @@ def main(argv=None) -> int:
         "families": f"{len(order)} with >= {MIN_SIZES} sizes at the {MIN_TOKENS:.0e} cut and <= {MAX_RUNS} pilot runs",
         "pilot sizes": f"at most {MAX_PILOT_SIZES} below the target, log-spaced from the smallest; runs thinned to {MAX_CHECKPOINTS} checkpoints",
         "cell fits": f"cellfit.fit_cell, {settings['chains']} chains x ({settings['warmup']} warmup + {settings['draws']} draws), target_accept 0.9, tree depth 8",
-        "population": f"backtest.population_priors (lofo random effects, size discrepancy 0.02), {settings['chains']} chains x ({settings['warmup']} + {settings['draws']})",
+        "population": f"backtest.population_priors (per family without its source group; results below were run with the earlier leave-one-family-out version), {settings['chains']} chains x ({settings['warmup']} + {settings['draws']})",
         "information strategy": f"plan.next_run, {N_OUTCOMES} simulated outcomes per candidate, width with checkpoint noise",
         "seed": args.seed,
         "n_families": len(order),
