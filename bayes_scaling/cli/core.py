@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
+from ..outputs import atomic_path, require_writable_dir, require_writable_file
 from ..spec import load_spec
 from .common import add_sampler_args, positive_float, positive_int, write_table
 
@@ -63,8 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..predict import predict_loss, summarize
 
     settings = QUICK_SETTINGS if args.quick else DEMO_SETTINGS
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = require_writable_dir(args.out, "--out")
     print(
         f"demo: synthetic corpus of {settings['n_families']} families; fitting with each family's largest model held out "
         f"({settings['chains']} chains x {settings['draws']} draws)",
@@ -102,9 +102,11 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         plot_loss_curves(result.train[result.train["family"] == family], pred, held_out=held, ax=ax, title=family)
     fig.tight_layout()
-    fig.savefig(out / "demo_curves.png", dpi=110)
+    with atomic_path(out / "demo_curves.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    table.to_csv(out / "demo_predictions.csv", index=False)
+    with atomic_path(out / "demo_predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
     result.fit.save(out / "demo_fit.nc")
     print(f"wrote {out / 'demo_predictions.csv'}, {out / 'demo_curves.png'}, {out / 'demo_fit.nc'}")
     return 0
@@ -114,6 +116,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..data import prepare
     from ..inference import fit
 
+    require_writable_file(args.out, "--out")  # before minutes of sampling, not after
     spec = load_spec(args.spec)
     defaults = Filters(**spec.data)
     filters = Filters(
