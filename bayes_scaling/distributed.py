@@ -378,7 +378,7 @@ class OutputLock:
         self.path = Path(directory) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         import fcntl
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
