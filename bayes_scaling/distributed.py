@@ -158,7 +158,19 @@ def _set_environment(env: dict) -> None:
     # line, exit 130) and stops the workers; a worker's own KeyboardInterrupt would only
     # print a traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ.update({k: str(v) for k, v in env.items()})
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when its parent dies (a SIGKILLed run):
+    an orphaned pool worker would otherwise wait on its task queue forever."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 #: Each worker process runs XLA on one thread: with one worker per core, more threads

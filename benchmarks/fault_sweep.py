@@ -79,9 +79,10 @@ class Sweep:
                 os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
                 break
             time.sleep(0.005)
-        code, _ = self.finish(proc, label)
         if sig == signal.SIGKILL:
-            _reap_workers(proc.pid)
+            proc.wait()
+            _reap_workers(proc.pid)  # workers die with their parent (PR_SET_PDEATHSIG); make sure
+        code, _ = self.finish(proc, label)
         return code, sum(1 for _ in cells.glob("cell-*.parquet")) if cells.is_dir() else 0
 
 

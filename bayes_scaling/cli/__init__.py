@@ -52,11 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(command: str):
-    """A ``warnings.showwarning`` that prints ``COMMAND: warning: MESSAGE``, not the source line."""
+def _one_line_warnings(command: str, fallback):
+    """A ``warnings.showwarning`` that prints this package's warnings as ``COMMAND: warning:
+    MESSAGE`` (not the source line); other warnings go to ``fallback``."""
+    from ..errors import ConvergenceWarning, ExtrapolationWarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{command}: warning: {message}", file=sys.stderr)
+        if issubclass(category, (ConvergenceWarning, ExtrapolationWarning)):
+            print(f"{command}: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
 
     return show
 
@@ -71,7 +76,7 @@ def main(argv=None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         command = f"bayes-scaling {args.command}"
-        warnings.showwarning = _one_line_warnings(command)
+        warnings.showwarning = _one_line_warnings(command, shown)
         configure_platform(args.platform, getattr(args, "chains", None))
         try:
             return int(args.func(args) or 0)
