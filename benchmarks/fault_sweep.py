@@ -15,7 +15,7 @@ After each scenario the final ``backtest.csv`` is compared with a clean referenc
 cells lost and rows duplicated must be 0, numbers equal; a traceback in any process's
 stderr counts as shown. Writes ``benchmarks/results/fault_sweep.md``.
 
-    python benchmarks/fault_sweep.py [--seed 0] [--kills 6] [--families 6]
+    python benchmarks/fault_sweep.py [--seed 0] [--kills 6] [--families 4]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and damage (default 0)")
     parser.add_argument("--kills", type=int, default=6, help="kill-and-resume scenarios (default 6)")
-    parser.add_argument("--families", type=int, default=6, help="families of the synthetic table (default 6: 120 cells)")
+    parser.add_argument("--families", type=int, default=4, help="families of the synthetic table (default 4: 75 cells)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fault_sweep.md")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
