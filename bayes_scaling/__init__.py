@@ -11,7 +11,15 @@ Typical use::
 
 from . import data, datasets, io, laws, spec
 from .data import Filters, load_runs, prepare
-from .errors import ConvergenceWarning, DataError, FitError, SpecError
+from .errors import (
+    BayesScalingError,
+    ConvergenceWarning,
+    DataError,
+    ExtrapolationWarning,
+    FitError,
+    OutputError,
+    SpecError,
+)
 from .inference import Fit, fit
 from .predict import family_draws, predict_loss, summarize
 from .spec import load_spec
@@ -19,11 +27,14 @@ from .spec import load_spec
 __version__ = "0.1.0"
 
 __all__ = [
+    "BayesScalingError",
     "ConvergenceWarning",
     "DataError",
+    "ExtrapolationWarning",
     "Filters",
     "Fit",
     "FitError",
+    "OutputError",
     "SpecError",
     "data",
     "datasets",

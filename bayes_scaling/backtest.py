@@ -1084,6 +1084,18 @@ def fan_data(
 # --------------------------------------------------------------------------- one call
 
 
+def _no_cells_reason(protocol: Protocol) -> str:
+    """Why a protocol has no cells, naming the first families and their reasons."""
+    reasons = [f"{r.family}: {r.reason}" for r in protocol.skipped_families.itertuples(index=False)]
+    if len(protocol.empty_cells):
+        empty = sorted(set(protocol.empty_cells["family"]))
+        reasons.append(f"{', '.join(empty[:5])}: no training checkpoints at these cuts, k and fractions")
+    if not reasons:
+        reasons.append(f"{', '.join(protocol.families[:5])}: no requested k below the family's number of sizes")
+    shown = "; ".join(reasons[:5]) + (f"; ... ({len(reasons)} in all)" if len(reasons) > 5 else "")
+    return f"no family has a cell ({shown}); a family needs {MIN_SIZES} distinct sizes and a target run that did not diverge"
+
+
 @dataclass
 class BacktestResult:
     """Rows, the protocol and the population-fit info of a back-test."""
@@ -1126,6 +1138,8 @@ def backtest(
     """
     table = primary_table(runs)
     protocol = protocol_cells(table, ks=ks, fractions=fractions, min_tokens=min_tokens, max_checkpoints=max_checkpoints, families=families)
+    if not protocol.cells:
+        raise DataError(f"nothing to back-test: {_no_cells_reason(protocol)}")
     estimators = tuple(estimators)
     population, info = None, []
     if "bayes_hierarchical" in estimators:

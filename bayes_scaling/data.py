@@ -10,6 +10,7 @@ centred covariates the model needs. The caller's DataFrame is never mutated.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,18 +134,53 @@ def read_table(source) -> pd.DataFrame:
     """Read a runs table from a CSV, CSV.gz or Parquet path, or copy a DataFrame."""
     if isinstance(source, pd.DataFrame):
         return source.copy()
+    if not isinstance(source, (str, os.PathLike)):
+        raise DataError(f"runs must be a path (CSV, CSV.gz or Parquet) or a pandas DataFrame, got {type(source).__name__}")
     path = Path(source)
     if not path.exists():
         raise DataError(f"runs file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"runs file {path} is a directory; give a .csv, .csv.gz or .parquet file")
     name = path.name.lower()
     try:
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
         if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
             return pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read runs file {path}: {exc}") from exc
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        # a truncated .gz raises EOFError, a damaged one zlib.error; pyarrow's errors are ValueErrors
+        raise DataError(f"cannot read runs file {path} (damaged or truncated?): {type(exc).__name__}: {exc}") from exc
     raise DataError(f"unsupported runs file type {path.name!r}: use .csv, .csv.gz or .parquet")
+
+
+def _missing_columns_message(df: pd.DataFrame, missing: list) -> str:
+    message = f"runs table is missing column(s) {missing}; required: {list(REQUIRED_COLUMNS)}"
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        for sep, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+            if sep in header:
+                return (
+                    f"runs table has one column {header[:80]!r}: the delimiter looks wrong (the header is split by "
+                    f"{label}); write the CSV with commas, or use a .tsv name for tab-separated files"
+                )
+    return message
+
+
+def _numeric_column(out: pd.DataFrame, col: str) -> pd.Series:
+    """The column as float, or DataError naming the dtype or the first non-numeric values."""
+    kind = out[col].dtype.kind
+    if kind in "iuf":
+        return out[col].astype(float)
+    if kind in "bcmM":  # bool, complex, timedelta, datetime: to_numeric would turn them into numbers silently
+        raise DataError(f"column {col!r} has dtype {out[col].dtype}; expected plain numbers")
+    values = pd.to_numeric(out[col].astype(object), errors="coerce")
+    non_numeric = values.isna() & out[col].notna()
+    if non_numeric.any():
+        raise DataError(
+            f"column {col!r} has {int(non_numeric.sum())} non-numeric values such as "
+            f"{out.loc[non_numeric, col].iloc[0]!r} (first: {_first_rows(out, non_numeric)})"
+        )
+    return values.astype(float)
 
 
 def validate(df: pd.DataFrame) -> pd.DataFrame:
@@ -156,9 +192,11 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
         Missing column, non-numeric or non-finite value, loss/num_params/tokens <= 0,
         duplicate (family, model, tokens) within one metric, or tokens in billions.
     """
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"runs must be a pandas DataFrame here, got {type(df).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(f"runs table is missing column(s) {missing}; required: {list(REQUIRED_COLUMNS)}")
+        raise DataError(_missing_columns_message(df, missing))
     if len(df) == 0:
         raise DataError("runs table has no rows")
     out = df.copy()
@@ -167,13 +205,7 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
             raise DataError(f"column {col!r} has {int(out[col].isna().sum())} empty values (first: {_first_rows(out, out[col].isna())})")
         out[col] = out[col].astype(str)
     for col in NUMERIC_COLUMNS:
-        values = pd.to_numeric(out[col], errors="coerce")
-        non_numeric = values.isna() & out[col].notna()
-        if non_numeric.any():
-            raise DataError(
-                f"column {col!r} has {int(non_numeric.sum())} non-numeric values such as "
-                f"{out.loc[non_numeric, col].iloc[0]!r} (first: {_first_rows(out, non_numeric)})"
-            )
+        values = _numeric_column(out, col)
         not_finite = ~np.isfinite(values.to_numpy(dtype=float))
         if not_finite.any():
             raise DataError(f"column {col!r} has {int(not_finite.sum())} NaN or infinite values (first: {_first_rows(out, not_finite)})")
@@ -181,27 +213,58 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
         if not_positive.any():
             raise DataError(f"column {col!r} has {int(not_positive.sum())} rows <= 0 (first: {_first_rows(out, not_positive)})")
         out[col] = values.astype(float)
-    if (out["tokens"] < TOKENS_IN_BILLIONS_THRESHOLD).all():
+    # per family: one family in billions among families in plain counts is as wrong
+    max_tokens = out.groupby("family", sort=True)["tokens"].max()
+    in_billions = max_tokens[max_tokens < TOKENS_IN_BILLIONS_THRESHOLD]
+    if len(in_billions):
+        shown = ", ".join(f"{f} (max {t:g})" for f, t in in_billions.head(5).items())
         raise DataError(
-            f"column 'tokens' is below {TOKENS_IN_BILLIONS_THRESHOLD:.0e} everywhere (max {out['tokens'].max():g}): "
-            "it looks like billions of tokens; give tokens as a plain count"
+            f"column 'tokens' is below {TOKENS_IN_BILLIONS_THRESHOLD:.0e} for every row of {len(in_billions)} "
+            f"famil{'y' if len(in_billions) == 1 else 'ies'}: {shown}; it looks like billions of tokens; "
+            "give tokens as a plain count"
         )
     if "is_primary" in out.columns:
-        out["is_primary"] = out["is_primary"].map(_as_bool).astype(bool)
+        out["is_primary"] = _bool_column(out, "is_primary")
     curve = [c for c in ("metric", "eval_set") if c in out.columns]
     dup = out.duplicated(["family", "model", "tokens", *curve], keep=False)
     if dup.any():
-        raise DataError(
-            f"{int(dup.sum())} duplicate (family, model, tokens{''.join(', ' + c for c in curve)}) rows "
-            f"(first: {_first_rows(out, dup)}); each checkpoint of a run must appear once"
-        )
+        raise DataError(_duplicates_message(out, dup, curve))
     return out
 
 
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "t")
-    return bool(value) if pd.notna(value) else False
+def _duplicates_message(out: pd.DataFrame, dup, curve: list) -> str:
+    """Name the first duplicated checkpoints once each, with their tokens and row numbers."""
+    keys = ["family", "model", "tokens", *curve]
+    groups = out[np.asarray(dup)].groupby(keys, sort=False).groups
+    shown = []
+    for key, rows in list(groups.items())[:3]:
+        values = dict(zip(keys, key))
+        where = " ".join(f"{k}={values[k]:g}" if k == "tokens" else f"{k}={values[k]}" for k in keys)
+        shown.append(f"{where} at rows {', '.join(str(r) for r in list(rows)[:5])}")
+    return (
+        f"{int(np.sum(dup))} rows duplicate a checkpoint ({', '.join(keys)}) in {len(groups)} place(s) "
+        f"(row numbers count data rows from 0): {'; '.join(shown)}; each checkpoint of a run must appear once"
+    )
+
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+
+
+def _bool_column(out: pd.DataFrame, col: str) -> pd.Series:
+    """The column as bool; DataError for anything but clear booleans (a typo must not
+    silently count as false)."""
+    if out[col].dtype.kind == "b":
+        return out[col].astype(bool)
+    text = out[col].map(lambda v: str(v).strip().lower() if pd.notna(v) else "")
+    unclear = ~text.isin(_TRUE | _FALSE)
+    if unclear.any():
+        examples = sorted({repr(v) for v in out.loc[unclear, col].head(20)})[:3]
+        raise DataError(
+            f"column {col!r} has {int(unclear.sum())} values that are not clear booleans, such as {', '.join(examples)} "
+            f"(first: {_first_rows(out, unclear)}); use true/false, yes/no or 1/0"
+        )
+    return text.isin(_TRUE)
 
 
 def load_runs(source) -> pd.DataFrame:

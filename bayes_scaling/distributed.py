@@ -26,13 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, OutputError
+from .outputs import atomic_write_text, require_writable_dir
 
 RAY_HINT = "pip install 'bayes-scaling[ray]'"
 
@@ -62,26 +65,45 @@ class ParquetSink:
     ----------
     directory : path
         Created if missing. Existing cell files are kept: they are the finished cells of
-        an earlier (possibly interrupted) run with the same settings.
+        an earlier (possibly interrupted) run with the same settings. A cell file that
+        cannot be read, is empty or holds rows of another cell than its name says is
+        damaged: :meth:`stored` renames it to ``*.parquet.damaged`` (listed in
+        :attr:`damaged`) so that the cell is fitted again.
     """
 
     def __init__(self, directory):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.damaged: list[Path] = []
         for tmp in self.directory.glob("*.parquet.tmp*"):  # left by a killed run
             tmp.unlink()
 
     def _files(self) -> list[Path]:
         return sorted(self.directory.glob("cell-*.parquet"))
 
+    def _read_cell(self, path: Path) -> tuple[tuple, list[dict]] | None:
+        """(key, rows) of one cell file, or None when it is damaged."""
+        try:
+            rows = pd.read_parquet(path).to_dict("records")
+            keys = {cell_key_of_row(row) for row in rows}
+        except Exception:  # noqa: BLE001 - any unreadable file is damaged, whatever the reader raises
+            return None
+        if len(keys) != 1:
+            return None
+        (key,) = keys
+        return (key, rows) if _key_name(key) == path.name else None
+
     def stored(self) -> dict[tuple, list[dict]]:
-        """Rows of the finished cells, by cell key."""
+        """Rows of the finished cells, by cell key; damaged files are set aside."""
         out: dict[tuple, list[dict]] = {}
         for path in self._files():
-            df = pd.read_parquet(path)
-            rows = df.to_dict("records")
-            if rows:
-                out[cell_key_of_row(rows[0])] = rows
+            cell = self._read_cell(path)
+            if cell is None:
+                aside = path.with_name(path.name + ".damaged")
+                os.replace(path, aside)
+                self.damaged.append(aside)
+            else:
+                out[cell[0]] = cell[1]
         return out
 
     def done_keys(self) -> set[tuple]:
@@ -99,9 +121,8 @@ class ParquetSink:
 
     def read(self) -> pd.DataFrame:
         """All stored rows as one DataFrame (empty if none)."""
-        frames = [pd.read_parquet(p) for p in self._files()]
-        frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        rows = [row for cell_rows in self.stored().values() for row in cell_rows]
+        return pd.DataFrame(rows)
 
 
 class ResumeExecutor:
@@ -133,7 +154,23 @@ def _call(fn, item):
 
 
 def _set_environment(env: dict) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent handles it (one
+    # line, exit 130) and stops the workers; a worker's own KeyboardInterrupt would only
+    # print a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ.update({k: str(v) for k, v in env.items()})
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when its parent dies (a SIGKILLed run):
+    an orphaned pool worker would otherwise wait on its task queue forever."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 #: Each worker process runs XLA on one thread: with one worker per core, more threads
@@ -192,15 +229,20 @@ class ProcessExecutor:
                 yield item, future.result()
             submit()
 
-    def close(self) -> None:
-        """Stop the worker processes (waits for the cells they are running)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, terminate: bool = False) -> None:
+        """Stop the worker processes: wait for the cells they are running, or with
+        ``terminate`` kill them (an interrupted run: those cells are refitted on resume)."""
+        if terminate:
+            # the pool has no public way to stop running tasks before Python 3.14
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+        self._pool.shutdown(wait=not terminate, cancel_futures=True)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(terminate=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
 
 class RayExecutor:
@@ -291,22 +333,91 @@ def make_executor(name: str, *, address: str | None = None, num_cpus: int = 2):
     return RayExecutor(address=address, num_cpus=num_cpus)
 
 
+def input_fingerprint(runs) -> str:
+    """SHA-256 of a runs table's content: of the file's bytes for a path (however the path
+    is spelled), of the values for a DataFrame. A resumed run compares it with the one its
+    cells were made from."""
+    digest = hashlib.sha256()
+    if isinstance(runs, pd.DataFrame):
+        digest.update(pd.util.hash_pandas_object(runs, index=False).to_numpy().tobytes())
+        digest.update(repr(list(runs.columns)).encode())
+        return digest.hexdigest()
+    path = Path(runs)
+    if not path.is_file():
+        raise DataError(f"runs file not found: {path}")
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_run_config(directory, config: dict) -> None:
     """Record the settings of a run in ``directory/run.json``; refuse to resume a run
-    whose stored cells were made with different settings (they would be mixed)."""
+    whose stored cells were made with different settings or another runs table (they
+    would be mixed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "run.json"
     config = json.loads(json.dumps(config, default=str))
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config and any(directory.glob("cell-*.parquet")):
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    has_cells = any(directory.glob("cell-*.parquet"))
+    if has_cells:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
             raise DataError(
-                f"{directory} holds cells of a run with other settings ({', '.join(diff)}); "
+                f"{directory} holds cells but no readable run.json to check their settings against; "
                 "use another --out or --restart to discard them"
-            )
-    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+            ) from None
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            what = "was made from another runs table (its content changed)" if diff == ["runs_sha256"] else f"holds cells of a run with other settings ({', '.join(diff)})"
+            raise DataError(f"{directory} {what}; use another --out or --restart to discard them")
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
+
+
+LOCK_NAME = ".lock"
+
+
+class OutputLock:
+    """Exclusive use of an output directory by one run, through ``directory/.lock``.
+
+    An advisory ``flock`` on the file, which holds the owner's host and pid for the
+    message of a refused run. The kernel drops the lock when its process dies however it
+    dies (SIGKILL included), so a stale lock never needs clearing by hand.
+    """
+
+    def __init__(self, directory):
+        self.path = Path(directory) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"{self.path.parent} is in use by another run ({owner}); wait for it to finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",)) -> bool:
@@ -332,7 +443,7 @@ def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",
 
 #: Settings that change a cell's numbers; a resumed run must use the same ones.
 RESUME_SETTINGS = (
-    "runs", "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size",
+    "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size",
     "population_warmup", "population_draws", "population_size_scale", "population_summary",
 )
 
@@ -359,41 +470,56 @@ def add_cli_arguments(parser) -> None:
 
 
 class CliRun:
-    """Executor, resumable sinks and progress of one ``bayes-scaling backtest`` call.
+    """Executor, resumable sink, lock and progress of one ``bayes-scaling backtest`` call.
 
-    Finished cells go to ``OUT/cells/*.parquet`` as they complete (and to the CSV sink);
-    cells already there are skipped. The progress bar counts only cells run now, so its
-    rate and ETA are those of this run.
+    Takes ``OUT/.lock`` (a second run on the same ``--out`` is refused while this one
+    lives), checks settings and the runs table's content hash against ``OUT/cells/run.json``,
+    sets damaged cell files aside (:attr:`damaged`) and resumes from the intact ones; all
+    before anything in ``OUT`` is changed. Finished cells go to ``OUT/cells/*.parquet`` as
+    they complete; cells already there are skipped. The progress bar counts only cells
+    run now, so its rate and ETA are those of this run.
     """
 
-    def __init__(self, args, out: Path, bar, csv_sink):
+    def __init__(self, args, out: Path):
         if args.executor != "ray" and args.address is not None:
             raise DataError("--address only applies to --executor ray")
         if args.num_cpus < 1:
             raise DataError("--num-cpus must be >= 1")
         if args.batch_size < 0:
             raise DataError("--batch-size must be >= 0")
-        cells_dir = Path(out) / "cells"
+        fingerprint = input_fingerprint(args.runs)
+        out = require_writable_dir(out, "--out")
+        self.lock = OutputLock(out).acquire()
+        try:
+            self._open(args, out, fingerprint)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, args, out: Path, fingerprint: str) -> None:
+        from tqdm import tqdm
+
+        cells_dir = out / "cells"
         if args.restart and cells_dir.exists():
-            for p in list(cells_dir.glob("cell-*.parquet")) + [cells_dir / "run.json"]:
-                if p.exists():
-                    p.unlink()
-        check_run_config(cells_dir, {k: getattr(args, k, None) for k in RESUME_SETTINGS})
+            for p in [*cells_dir.glob("cell-*.parquet"), *cells_dir.glob("cell-*.parquet.damaged"), cells_dir / "run.json"]:
+                p.unlink(missing_ok=True)
+        config = {k: getattr(args, k, None) for k in RESUME_SETTINGS}
+        config["runs_sha256"] = fingerprint
+        check_run_config(cells_dir, config)
         self.parquet = ParquetSink(cells_dir)
         stored = self.parquet.stored()
+        self.damaged = list(self.parquet.damaged)
         self.n_stored = len(stored)
-        self.bar = bar
-        self.csv_sink = csv_sink
         inner = make_executor(args.executor, address=args.address, num_cpus=args.num_cpus)
         if args.batch_size:
             from .batched import BatchedExecutor
 
             inner = BatchedExecutor(inner, batch_size=args.batch_size)
         self.executor = ResumeExecutor(inner, stored)
+        self.bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
 
     def sink(self, rows: list[dict]) -> None:
         self.parquet(rows)
-        self.csv_sink(rows)
 
     def on_cells(self, cells) -> None:
         done = sum(1 for c in cells if self.executor.is_stored(c))
@@ -408,7 +534,16 @@ class CliRun:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        close = getattr(self.executor.inner, "close", None)
-        if close is not None:
-            close()
+    def __exit__(self, exc_type, *exc):
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            inner = self.executor.inner
+            while inner is not None and not hasattr(inner, "close"):  # e.g. a BatchedExecutor's pool
+                inner = getattr(inner, "inner", None)
+            if isinstance(inner, ProcessExecutor):
+                inner.close(terminate=interrupted)
+            elif inner is not None:
+                inner.close()
+        finally:
+            self.bar.close()
+            self.lock.release()

@@ -1,4 +1,9 @@
-"""Exceptions and warnings that users of bayes_scaling catch."""
+"""Exceptions and warnings that users of bayes_scaling catch.
+
+Every error raised on purpose derives from :class:`BayesScalingError`, including wrong
+argument types (a ``DataError`` or ``FitError`` saying what was expected), so one
+``except BayesScalingError`` catches them all.
+"""
 
 
 class BayesScalingError(Exception):
@@ -21,5 +26,16 @@ class PopulationError(BayesScalingError, ValueError):
     """A population file cannot be used (corrupted, another format version, not a population)."""
 
 
+class OutputError(BayesScalingError, OSError):
+    """Results cannot be written where asked (a file in the way, read-only, in use by another run)."""
+
+
 class ConvergenceWarning(UserWarning):
     """The sampler did not converge well enough to trust the numbers (r_hat, ESS, divergences)."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """A prediction lies far outside the model sizes or tokens the fit was trained on."""
+
+
+__all__ = ["BayesScalingError", "ConvergenceWarning", "DataError", "ExtrapolationWarning", "FitError", "OutputError", "SpecError"]

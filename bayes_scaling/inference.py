@@ -8,6 +8,7 @@ sampler settings and package versions in the posterior's attrs (no pickle).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .model import (
     repeated_families,
     site_dims,
 )
+from .outputs import atomic_path, require_writable_file
 from .spec import Spec, load_spec, spec_from_json
 
 ATTR_PREFIX = "bayes_scaling_"
@@ -97,27 +99,44 @@ class Fit:
         return self.families.index(family)
 
     def save(self, path) -> Path:
-        """Write the fit as NetCDF; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.idata.to_netcdf(str(path))
+        """Write the fit as NetCDF, atomically (a temporary file renamed); returns the path.
+
+        Raises
+        ------
+        OutputError
+            ``path`` is a directory, lies under a file, or its directory is not writable.
+        """
+        path = require_writable_file(_as_path(path, "save"), "fit file")
+        with atomic_path(path) as tmp:
+            self.idata.to_netcdf(str(tmp))
         return path
 
     @classmethod
     def load(cls, path) -> "Fit":
-        """Read a fit written by :meth:`save`."""
-        path = Path(path)
+        """Read a fit written by :meth:`save` (FitError when it is missing or damaged)."""
+        path = _as_path(path, "load")
         if not path.is_file():
             raise FitError(f"fit file not found: {path}")
         try:
             idata = az.from_netcdf(str(path))
-        except (OSError, ValueError) as exc:
-            raise FitError(f"cannot read fit file {path}: {exc}") from exc
+            for group in idata.groups():  # read every value now: a bad checksum shows on first read
+                getattr(idata, group).load()
+        except Exception as exc:  # netCDF4 / h5py raise RuntimeError, OSError, KeyError ... on damaged files
+            raise FitError(f"cannot read fit file {path} (damaged, truncated or not NetCDF?): {type(exc).__name__}: {exc}") from exc
         if "posterior" not in idata.groups():
             raise FitError(f"{path} has no posterior group; not a bayes_scaling fit")
         fit = cls(idata)
-        fit.spec  # fail early, naming the file, if attrs are missing  # noqa: B018
+        try:
+            fit.spec  # fail early, naming the file, if attrs are missing  # noqa: B018
+        except FitError as exc:
+            raise FitError(f"{path}: {exc}") from None
         return fit
+
+
+def _as_path(path, verb: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise FitError(f"Fit.{verb} needs a file path (str or Path), got {type(path).__name__}")
+    return Path(path)
 
 
 def versions() -> dict[str, str]:

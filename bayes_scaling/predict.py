@@ -17,16 +17,20 @@ which is what an observed loss value is compared against.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .errors import DataError, FitError
+from .errors import DataError, ExtrapolationWarning, FitError
 from .inference import Fit
 from .laws import PARAM_NAMES, centre, chinchilla_log_loss
 from .popfit import prior_from_attrs
 
 KINDS = ("family", "new_run", "new_family")
+#: Predictions this many e-folds (1000x) beyond the training sizes or tokens warn.
+EXTRAPOLATION_WARN_EFOLDS = float(np.log(1000.0))
 SUMMARY_QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
 
 
@@ -87,8 +91,12 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         ``sigma_obs`` (checkpoint noise sd on log loss); dims ``(chain, draw)``. Attrs carry
         the reference points, the likelihood and its ``df``.
     """
+    if not isinstance(fit, Fit):
+        raise FitError(f"fit must be a Fit (bayes_scaling.fit or Fit.load), got {type(fit).__name__}")
     if kind not in KINDS:
         raise FitError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != "new_family" and not isinstance(family, str):
+        raise FitError(f"family must be a family name (str) of the fit, got {type(family).__name__}")
     rng = np.random.default_rng(seed)
     post = fit.idata.posterior
     spec = fit.spec
@@ -128,6 +136,7 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         "reference_tokens": spec.reference_tokens,
         "likelihood": spec.likelihood,
         "likelihood_df": spec.likelihood_df if spec.likelihood_df is not None else 0.0,
+        **_training_range(fit, None if kind == "new_family" else family),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
@@ -152,8 +161,58 @@ def _new_family_from_prior(prior, post, rng):
     return theta, sigma_run, sigma_obs
 
 
+def _training_range(fit: Fit, family: str | None) -> dict:
+    """Smallest and largest N and D the fit saw (of one family, or of all for None), as attrs."""
+    const = fit.idata.constant_data if "constant_data" in fit.idata.groups() else None
+    if const is None or "num_params" not in const or "tokens" not in const:
+        return {}
+    n, d = np.asarray(const["num_params"].values, dtype=float), np.asarray(const["tokens"].values, dtype=float)
+    if family is not None:
+        mine = np.asarray(const["family_idx"].values) == fit.require_family(family)
+        n, d = n[mine], d[mine]
+    if not n.size:
+        return {}
+    return {"train_num_params": [float(n.min()), float(n.max())], "train_tokens": [float(d.min()), float(d.max())]}
+
+
+def efolds_outside(draws: xr.Dataset, num_params, tokens) -> np.ndarray | None:
+    """How far each (N, D) point lies outside the sizes and tokens the fit trained on, in
+    e-folds: ``max(0, log(N / N_max), log(N_min / N), log(D / D_max), log(D_min / D))``
+    over the family's training checkpoints (all families for ``new_family`` draws).
+    0 inside the range; 2.3 is 10x beyond it. None when the draws do not carry the range.
+    """
+    if "train_num_params" not in draws.attrs:
+        return None
+    n, d = _points(num_params, tokens)
+    (n_lo, n_hi), (d_lo, d_hi) = draws.attrs["train_num_params"], draws.attrs["train_tokens"]
+    out = np.stack([np.log(n / n_hi), np.log(n_lo / n), np.log(d / d_hi), np.log(d_lo / d)]).max(axis=0)
+    return np.maximum(out, 0.0)
+
+
+def extrapolation_note(efolds, limit: float = EXTRAPOLATION_WARN_EFOLDS) -> str | None:
+    """A one-line warning when the largest of ``efolds`` exceeds ``limit``, else None."""
+    worst = float(np.max(efolds)) if efolds is not None and np.size(efolds) else 0.0
+    if not worst > limit:
+        return None
+    return (
+        f"a query lies {worst:.1f} e-folds ({np.exp(min(worst, 700)):.3g}x) outside the model sizes and tokens "
+        f"the fit was trained on; a scaling law is not evidence that far out"
+    )
+
+
+def _as_floats(name: str, values) -> np.ndarray:
+    try:
+        return np.atleast_1d(np.asarray(values, dtype=float))
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a number or an array of numbers (a plain count, e.g. 7e9), got {values!r}") from None
+
+
 def _points(num_params, tokens) -> tuple[np.ndarray, np.ndarray]:
-    n, d = np.broadcast_arrays(np.atleast_1d(np.asarray(num_params, dtype=float)), np.atleast_1d(np.asarray(tokens, dtype=float)))
+    n, d = _as_floats("num_params", num_params), _as_floats("tokens", tokens)
+    try:
+        n, d = np.broadcast_arrays(n, d)
+    except ValueError:
+        raise DataError(f"num_params ({n.size} values) and tokens ({d.size} values) must have equal lengths or one of either") from None
     for name, values in (("num_params", n), ("tokens", d)):
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise DataError(f"{name} must be finite and > 0, got {values[~(np.isfinite(values) & (values > 0))][:3].tolist()}")
@@ -179,10 +238,17 @@ def loss_from_draws(draws: xr.Dataset, num_params, tokens, observation_noise: bo
         shape = log_loss.shape
         eps = rng.standard_t(draws.attrs["likelihood_df"], shape) if draws.attrs["likelihood"] == "student_t" else rng.standard_normal(shape)
         log_loss = log_loss + draws["sigma_obs"].values[..., None] * eps
+    coords = {"chain": draws.chain.values, "draw": draws.draw.values, "num_params": ("point", n), "tokens": ("point", d)}
+    efolds = efolds_outside(draws, n, d)
+    if efolds is not None:
+        coords["efolds_outside"] = ("point", efolds)
+        note = extrapolation_note(efolds)
+        if note:
+            warnings.warn(note, ExtrapolationWarning, stacklevel=2)
     return xr.DataArray(
         np.exp(log_loss),
         dims=("chain", "draw", "point"),
-        coords={"chain": draws.chain.values, "draw": draws.draw.values, "num_params": ("point", n), "tokens": ("point", d)},
+        coords=coords,
         name="loss",
         attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "units": "loss (nats), as in the family's data"},
     )
@@ -229,7 +295,8 @@ def summarize(pred: xr.DataArray) -> pd.DataFrame:
     -------
     DataFrame
         Columns ``num_params, tokens, mean, median, q05, q25, q75, q95`` (and ``family``,
-        ``kind`` when known), one row per point.
+        ``kind`` and ``efolds_outside`` (see :func:`efolds_outside`) when known), one row
+        per point.
     """
     stacked = pred.stack(sample=("chain", "draw")).transpose("point", "sample").values
     out = pd.DataFrame({"num_params": pred["num_params"].values, "tokens": pred["tokens"].values})
@@ -240,4 +307,6 @@ def summarize(pred: xr.DataArray) -> pd.DataFrame:
     out["mean"] = stacked.mean(axis=1)
     for col, q in SUMMARY_QUANTILES.items():
         out[col] = np.quantile(stacked, q, axis=1)
+    if "efolds_outside" in pred.coords:
+        out["efolds_outside"] = pred["efolds_outside"].values
     return out[[c for c in out.columns if c != "kind"] + (["kind"] if "kind" in out else [])]

@@ -135,12 +135,19 @@ def load_spec(name_or_path: str | Path | Spec = "chinchilla_hierarchical") -> Sp
     """
     if isinstance(name_or_path, Spec):
         return name_or_path
+    if not isinstance(name_or_path, (str, Path)):
+        raise SpecError(f"a spec is a shipped name, a .toml path or a Spec, got {type(name_or_path).__name__}")
     text_path = str(name_or_path)
     if text_path.endswith(".toml") or Path(text_path).exists():
         path = Path(text_path)
         if not path.is_file():
             raise SpecError(f"{path}: spec file not found")
-        text, source = path.read_text(), str(path)
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a text file (a spec is UTF-8 TOML)") from None
+        except OSError as exc:
+            raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from exc
     else:
         resource = resources.files("bayes_scaling.models") / f"{text_path}.toml"
         if not resource.is_file():

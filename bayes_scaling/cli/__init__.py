@@ -3,7 +3,8 @@
 The only place that sets the JAX platform, the host device count and progress bars. Each
 command lives in its own module with ``register(subparsers)`` (adds its parser, sets
 ``func``) and ``run(args) -> int``. Errors users can fix (DataError, SpecError, FitError,
-bad arguments) exit with code 2 and one line on stderr, never a traceback.
+bad arguments, unwritable outputs) exit with code 2 and one line on stderr, never a
+traceback; Ctrl-C prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
+import warnings
 
 #: Command modules in ``bayes_scaling.cli``, in the order shown by ``--help``.
 COMMAND_MODULES = ["core", "population", "diagnose", "decide", "plan", "backtest", "ingest"]
@@ -27,8 +30,18 @@ def configure_platform(platform: str, chains: int | None) -> None:
         numpyro.set_host_device_count(max(int(chains), os.cpu_count() or 1))
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reads ``-7e9`` as a (negative) number, not as an unknown
+    option, so that the value's own check refuses it by name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern knows -7 and -7.5 but not -7e9 (a private attribute, stable since 3.2)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayes-scaling",
         description="Bayesian scaling laws: predict LLM loss from smaller or partial runs, with uncertainty.",
     )
@@ -39,21 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str, fallback):
+    """A ``warnings.showwarning`` that prints this package's warnings as ``COMMAND: warning:
+    MESSAGE`` (not the source line); other warnings go to ``fallback``."""
+    from ..errors import ConvergenceWarning, ExtrapolationWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (ConvergenceWarning, ExtrapolationWarning)):
+            print(f"{command}: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv=None) -> int:
     """Entry point of the console script; returns the exit code."""
-    from ..errors import BayesScalingError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_platform(args.platform, getattr(args, "chains", None))
+    command = "bayes-scaling"
+    shown = warnings.showwarning
     try:
-        return int(args.func(args) or 0)
-    except BayesScalingError as exc:
-        print(f"bayes-scaling {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"bayes-scaling {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        from ..errors import BayesScalingError
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"bayes-scaling {args.command}"
+        warnings.showwarning = _one_line_warnings(command, shown)
+        configure_platform(args.platform, getattr(args, "chains", None))
+        try:
+            return int(args.func(args) or 0)
+        except BayesScalingError as exc:
+            print(f"{command}: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a path the user gave: missing, unwritable, a directory, a full disk
+            print(f"{command}: error: {exc}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
                           [--min-tokens ...] [--bayes-fractions ...] [--bayes-k ...]
 
 Writes ``DIR/backtest.csv`` (one row per family x target x k x fraction x cut x
-estimator, appended as each cell finishes), ``DIR/cells/*.parquet`` (one file per finished
+estimator, written when every cell is done), ``DIR/cells/*.parquet`` (one file per finished
 cell, written as it completes; a rerun with the same ``--out`` skips them, ``--restart``
-discards them; ``--executor process --num-cpus 2`` runs the cells in two worker processes,
+discards them; a second run on the same ``--out`` is refused while the first lives, and a
+resume is refused when the runs table's content or a setting changed; ``--executor process --num-cpus 2`` runs the cells in two worker processes,
 ``--executor ray [--address HOST:PORT]`` on Ray), ``DIR/backtest.md`` (summary) and, when
 ``bayes_hierarchical`` runs, ``DIR/backtest_population.csv``.
 """
@@ -14,6 +15,7 @@ discards them; ``--executor process --num-cpus 2`` runs the cells in two worker 
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from ..cellfit import SAMPLER_DEFAULTS
 from ..population import BUILD_DEFAULTS
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
+from ..outputs import atomic_path, atomic_write_text
 
 
 def register(subparsers) -> None:
@@ -73,8 +76,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .. import backtest as bt
 
     unknown = sorted(set(args.estimators) - set(bt.ESTIMATORS))
@@ -86,11 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.population_size_scale > 0:
         raise DataError("--population-size-scale must be > 0")
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
-
-    with warnings.catch_warnings(), CliRun(args, out, bar, bt.CsvSink(out / "backtest.csv")) as cli_run:
+    # nothing in OUT changes before CliRun has taken the lock and accepted the resume
+    with warnings.catch_warnings(), CliRun(args, out) as cli_run:
         warnings.simplefilter("ignore")
+        if cli_run.damaged:
+            cli_run.bar.write(f"{len(cli_run.damaged)} damaged cell file(s) set aside as *.damaged in {out / 'cells'}; refitting them", file=sys.stderr)
         result = bt.backtest(
             args.runs,
             estimators=args.estimators,
@@ -114,20 +115,25 @@ def run(args: argparse.Namespace) -> int:
             progress=cli_run.progress,
             on_cells=cli_run.on_cells,
         )
-    bar.close()
-    if len(result.population_info):
-        result.population_info.to_csv(out / "backtest_population.csv", index=False)
-    meta = {
-        "runs": str(args.runs),
-        "estimators": " ".join(args.estimators),
-        "k": args.k or "all",
-        "fractions": args.fractions,
-        "min_tokens": args.min_tokens,
-        "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
-        + (f"population {args.population} (each family without its source group)" if args.population else
-           f"population built per cut: member fits warmup={args.population_warmup}, draws={args.population_draws}, size scale={args.population_size_scale}"),
-        "seed": args.seed,
-    }
-    (out / "backtest.md").write_text(result.summary(meta))
+        cli_run.bar.close()
+        # written whole at the end (the cells were saved as they finished): a refused or
+        # killed run leaves the previous backtest.csv as it was
+        with atomic_path(out / "backtest.csv") as tmp:
+            result.results.sort_values(list(bt.ROW_KEY_COLUMNS), kind="stable").to_csv(tmp, index=False)
+        if len(result.population_info):
+            with atomic_path(out / "backtest_population.csv") as tmp:
+                result.population_info.to_csv(tmp, index=False)
+        meta = {
+            "runs": str(args.runs),
+            "estimators": " ".join(args.estimators),
+            "k": args.k or "all",
+            "fractions": args.fractions,
+            "min_tokens": args.min_tokens,
+            "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
+            + (f"population {args.population} (each family without its source group)" if args.population else
+               f"population built per cut: member fits warmup={args.population_warmup}, draws={args.population_draws}, size scale={args.population_size_scale}"),
+            "seed": args.seed,
+        }
+        atomic_write_text(out / "backtest.md", result.summary(meta))
     print(f"wrote {out / 'backtest.csv'} ({len(result.results)} rows) and {out / 'backtest.md'}")
     return 0

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
+from ..outputs import atomic_path, require_writable_dir, require_writable_file
 from ..spec import load_spec
 from .common import add_sampler_args, positive_float, positive_int, write_table
 
@@ -83,8 +84,7 @@ def run_real_demo(args: argparse.Namespace) -> int:
     from ..predict import predict_loss, summarize
 
     sampler = {"chains": 2, "warmup": 300, "draws": 300} if args.quick else {}
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = require_writable_dir(args.out, "--out")
     print(
         f"demo: {REAL_DEMO['family']} (MIT; see NOTICE.md): fit its {REAL_DEMO['k']} smallest model sizes under the public "
         f"population without the '{REAL_DEMO['group']}' source group, predict its largest run as a run not yet trained",
@@ -117,9 +117,11 @@ def run_real_demo(args: argparse.Namespace) -> int:
     plot_loss_curves(result.train, pd.concat(bands), held_out=target, ax=ax)
     ax.set_title(f"{family}: {target['model'].iloc[0]} predicted from {sizes} (50% / 90% bands)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "demo_fan.png", dpi=110)
+    with atomic_path(out / "demo_fan.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    result.table.to_csv(out / "demo_predictions.csv", index=False)
+    with atomic_path(out / "demo_predictions.csv") as tmp:
+        result.table.to_csv(tmp, index=False)
     result.fit.save(out / "demo_fit.nc")
     print(f"wrote {out / 'demo_predictions.csv'}, {out / 'demo_fan.png'}, {out / 'demo_fit.nc'}")
     return 0
@@ -133,8 +135,7 @@ def run_synthetic_demo(args: argparse.Namespace) -> int:
     from ..predict import predict_loss, summarize
 
     settings = QUICK_SETTINGS if args.quick else DEMO_SETTINGS
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = require_writable_dir(args.out, "--out")
     print(
         f"demo: synthetic corpus of {settings['n_families']} families; fitting with each family's largest model held out "
         f"({settings['chains']} chains x {settings['draws']} draws)",
@@ -172,9 +173,11 @@ def run_synthetic_demo(args: argparse.Namespace) -> int:
         )
         plot_loss_curves(result.train[result.train["family"] == family], pred, held_out=held, ax=ax, title=family)
     fig.tight_layout()
-    fig.savefig(out / "demo_curves.png", dpi=110)
+    with atomic_path(out / "demo_curves.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    table.to_csv(out / "demo_predictions.csv", index=False)
+    with atomic_path(out / "demo_predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
     result.fit.save(out / "demo_fit.nc")
     print(f"wrote {out / 'demo_predictions.csv'}, {out / 'demo_curves.png'}, {out / 'demo_fit.nc'}")
     return 0
@@ -186,6 +189,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..popfit import POPULATION_SPEC
     from ..population import resolve
 
+    require_writable_file(args.out, "--out")  # before minutes of sampling, not after
     joint = args.population.lower() == "none"
     if args.spec is not None and not joint:
         raise FitError("--spec chooses the joint model's spec; add --population none to fit it")

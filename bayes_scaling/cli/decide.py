@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, ExtrapolationWarning
 from ..inference import Fit
-from ..predict import KINDS, family_draws
+from ..outputs import atomic_path, require_writable_dir
+from ..predict import KINDS, efolds_outside, extrapolation_note, family_draws
 
 _FMT = "{:.4g}".format
 
@@ -99,11 +101,25 @@ def _positive(name: str, value) -> float:
 def _save(ax, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+    try:
+        with atomic_path(path) as tmp:
+            ax.figure.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(ax.figure)
     return path
+
+
+def _check_out(args) -> None:
+    """Refuse an unwritable --out before loading and computing anything."""
+    if not args.no_plots:
+        require_writable_dir(args.out, "--out")
+
+
+def _warn_far(efolds) -> None:
+    note = extrapolation_note(efolds)
+    if note:
+        warnings.warn(note, ExtrapolationWarning, stacklevel=2)
 
 
 def _run_budget(args) -> int:
@@ -112,6 +128,7 @@ def _run_budget(args) -> int:
     flops = _positive("--flops", args.flops)
     if args.target_loss is not None:
         _positive("--target-loss", args.target_loss)
+    _check_out(args)
     fit = Fit.load(args.fit)
     draws = family_draws(fit, args.family, kind=args.kind, seed=args.seed)
     iso = decide.isoflop(draws, flops, quantile=args.quantile)
@@ -121,7 +138,11 @@ def _run_budget(args) -> int:
     for q, label in (("num_params", "N* (params)"), ("tokens", "D* (tokens)"), ("tokens_per_param", "D*/N*"), ("loss", "loss at optimum")):
         print(f"  {label:<17} {_band(alloc[alloc['quantity'] == q].iloc[0])}")
     print("choices of N on the isoFLOP line (loss over all draws at that N):")
-    choices = iso.choices[["rule", "num_params", "tokens", "tokens_per_param", "median", "q05", "q95", "mean"]]
+    choices = iso.choices[["rule", "num_params", "tokens", "tokens_per_param", "median", "q05", "q95", "mean"]].copy()
+    efolds = efolds_outside(draws, choices["num_params"], choices["tokens"])
+    if efolds is not None:
+        choices["efolds_outside"] = efolds  # how far beyond the training sizes and tokens
+        _warn_far(efolds)
     print(choices.to_string(index=False, float_format=_FMT))
     budget = None
     if args.target_loss is not None:
@@ -170,6 +191,9 @@ def _run_compare(args) -> int:
     from .. import decide
 
     point, scan = _scan_points(args)
+    if args.family_a == args.family_b and args.fit_b is None:
+        raise DataError(f"--a and --b are the same family {args.family_a!r} of one fit; nothing to compare")
+    _check_out(args)
     fit_a = Fit.load(args.fit)
     fit_b = Fit.load(args.fit_b) if args.fit_b is not None else fit_a
     # different seeds: a new run of A and a new run of B have independent run offsets
@@ -187,7 +211,14 @@ def _run_compare(args) -> int:
     print(f"  L_A/L_B - 1 = {_FMT(row['rel_diff_median'])} [{_FMT(row['rel_diff_q05'])}, {_FMT(row['rel_diff_q95'])}]   "
           f"median loss A {_FMT(row['loss_a_median'])}, B {_FMT(row['loss_b_median'])}")
     cols = [c for c in ("flops", "num_params", "tokens", "num_params_a", "num_params_b") if c in across.table]
-    table = across.table[cols + ["p_a_better", "rel_diff_median", "rel_diff_q05", "rel_diff_q95"]]
+    table = across.table[cols + ["p_a_better", "rel_diff_median", "rel_diff_q05", "rel_diff_q95"]].copy()
+    for label, draws, col in (("a", draws_a, "num_params_a"), ("b", draws_b, "num_params_b")):
+        n = table[col] if col in table else table["num_params"]
+        d = table["tokens"] if "tokens" in table else table["flops"] / (6.0 * n)  # 6ND, as the budget split
+        efolds = efolds_outside(draws, n, d)
+        if efolds is not None:
+            table[f"efolds_outside_{label}"] = efolds
+            _warn_far(efolds)
     print("across scales:")
     print(table.to_string(index=False, float_format=_FMT))
     flip = across.flip.iloc[0]

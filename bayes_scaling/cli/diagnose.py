@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import FitError
+from ..outputs import atomic_path, atomic_write_text, require_writable_dir
+from .common import positive_int
 
 REPORT_NAME = "report.md"
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory of report.md and its PNGs")
     parser.add_argument("--families", nargs="+", default=None, help="families of the PPC grid (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the posterior predictive draws (default 0)")
-    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNGs (default 110)")
+    parser.add_argument("--dpi", type=positive_int, default=110, help="resolution of the PNGs (default 110)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when the convergence verdict is 'fail'")
     parser.set_defaults(func=run)
 
@@ -53,9 +54,17 @@ def _save(ax_or_axes, path: Path, dpi: int) -> str:
     import matplotlib.pyplot as plt
 
     fig = np.atleast_1d(ax_or_axes).ravel()[0].figure
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return path.name
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp)
 
 
 def write_report(fit, out: Path, *, source: str = "", families=None, seed: int = 0, dpi: int = 110):
@@ -84,8 +93,8 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
     has_loglik = "log_likelihood" in fit.idata.groups()
     loo = diagnostics.loo(fit) if has_loglik else None
 
-    conv.table.to_csv(out / "convergence.csv")
-    coverage.to_csv(out / "ppc_coverage.csv")
+    _write_csv(conv.table, out / "convergence.csv")
+    _write_csv(coverage, out / "ppc_coverage.csv")
     files = {
         "rank": _save(dplots.plot_rank(fit), out / "rank.png", dpi),
         "ppc": _save(dplots.plot_ppc_grid(fit, families, seed=seed), out / "ppc.png", dpi),
@@ -96,7 +105,7 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
     fig.tight_layout()
     files["parameters"] = _save(axes, out / "parameters.png", dpi)
     if loo is not None:
-        loo.by_family.to_csv(out / "loo_by_family.csv")
+        _write_csv(loo.by_family, out / "loo_by_family.csv")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
         dplots.plot_loo_pit(fit, predictive, ax=axes[0], seed=seed)
         dplots.plot_pareto_k(loo, ax=axes[1])
@@ -167,8 +176,7 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
             "",
             f"![LOO-PIT and Pareto k]({files['loo']})",
         ]
-    path = out / REPORT_NAME
-    path.write_text("\n".join(lines) + "\n")
+    path = atomic_write_text(out / REPORT_NAME, "\n".join(lines) + "\n")
     return path, conv
 
 
@@ -176,9 +184,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import diagnostics
     from ..inference import Fit
 
+    require_writable_dir(args.out, "--out")
     fit = Fit.load(args.fit)
-    if args.out.exists() and not args.out.is_dir():
-        raise FitError(f"--out {args.out} exists and is not a directory")
     path, report = write_report(fit, args.out, source=args.fit.name, families=args.families, seed=args.seed, dpi=args.dpi)
     print(diagnostics.format_convergence_summary(report))
     print(f"report: {path}", file=sys.stderr)
