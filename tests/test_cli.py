@@ -20,7 +20,8 @@ def runs_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(runs_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "fit.nc"
-    code = main(["fit", str(runs_csv), "--out", str(out), "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress"])
+    # the joint model (the population path has its own CLI test in test_population.py)
+    code = main(["fit", str(runs_csv), "--out", str(out), "--population", "none", "--chains", "1", "--warmup", "30", "--draws", "30", "--no-progress"])
     assert code == 0
     return out
 
@@ -45,10 +46,10 @@ def test_fit_sampler_flags_reach_fit(runs_csv, tmp_path, monkeypatch):
     monkeypatch.setattr("bayes_scaling.inference.fit", fake_fit)
     for flag, x64 in (([], True), (["--float32"], False)):
         with pytest.raises(SystemExit):
-            main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", *flag])
-        assert seen["x64"] is x64 and seen["target_accept"] == 0.95
+            main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--population", "none", "--no-progress", *flag])
+        assert seen["x64"] is x64 and seen["target_accept"] is None  # None: the library default of the path taken
     with pytest.raises(SystemExit):
-        main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--no-progress", "--target-accept", "0.97"])
+        main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--population", "none", "--no-progress", "--target-accept", "0.97"])
     assert seen["target_accept"] == 0.97
 
 
@@ -71,7 +72,7 @@ def test_predict_formats(fitted, capsys):
         (["predict", "{fit}", "--family", "synth-00", "--params", "1e9", "2e9", "3e9", "--tokens", "1e11", "2e11"], "equal counts"),
         (["predict", "missing.nc", "--family", "a", "--params", "1e9", "--tokens", "1e11"], "not found"),
         (["fit", "missing.csv", "--out", "x.nc"], "not found"),
-        (["fit", "{runs}", "--out", "x.nc", "--spec", "nope"], "unknown spec"),
+        (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--spec", "nope"], "unknown spec"),
         (["fit", "{runs}", "--out", "x.nc", "--families", "gpt"], "not in the runs table"),
         (["fit", "{runs}", "--out", "x.nc", "--min-tokens", "1e13"], "leaves no rows"),
     ],
@@ -100,7 +101,7 @@ def test_argparse_errors_exit_2(argv, capsys):
 def test_demo_quick_writes_outputs(tmp_path, monkeypatch, capsys):
     # the smallest demo that still exercises every step: 3 families, 1 chain
     monkeypatch.setattr("bayes_scaling.demo.QUICK_SETTINGS", {"n_families": 3, "chains": 1, "warmup": 40, "draws": 40})
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["demo", "--synthetic", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "coverage of 90% intervals" in out and "synth-02" in out
     for name in ("demo_predictions.csv", "demo_curves.png", "demo_fit.nc"):

@@ -269,7 +269,7 @@ def test_out_that_is_a_file(runs_csv, capsys):
 def test_binary_spec_and_zero_dpi(runs_csv, tmp_path, capsys):
     spec = tmp_path / "binary.toml"
     spec.write_bytes(bytes(range(256)) * 4)
-    assert main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--spec", str(spec)]) == 2
+    assert main(["fit", str(runs_csv), "--out", str(tmp_path / "f.nc"), "--population", "none", "--spec", str(spec)]) == 2
     assert "not a text file" in _no_traceback(capsys)
     with pytest.raises(SystemExit) as info:
         main(["diagnose", "x.nc", "--out", str(tmp_path / "r"), "--dpi", "0"])
