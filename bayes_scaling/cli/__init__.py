@@ -28,6 +28,25 @@ def configure_platform(platform: str, chains: int | None) -> None:
         numpyro.set_platform(platform)
     if platform in ("auto", "cpu") and chains:
         numpyro.set_host_device_count(max(int(chains), os.cpu_count() or 1))
+    enable_compilation_cache()
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled samplers between runs (JAX's persistent cache): a second ``fit`` of the
+    same shapes skips the compilation that dominates a one-family fit. JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` wins; ``BAYES_SCALING_CACHE_DIR`` moves ours (default
+    ``~/.cache/bayes_scaling/jax``)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    import jax
+
+    path = os.environ.get("BAYES_SCALING_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bayes_scaling", "jax")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # an unwritable home: run without the cache
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 class _Parser(argparse.ArgumentParser):
