@@ -324,13 +324,6 @@ def _cell_data(family, k, p, cut, sel, max_checkpoints, targets) -> CellData:
 # --------------------------------------------------------------------------- priors
 
 
-def source_groups(table: pd.DataFrame) -> dict[str, str]:
-    """Family -> source group (the ``source`` column; the family itself without one)."""
-    if "source" not in table.columns:
-        return {f: f for f in table["family"].unique()}
-    return table.groupby("family")["source"].first().astype(str).to_dict()
-
-
 def population_priors(
     runs,
     scored_families: Iterable[str],
@@ -374,7 +367,7 @@ def population_priors(
         pop = pop_mod.build(table, min_tokens=min_tokens, seed=seed, executor=executor, progress=progress, **build_settings)
     else:
         pop = pop_mod.resolve(population)
-    groups = source_groups(table)
+    groups = pop_mod.source_groups(table)
     priors = {f: pop.without(groups=[groups.get(f, f)], families=[f]) for f in sorted(set(scored_families))}
     return priors, pop.members.assign(min_tokens=min_tokens)
 

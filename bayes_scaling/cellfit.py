@@ -146,6 +146,13 @@ class CellPrior:
         size = tuple(float(v) for v in self.size_scale) if self.size_term else (1.0, 1.0)
         return (*size, float(self.df) if self.heavy_tailed else 1.0)
 
+    def sample_theta(self, rng: np.random.Generator, shape: tuple = ()) -> np.ndarray:
+        """Draws of theta (``shape + (5,)``) from this prior: normal, or Student-t with ``df``."""
+        z = rng.standard_normal(tuple(shape) + (N_PARAMS,)) @ self.scale_tril.T
+        if self.heavy_tailed:
+            z = z * np.sqrt(self.df / rng.chisquare(self.df, tuple(shape) + (1,)))
+        return self.loc + z
+
     @property
     def cov(self) -> np.ndarray:
         """``scale_tril scale_tril^T``: the covariance of a normal prior, the scale matrix of a Student-t."""
@@ -195,12 +202,6 @@ def independent_prior(spec="chinchilla_independent") -> CellPrior:
 def _likelihood_nu(spec) -> float:
     """Cell likelihood of a spec: Student-t degrees of freedom, or inf for Normal."""
     return float(spec.likelihood_df) if spec.likelihood == "student_t" else math.inf
-
-
-def _lognormal_match(values) -> tuple[float, float]:
-    logs = np.log(np.asarray(values, float).ravel())
-    logs = logs[np.isfinite(logs)]
-    return float(np.mean(logs)), float(max(np.std(logs), 1e-3))
 
 
 def _tril(cov) -> np.ndarray:

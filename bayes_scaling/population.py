@@ -191,13 +191,6 @@ class Population:
             source=f"population of {n} families" + (f" (left out: {', '.join(self.settings['left_out'])})" if self.settings.get("left_out") else ""),
         )
 
-    def sample_theta(self, n_draws: int, seed: int = 0) -> np.ndarray:
-        """Draws (n_draws, 5) of a new family's theta from :meth:`prior`."""
-        prior = self.prior()
-        rng = np.random.default_rng(seed)
-        z = rng.standard_normal((n_draws, N_PARAMS)) @ prior.scale_tril.T
-        return prior.loc + z * np.sqrt(prior.df / rng.chisquare(prior.df, (n_draws, 1)))
-
     # ------------------------------------------------------------------ files
 
     def to_dataset(self) -> xr.Dataset:
@@ -335,6 +328,14 @@ def _first_value(table: pd.DataFrame, column: str) -> str:
     return str(table[column].iloc[0]) if column in table.columns else ""
 
 
+def source_groups(table: pd.DataFrame) -> dict[str, str]:
+    """Family -> source group: the ``source`` column (families sharing data, code and
+    units), or the family itself where the table has none."""
+    if "source" not in table.columns:
+        return {f: f for f in table["family"].unique()}
+    return table.groupby("family")["source"].first().astype(str).to_dict()
+
+
 def build(
     runs,
     *,
@@ -411,13 +412,14 @@ def build(
         if progress is not None:
             progress(job.family, seconds)
     rows, means, covs, scales = [], [], [], []
+    groups = source_groups(data.table)
     for f in eligible:
         post, table = results[f], data.table[data.table["family"] == f]
         unit = ":".join(_first_value(table, c) for c in ("metric", "eval_set") if c in table.columns)
         rows.append(
             {
                 "family": f,
-                "group": _first_value(table, "source") or f,
+                "group": groups[f],
                 "unit": unit,
                 "n_points": len(table),
                 "n_runs": int(table["model"].nunique()),

@@ -153,9 +153,7 @@ def size_offset(draws: xr.Dataset, x_n) -> np.ndarray:
 def _new_family_from_prior(prior, post, rng):
     """theta (as DataArray), sigma_run and sigma_obs draws of a family absent from a population fit."""
     shape = (post.sizes["chain"], post.sizes["draw"])
-    z = rng.standard_normal(shape + (len(PARAM_NAMES),)) @ prior.scale_tril.T
-    theta = prior.loc + z * np.sqrt(prior.df / rng.chisquare(prior.df, shape + (1,)))
-    theta = xr.DataArray(theta, dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
+    theta = xr.DataArray(prior.sample_theta(rng, shape), dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
     sigma_run = np.exp(prior.run_scale[0] + prior.run_scale[1] * rng.standard_normal(shape))
     sigma_obs = np.exp(prior.noise_scale[0] + prior.noise_scale[1] * rng.standard_normal(shape))
     return theta, sigma_run, sigma_obs
