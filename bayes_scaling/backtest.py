@@ -1134,17 +1134,19 @@ def backtest(
     if not protocol.cells:
         raise DataError(f"nothing to back-test: {_no_cells_reason(protocol)}")
     estimators = tuple(estimators)
-    population, info = None, []
+    priors_by_cut, info = None, []
     if "bayes_hierarchical" in estimators:
-        population = {}
+        priors_by_cut = {}
         cuts = sorted({c.min_tokens for c in protocol.cells})
         for cut in cuts:
             scored = sorted({c.family for c in protocol.cells if c.min_tokens == cut})
-            priors, pinfo = population_priors(table, scored, cut, population=population, seed=seed, **(population_settings or {}))
-            population[cut] = priors
+            priors, pinfo = population_priors(
+                table, scored, cut, population=population, seed=seed, executor=executor, **(population_settings or {})
+            )
+            priors_by_cut[cut] = priors
             info.append(pinfo)
     cells = build_cells(
-        protocol, estimators, bayes_fractions=bayes_fractions, bayes_ks=bayes_ks, population=population, bayes_settings=bayes_settings
+        protocol, estimators, bayes_fractions=bayes_fractions, bayes_ks=bayes_ks, population=priors_by_cut, bayes_settings=bayes_settings
     )
     if on_cells is not None:
         on_cells(cells)

@@ -137,6 +137,31 @@ def test_population_priors_of_the_backtest_leave_out_the_source_group():
     assert len(info) == 24 and (info["min_tokens"] == 1e10).all()
 
 
+def test_backtest_serves_a_given_population_without_each_source_group(tiny_backtest_table, monkeypatch):
+    # bt.backtest(population=P) hands each cell P without its family's source group
+    # (it once overwrote the argument and refused its own dict)
+    from bayes_scaling import backtest as bt
+
+    pop, _, _ = _hand_population()
+    seen = []
+    monkeypatch.setattr(bt, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
+    bt.backtest(tiny_backtest_table, estimators=("bayes_hierarchical",), ks=[1], fractions=[1.0], population=pop)
+    assert seen and all(c.prior is not None for c in seen)
+    (cell,) = seen
+    assert cell.data.family == "f00" and not {"f00", "f01"} & set(cell.prior.families) and len(cell.prior.families) == 22
+
+
+@pytest.fixture
+def tiny_backtest_table():
+    """Family f00 (source g0) with three sizes, each one run of four checkpoints."""
+    tokens = np.array([1.2e10, 2e10, 4e10, 8e10])
+    rows = [
+        pd.DataFrame({"family": "f00", "model": f"m{i}", "num_params": n, "tokens": tokens, "loss": 3.0 - 0.2 * i - 0.1 * np.log(tokens / 1e10), "source": "g0"})
+        for i, n in enumerate([1e8, 2e8, 4e8])
+    ]
+    return pd.concat(rows, ignore_index=True)
+
+
 @pytest.fixture(scope="module")
 def built(synthetic_runs):
     runs, truth = synthetic_runs
