@@ -890,7 +890,7 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
         full = sub[sub["fraction"] == 1.0]
         if not full.empty:
             agg = aggregate(full, ("estimator", "k"))
-            out += [f"### ARE by estimator x k (fraction 1.0)", ""]
+            out += ["### ARE by estimator x k (fraction 1.0)", ""]
             table = {"k": sorted(agg["k"].unique())}
             for est in estimators:
                 a = agg[agg["estimator"] == est].set_index("k")

@@ -5,7 +5,6 @@ import warnings
 
 import jax
 import numpy as np
-import pandas as pd
 import pytest
 
 from bayes_scaling import datasets

@@ -25,7 +25,7 @@ def trace(spec_name, inputs, **overrides):
 
 def test_hierarchical_sites_and_shapes(inputs):
     tr = trace("chinchilla_hierarchical", inputs)
-    n_fam, n_run, n_obs = len(inputs.family_x_n), len(inputs.run_family), len(inputs.x_n)
+    n_fam, n_obs = len(inputs.family_x_n), len(inputs.x_n)
     assert tr["mu"]["value"].shape == (5,)
     assert tr["tau"]["value"].shape == (5,)
     assert tr["corr_cholesky"]["value"].shape == (5, 5)

@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DataError, ExtrapolationWarning
 from ..inference import Fit
