@@ -189,15 +189,37 @@ def test_aggregate_median_cap_wild_failed():
     assert "Token cut 1e+10" in text and "bayes_hierarchical" in text
 
 
-def test_bars_need_are_and_coverage():
-    # k = 1: hierarchical ARE 0.5 x classic (bar 0.75 x) but 70% coverage; k = 3: ARE
-    # above classic, coverage 90%; k = 4: both met
+def test_bars_compare_with_the_better_point_fit():
+    # k = 1: hier 0.05 vs best 0.1 (classic) -> 0.5 x, met (bar 0.6 x); k = 2: 0.07 vs 0.1 -> 0.7 x,
+    # missed; k = 3: hier 0.09 beats classic (0.2) but not huber (0.08): missed; k = 4: met
     rows = []
-    for k, hier_are, cov in ((1, 0.05, 0.7), (3, 0.2, 0.9), (4, 0.05, 0.9)):
+    for k, classic, huber, hier in ((1, 0.1, 0.3, 0.05), (2, 0.1, 0.1, 0.07), (3, 0.2, 0.08, 0.09), (4, 0.1, 0.1, 0.1)):
         for family in ("a", "b"):
-            rows += [_rows(family, "classic", 0.1, k=k), _rows(family, "bayes_hierarchical", hier_are, k=k) | {"cov_90": cov}]
+            rows += [_rows(family, "classic", classic, k=k), _rows(family, "classic_huber", huber, k=k), _rows(family, "bayes_hierarchical", hier, k=k)]
     met = bt.bars(pd.DataFrame(rows)).set_index("k")["met"]
-    assert met.to_dict() == {1: "no: coverage", 3: "no: ARE", 4: "yes"}
+    assert met.to_dict() == {1: "yes", 2: "no: median, capped_mean", 3: "no: median, capped_mean", 4: "yes"}
+
+
+def test_pooled_coverage_averages_family_cells_over_k():
+    rows = [_rows(f, "bayes_hierarchical", 0.1, k=k) | {"cov_90": c} for f, k, c in (("a", 1, 1.0), ("a", 2, 0.0), ("b", 1, 1.0), ("b", 2, 1.0))]
+    rows += [_rows("b", "bayes_hierarchical", 0.1, k=2) | {"target": "t2", "cov_90": 0.0}]  # b, k = 2: mean of two targets
+    cov, n = bt.pooled_coverage(pd.DataFrame(rows))
+    assert n == 4 and cov == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+
+
+def test_cluster_bootstrap_moves_siblings_together():
+    # two groups: g1 holds three families scoring 1, g2 one family scoring 0; resampling groups
+    # gives a mean of 0, 0.75 or 1 only (resampling families would give quarters too)
+    scores = pd.DataFrame({"family": ["a", "b", "c", "d"], "x": [1.0, 1.0, 1.0, 0.0]})
+    groups = {"a": "g1", "b": "g1", "c": "g1", "d": "g2"}
+    seen = set()
+    low, high = bt.cluster_bootstrap(scores, groups, lambda s: seen.add(s["x"].mean()) or s["x"].mean(), n_boot=400, seed=1)
+    assert seen == {0.0, 0.75, 1.0}
+    assert (low, high) == (0.0, 1.0)
+    # one group per family: an ordinary bootstrap, whose interval narrows with more families
+    many = pd.DataFrame({"family": [f"f{i}" for i in range(400)], "x": np.tile([0.0, 1.0], 200)})
+    low, high = bt.cluster_bootstrap(many, {}, lambda s: s["x"].mean(), n_boot=400, seed=1)
+    assert 0.4 < low < 0.5 < high < 0.6  # sd of the mean 0.025
 
 
 def test_chance_range_of_a_calibrated_interval():
