@@ -1032,14 +1032,12 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
             "",
         ]
     if population_info is not None and len(population_info):
-        cols = ["min_tokens", "fold", "n_population", "held_out", "seconds", "problems", "post_median_sigma_run", "post_median_sigma_size"]
+        # the population's members (Population.members); each family's prior leaves out its source group
+        cols = ["min_tokens", "family", "group", "unit", "n_sizes", "n_points", "divergences", "max_rhat"]
         pi = population_info[[c for c in cols if c in population_info.columns]].copy()
-        pi["seconds"] = pi["seconds"].map(lambda s: f"{s:.0f}")
-        for c in ("post_median_sigma_run", "post_median_sigma_size"):
-            if c in pi:
-                pi[c] = pi[c].map(lambda v: f"{v:.4f}")
-        pi = pi.rename(columns={"post_median_sigma_run": "sigma_run (median)", "post_median_sigma_size": "sigma_size (median)"})
-        out += ["## Population fits (bayes_hierarchical)", "", _md_table(pi), ""]
+        if "max_rhat" in pi:
+            pi["max_rhat"] = pi["max_rhat"].map(lambda v: f"{v:.3f}")
+        out += ["## Population members (bayes_hierarchical; each family's prior leaves out its source group)", "", _md_table(pi), ""]
     if protocol is not None:
         out += ["## Exclusions", ""]
         if len(protocol.diverged_targets):

@@ -151,6 +151,19 @@ def test_backtest_serves_a_given_population_without_each_source_group(tiny_backt
     assert cell.data.family == "f00" and not {"f00", "f01"} & set(cell.prior.families) and len(cell.prior.families) == 22
 
 
+def test_backtest_summary_lists_the_population_members():
+    # the CLI's backtest.md once failed (KeyError) on a population's members table
+    from bayes_scaling import backtest as bt
+
+    pop, _, _ = _hand_population()
+    rows = pd.DataFrame(
+        [{"min_tokens": 1e10, "family": "f00", "k": 1, "fraction": 1.0, "estimator": e, "target": "t", "are": 0.05, "status": "ok", "cov_90": 1.0}
+         for e in ("classic", "classic_huber", "bayes_hierarchical")]
+    )
+    text = bt.summary_markdown(rows, population_info=pop.members.assign(min_tokens=1e10))
+    assert "Population members" in text and "| f23 | g11 |" in text
+
+
 @pytest.fixture
 def tiny_backtest_table():
     """Family f00 (source g0) with three sizes, each one run of four checkpoints."""
