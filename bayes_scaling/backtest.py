@@ -862,28 +862,31 @@ def pooled_coverage(results: pd.DataFrame, estimator: str = "bayes_hierarchical"
 def cluster_bootstrap(
     scores: pd.DataFrame,
     groups: Mapping[str, str],
-    statistic: Callable[[pd.DataFrame], float],
+    column: str,
+    statistic: Callable[[np.ndarray], float] = np.mean,
     *,
     n_boot: int = 2000,
     level: float = 0.9,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Central ``level`` interval of ``statistic`` over resamples of whole source groups.
+    """Central ``level`` interval of ``statistic(scores[column])`` over resamples of whole
+    source groups.
 
     ``scores`` has a ``family`` column (e.g. :func:`family_scores`); each resample draws as
     many source groups as there are, with replacement, and keeps every row of each drawn
     group, so siblings (which share data, code and units) move together and the interval
-    is not narrowed by counting them as independent.
+    is not narrowed by counting them as independent. Families missing from ``groups`` are
+    their own group.
     """
     group_of = scores["family"].map(lambda f: groups.get(f, f)).to_numpy()
+    values = scores[column].to_numpy(float)
     names = np.unique(group_of)
     rows_of = [np.flatnonzero(group_of == name) for name in names]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        rows = np.concatenate([rows_of[i] for i in rng.integers(len(names), size=len(names))])
-        values.append(statistic(scores.iloc[rows]))
-    low, high = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    stats = [
+        statistic(values[np.concatenate([rows_of[i] for i in rng.integers(len(names), size=len(names))])]) for _ in range(n_boot)
+    ]
+    low, high = np.nanquantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
 

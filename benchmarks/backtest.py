@@ -1,24 +1,25 @@
-"""Back-test of the four estimators on the whole shared corpus (issue 3).
+"""Back-test of issue 17: the path users run against the point fits, seeds 0-2.
 
-    python benchmarks/backtest.py [--runs ../shared/data/runs.csv.gz] [--out benchmarks/results]
+    python benchmarks/backtest.py [--runs ../shared/data/runs.csv.gz] [--work benchmarks/.work]
+                                  [--seeds 0 1 2] [--workers 2] [--out benchmarks/results]
 
-Writes ``backtest.csv`` (one row per family x target x k x fraction x cut x estimator),
-``backtest.md`` (summary), ``backtest_population.csv`` and plots into ``--out``.
+Each seed runs exactly the command line a user would type,
 
-Settings sized to finish within an hour on 2 CPU cores, the cells and population fits
-spread over two worker processes (``--workers``):
-point fits on every cell (k = 1..5, fractions 0.1, 0.2, 0.3, 0.5, 1.0, cuts 1e10 and 0);
-the Bayesian estimators on fraction 1.0 only, k = 1..5 at the 1e10 cut and k = 1..2 at the
-0 cut, each Bayesian cell a 2-chain NUTS fit (1000 warmup + 1000 draws, tree depth <= 8;
-with 300 + 300 half the cells at the 1e10 cut had r_hat > 1.2, see backtest_mixing.py), the
-population fits of ``bayes_hierarchical`` the same (at 300 + 300 8 of 22 were unmixed, r_hat
-up to 6.3), with a size discrepancy of half-normal scale 0.02 (``--population-size-scale``),
-summarised for each held-out family by the Student-t predictive of a random-effects fit of
-the other families' posteriors (``--population-summary``; ``mixture``: their equal-weight
-mixture); families whose loss is in another unit (``backtest.UNCOMPARABLE_CURVES``) stay out
-of every population and borrow only its exponents and scales.
-One compiled sampler per shape bucket and worker serves every cell (compilation, 1-2
-minutes each on the busy machine; at 1000 + 1000 a cell then samples in about 9 s on average).
+    bayes-scaling backtest RUNS --out WORK/seedS --population public --seed S
+        --estimators classic classic_huber bayes_hierarchical --k 1 2 3 4 5
+        --fractions 1.0 --min-tokens 1e10 --executor process --num-cpus WORKERS
+
+so ``bayes_hierarchical`` is ``fit(train, population=public without the family's source
+group)`` + ``predict_loss(new_run)``, at the sampler defaults. Finished cells stay in
+``WORK/seedS/cells``: a rerun resumes. Seeds change every cell's sampler (the shipped
+population is the same in all). Then writes into ``--out``:
+
+- ``backtest.csv``: every row of every seed (``seed`` column);
+- ``backtest.md``: per seed, the bars (ARE against the better of classic and classic_huber
+  by k; 90% coverage pooled over k), coverage by k, each with a 90% cluster-bootstrap
+  interval over source groups (siblings resampled together), the mixing of the Bayesian
+  cells, and the machine and settings;
+- ``backtest_are_vs_k.png``, ``backtest_calibration.png`` (seed 0).
 """
 
 from __future__ import annotations
@@ -26,260 +27,165 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
-from bayes_scaling.cellfit import POPULATION_SUMMARIES  # noqa: E402
-from bayes_scaling.distributed import make_executor  # noqa: E402
+from bayes_scaling import population as pop_mod  # noqa: E402
+from bayes_scaling.cellfit import SAMPLER_DEFAULTS  # noqa: E402
+from bayes_scaling.cli import main as cli_main  # noqa: E402
+from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+ESTIMATORS = ("classic", "classic_huber", "bayes_hierarchical")
+KS = (1, 2, 3, 4, 5)
+CUT = 1e10
+N_BOOT = 2000
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(HERE.parent / ".." / "shared" / "data" / "runs.csv.gz"))
-    parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(bt.FRACTIONS))
-    parser.add_argument("--cuts", type=float, nargs="+", default=[1e10, 0.0])
-    parser.add_argument("--bayes-ks", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--bayes-ks-cut0", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--bayes-fractions", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--estimators", nargs="+", default=list(bt.ESTIMATORS))
-    parser.add_argument("--families", nargs="+", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chains", type=int, default=2, help="NUTS chains per Bayesian cell / population fit")
-    parser.add_argument("--warmup", type=int, default=1000, help="NUTS warmup per Bayesian cell")
-    parser.add_argument("--draws", type=int, default=1000, help="NUTS draws per Bayesian cell")
-    parser.add_argument("--population-warmup", type=int, default=1000, help="NUTS warmup per population fit")
-    parser.add_argument("--population-draws", type=int, default=1000, help="NUTS draws per population fit")
-    parser.add_argument(
-        "--population-size-scale", type=float, default=0.02,
-        help="half-normal scale of the size discrepancy in each population fit; 0: none",
-    )
-    parser.add_argument(
-        "--population-summary", choices=list(POPULATION_SUMMARIES), default=bt.POPULATION_SETTINGS["summary"],
-        help="how the other families' posteriors become a held-out family's prior",
-    )
-    parser.add_argument("--max-tree-depth", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for the cells (1: this process)")
-    parser.add_argument(
-        "--summarize-only",
-        action="store_true",
-        help="rebuild backtest.md and the plots from an existing backtest.csv (+ meta from backtest_meta.json)",
-    )
-    parser.add_argument(
-        "--fans", type=int, default=None, metavar="K",
-        help="only draw fan charts at this k for every family (classic, classic_huber, bayes_independent) into backtest_fans.png",
-    )
-    parser.add_argument("--resume", action="store_true", help="keep backtest.csv and skip the cells it already holds")
-    parser.add_argument("--note", default=None, help="extra line for the settings of the summary")
-    args = parser.parse_args(argv)
-    if args.summarize_only:
-        return summarize_only(args)
-    if args.fans is not None:
-        return fans(args)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def run_seed(runs: str, out: Path, seed: int, workers: int) -> float:
+    """The user's command line for one seed; returns its wall time in seconds."""
+    args = ["backtest", runs, "--out", str(out), "--population", "public", "--seed", str(seed),
+            "--estimators", *ESTIMATORS, "--k", *map(str, KS), "--fractions", "1.0", "--min-tokens", f"{CUT:g}",
+            "--executor", "process", "--num-cpus", str(workers), "--no-progress"]  # fmt: skip
     started = time.perf_counter()
-    table = bt.primary_table(args.runs)
-    protocol = bt.protocol_cells(table, ks=args.ks, fractions=args.fractions, min_tokens=args.cuts, families=args.families)
-    log = open(out / "backtest_progress.log", "a" if args.resume else "w")
+    code = cli_main(args)
+    if code != 0:
+        raise SystemExit(f"bayes-scaling backtest failed for seed {seed} (exit {code})")
+    return time.perf_counter() - started
 
-    def note(msg):
-        log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
-        log.flush()
 
-    point = [e for e in args.estimators if e not in bt.BAYES_ESTIMATORS]
-    bayes = [e for e in args.estimators if e in bt.BAYES_ESTIMATORS]
+def _interval(scores, groups, column, statistic, seed) -> str:
+    low, high = bt.cluster_bootstrap(scores, groups, column, statistic, n_boot=N_BOOT, seed=seed)
+    return f"[{bt._pct(low)}, {bt._pct(high)}]"
 
-    def cut_protocol(cut):
-        return bt.Protocol(
-            tuple(c for c in protocol.cells if c.min_tokens == cut),
-            protocol.families,
-            protocol.skipped_families,
-            protocol.diverged_targets,
-            protocol.empty_cells,
+
+def coverage_table(results: pd.DataFrame, groups: dict, seed: int) -> tuple[pd.DataFrame, str]:
+    """90% coverage of bayes_hierarchical by k and pooled, each with its cluster-bootstrap interval."""
+    hier = results[results["estimator"] == "bayes_hierarchical"]
+    fam = bt.family_scores(hier, ("estimator", "k"))
+    rows = []
+    for k, sub in fam.groupby("k"):
+        low, high = bt.chance_range(len(sub))
+        rows.append(
+            {
+                "k": k,
+                "families": len(sub),
+                "cov 90% [90% CI]": f"{bt._pct(sub['cov_90'].mean())} {_interval(sub, groups, 'cov_90', np.mean, seed)}",
+                "calibrated, by chance (95%)": f"{bt._pct(low)} - {bt._pct(high)}",
+                "width 90% (median, % of loss)": bt._pct(sub["width_90"].median()),
+            }
         )
-
-    def bayes_ks(cut):
-        return args.bayes_ks if cut >= 1e10 else args.bayes_ks_cut0
-
-    def hierarchical_pending(cut):
-        """Whether a bayes_hierarchical cell at this cut is still to run (a resume skips the population fits otherwise)."""
-        # the cells of bayes_independent, which need no population, select the same (family, k, fraction)
-        cells = bt.build_cells(cut_protocol(cut), ["bayes_independent"], bayes_fractions=args.bayes_fractions, bayes_ks=bayes_ks(cut))
-        return any(c.key[:-1] + ("bayes_hierarchical",) not in done for c in cells)
-
-    bayes_settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "max_tree_depth": args.max_tree_depth}
-    done = bt.done_keys(out / "backtest.csv") if args.resume else set()
-    sink = bt.CsvSink(out / "backtest.csv", append=args.resume)
-    executor = make_executor("process", num_cpus=args.workers) if args.workers > 1 else bt.LocalExecutor()
-    frames = [pd.read_csv(out / "backtest.csv")] if done else []
-    # stage 1: point fits on every cell
-    cells = [c for cut in args.cuts for c in bt.build_cells(cut_protocol(cut), point) if c.key not in done]
-    note(f"stage 1: {len(cells)} point-fit cells")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with tqdm(total=len(cells), desc="point cells", unit="cell", mininterval=10) as bar:
-            frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=lambda _: bar.update(), executor=executor))
-    note("stage 1 done")
-    # stages 2 and 3, cut by cut (1e10 first: the bars): population fits (leave-one-family-out),
-    # then the Bayesian cells, grouped by shape bucket so compilations are reused
-    # a resume keeps the population fits of the cuts it does not refit
-    info = [pd.read_csv(out / "backtest_population.csv")] if done and (out / "backtest_population.csv").exists() else []
-    population_seconds = 0.0
-    for cut in args.cuts:
-        population = {}
-        hierarchical = "bayes_hierarchical" in bayes and hierarchical_pending(cut)
-        if hierarchical:
-            population_started = time.perf_counter()
-            scored = sorted({c.family for c in protocol.cells if c.min_tokens == cut})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                priors, pinfo = bt.population_priors(
-                    table,
-                    scored,
-                    cut,
-                    seed=args.seed,
-                    chains=args.chains,
-                    warmup=args.population_warmup,
-                    draws=args.population_draws,
-                    size_scale=args.population_size_scale or None,
-                    summary=args.population_summary,
-                    executor=executor,
-                    progress=lambda f: note(f"population {cut:g} {f}"),
-                )
-            population[cut] = priors
-            info = [i[i["min_tokens"] != cut] for i in info] + [pinfo]
-            pd.concat(info, ignore_index=True).to_csv(out / "backtest_population.csv", index=False)
-            population_seconds += time.perf_counter() - population_started
-        if not bayes:
-            continue
-        cells = bt.build_cells(
-            cut_protocol(cut),
-            [e for e in bayes if hierarchical or e != "bayes_hierarchical"],
-            bayes_fractions=args.bayes_fractions,
-            bayes_ks=bayes_ks(cut),
-            population=population,
-            bayes_settings=bayes_settings,
-        )
-        cells = [c for c in cells if c.key not in done]
-        cells.sort(key=lambda c: (c.estimator, c.data.n_train.bit_length(), c.key))
-        note(f"stage 3 (cut {cut:g}): {len(cells)} Bayesian cells")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with tqdm(total=len(cells), desc=f"Bayesian cells (cut {cut:g})", unit="cell", mininterval=10) as bar:
-
-                def finished(cell):
-                    bar.update()
-                    note(f"cell {cell.key}")
-
-                frames.append(bt.run_cells(cells, seed=args.seed, sink=sink, progress=finished, executor=executor))
-    getattr(executor, "close", lambda: None)()
-    population_info = pd.concat(info, ignore_index=True) if info else pd.DataFrame()
-    results = pd.concat(frames, ignore_index=True)
-    cells_run = len(results.drop_duplicates(list(bt.CELL_KEY_COLUMNS)))
-    elapsed = time.perf_counter() - started
-    secs = results.groupby("estimator")["fit_seconds"].sum()
-    meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other developers ({platform.platform()})",
-        "corpus": "shared runs.csv.gz (primary metric rows)",
-        "protocol": "families >= 3 sizes; targets = runs of the largest size, checkpoints >= 0.7 x max tokens; "
-        "training = k smallest sizes, tokens >= cut, tokens <= fraction x max; runs thinned to <= 30 log-spaced checkpoints",
-        "point-fit cells": f"k in {args.ks}, fractions {args.fractions}, cuts {args.cuts}",
-        "Bayesian cells": f"fractions {args.bayes_fractions}; k in {args.bayes_ks} at cut 1e10, k in {args.bayes_ks_cut0} at cut 0",
-        "Bayesian sampler": ", ".join(f"{k}={v}" for k, v in {**bt.BAYES_SETTINGS, **bayes_settings}.items()),
-        "population (bayes_hierarchical)": f"leave-one-family-out {args.population_summary} of per-family posteriors; "
-        + f"per-family NUTS with chains={args.chains}, warmup={args.population_warmup}, draws={args.population_draws}, "
-        f"max_checkpoints={bt.POPULATION_SETTINGS['max_checkpoints']} per run, "
-        f"size discrepancy half-normal scale {args.population_size_scale or 'none'}; "
-        f"curves in other units {list(bt.UNCOMPARABLE_CURVES)} (metric, eval set prefix) in no population, borrowing exponents only",
-        "workers": f"{args.workers} process(es) for the cells and the population fits",
-        "cells run": cells_run,
-        "wall time": f"{elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min); summed fit seconds by estimator: "
-        + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()),
-        "seed": args.seed,
-    }
-    meta_path = out / "backtest_meta.json"
-    if done and meta_path.exists():
-        # a resume: keep the settings the first run recorded, say what this one added; population
-        # fits it ran itself are described by its own settings
-        resumed = f"{cells_run - len(done)} cells added in {elapsed / 60:.1f} min (population fits {population_seconds / 60:.1f} min)"
-        population = meta["population (bayes_hierarchical)"]
-        meta = json.loads(meta_path.read_text()) | {"cells run": cells_run, "resumed": resumed}
-        if population_seconds > 0:
-            meta["population (bayes_hierarchical)"] = population
-    if args.note:
-        meta["note"] = args.note
-    (out / "backtest_meta.json").write_text(json.dumps(meta, indent=1))
-    (out / "backtest.md").write_text(bt.summary_markdown(results, protocol, meta, population_info))
-    try:
-        _plots(results, out)
-    except Exception as exc:  # noqa: BLE001 - plots are a bonus, never lose the numbers
-        print(f"plots failed: {exc}")
-    print(f"done in {elapsed / 60:.1f} min -> {out}")
-    return 0
+    cov, n_cells = bt.pooled_coverage(results)
+    lo_bar, hi_bar = bt.COVERAGE_BAR
+    pooled = (
+        f"pooled over k: **{bt._pct(cov)}%** {_interval(fam, groups, 'cov_90', np.mean, seed)} of {n_cells} "
+        f"(family, k) cells; bar {bt._pct(lo_bar, 0)}-{bt._pct(hi_bar, 0)}%: **{'met' if lo_bar <= cov <= hi_bar else 'missed'}**"
+    )
+    return pd.DataFrame(rows), pooled
 
 
-def summarize_only(args) -> int:
-    out = Path(args.out)
-    results = pd.read_csv(out / "backtest.csv")
-    meta_path = out / "backtest_meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    pop_path = out / "backtest_population.csv"
-    population_info = pd.read_csv(pop_path) if pop_path.exists() else None
-    protocol = bt.protocol_cells(args.runs, ks=args.ks, fractions=args.fractions, min_tokens=args.cuts, families=args.families)
-    (out / "backtest.md").write_text(bt.summary_markdown(results, protocol, meta, population_info))
-    _plots(results, out)
-    return 0
+def are_intervals(results: pd.DataFrame, groups: dict, seed: int) -> pd.DataFrame:
+    """Median ARE by estimator and k with cluster-bootstrap intervals."""
+    fam = bt.family_scores(results, ("estimator", "k"))
+    rows = []
+    for k, by_k in fam.groupby("k"):
+        row = {"k": k}
+        for est in ESTIMATORS:
+            sub = by_k[by_k["estimator"] == est]
+            row[f"{est} median ARE % [90% CI]"] = f"{bt._pct(sub['are'].median(), 2)} {_interval(sub, groups, 'are', np.median, seed)}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def fans(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bayes_scaling.plots.backtest import plot_fan
-
-    out = Path(args.out)
-    cut = args.cuts[0]
-    protocol = bt.protocol_cells(args.runs, ks=[args.fans], fractions=[1.0], min_tokens=cut, families=args.families)
-    families = sorted({c.family for c in protocol.cells})
-    ncol = 4
-    nrow = int(np.ceil(len(families) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for ax, family in tqdm(list(zip(axes.flat, families)), desc="fans"):
-            data = bt.fan_data(
-                args.runs, family, args.fans, estimators=("classic", "classic_huber", "bayes_independent"),
-                min_tokens=cut, seed=args.seed,
-                bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "max_tree_depth": args.max_tree_depth},
-            )
-            plot_fan(data, ax=ax)
-    for ax in list(axes.flat)[len(families):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(out / f"backtest_fans_k{args.fans}.png", dpi=80)
-    return 0
+def mixing_sensitivity(results: pd.DataFrame) -> pd.DataFrame:
+    """The bars' numbers three ways: every cell; a bayes_hierarchical cell whose chains did not
+    mix (max r-hat > bt.MIXED_RHAT) counted as a failed fit (ARE inf, not covered); only the
+    (family, k) cells where it mixed, for every estimator."""
+    hier = results["estimator"] == "bayes_hierarchical"
+    unmixed = hier & (results["max_rhat"].astype(float) > bt.MIXED_RHAT)
+    as_failed = results.copy()
+    as_failed.loc[unmixed, "status"] = "failed"
+    as_failed.loc[unmixed, "cov_90"] = 0.0
+    mixed_cells = results[hier & ~unmixed][["family", "k"]].drop_duplicates()
+    variants = {"all cells": results, "unmixed counted as failed": as_failed, "mixed cells only": results.merge(mixed_cells, on=["family", "k"])}
+    rows = []
+    for name, df in variants.items():
+        agg = bt.aggregate(df, ("estimator", "k")).set_index(["estimator", "k"])
+        row = {"cells": name}
+        for k in KS:
+            if ("bayes_hierarchical", k) not in agg.index:
+                continue
+            h = agg.loc[("bayes_hierarchical", k)]
+            best = min(agg.loc[(b, k), "are_median"] for b in bt.BASELINES if (b, k) in agg.index)
+            row[f"k={k}: hier / best point median ARE % (families)"] = f"{bt._pct(h['are_median'], 2)} / {bt._pct(best, 2)} ({int(h['n_families'])})"
+        row["hier cov 90% pooled"] = bt._pct(bt.pooled_coverage(df)[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _plots(results, out):
+def mixing(results: pd.DataFrame) -> str:
+    cells = results[results["estimator"] == "bayes_hierarchical"].drop_duplicates(list(bt.CELL_KEY_COLUMNS))
+    rhat = cells["max_rhat"].astype(float)
+    return (
+        f"{len(cells)} bayes_hierarchical cells: {int((rhat > 1.05).sum())} with max r-hat > 1.05, {int((rhat > 1.01).sum())} above 1.01, "
+        f"{int((cells['status'] != 'ok').sum())} not ok, {int(cells['divergences'].fillna(0).gt(0).sum())} with divergences; "
+        f"fit seconds per cell median {cells['fit_seconds'].median():.1f}, summed {cells['fit_seconds'].sum() / 60:.1f} min"
+    )
+
+
+def summarise(all_results: pd.DataFrame, groups: dict, meta: dict) -> str:
+    out = [
+        "# Back-test of issue 17: the public path (bayes_hierarchical) against the point fits",
+        "",
+        "Held out: each family's largest size (checkpoints past 70% of its tokens); trained on the k smallest sizes, "
+        "tokens >= 1e10, fraction 1.0. `bayes_hierarchical` is exactly `bs.fit(train, population=P)` + "
+        "`predict_loss(new_run)`, P the shipped public population without the held-out family's source group. "
+        "ARE per family: mean over its targets; failed fits count as ARE inf (100% capped). Intervals in brackets: "
+        f"90% cluster bootstrap over source groups ({N_BOOT} resamples; siblings move together).",
+        "",
+        "## Settings",
+        "",
+        *[f"- **{k}**: {v}" for k, v in meta.items()],
+        "",
+    ]
+    for seed, results in all_results.groupby("seed"):
+        cov_by_k, pooled = coverage_table(results, groups, int(seed))
+        out += [
+            f"## Seed {seed}",
+            "",
+            "### ARE bars (median / capped mean, %)",
+            "",
+            bt._md_table(bt.bars(results, CUT, 1.0)),
+            "",
+            "### Median ARE with intervals",
+            "",
+            bt._md_table(are_intervals(results, groups, int(seed))),
+            "",
+            "### 90% coverage of bayes_hierarchical",
+            "",
+            bt._md_table(cov_by_k),
+            "",
+            pooled,
+            "",
+            "### Mixing",
+            "",
+            mixing(results),
+            "",
+            bt._md_table(mixing_sensitivity(results)),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def _plots(results: pd.DataFrame, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,16 +193,54 @@ def _plots(results, out):
 
     from bayes_scaling.plots.backtest import plot_are_vs_k, plot_calibration
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, cut in zip(axes, (1e10, 0.0)):
-        plot_are_vs_k(results, min_tokens=cut, ax=ax)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_are_vs_k(results, min_tokens=CUT, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "backtest_are_vs_k.png", dpi=110)
     fig, ax = plt.subplots(figsize=(5, 5))
-    plot_calibration(results, min_tokens=1e10, ax=ax)
+    plot_calibration(results, min_tokens=CUT, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "backtest_calibration.png", dpi=110)
+    plt.close("all")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(HERE.parent.parent / "shared" / "data" / "runs.csv.gz"))
+    parser.add_argument("--work", type=Path, default=HERE / ".work", help="per-seed back-test directories (resumable)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    frames, wall = [], {}
+    for seed in args.seeds:
+        wall[seed] = run_seed(args.runs, args.work / f"seed{seed}", seed, args.workers)
+        frames.append(pd.read_csv(args.work / f"seed{seed}" / "backtest.csv").assign(seed=seed))
+    results = pd.concat(frames, ignore_index=True)
+    public = pop_mod.resolve("public")
+    groups = pop_mod.source_groups(bt.primary_table(args.runs))
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work ({platform.platform()}), no accelerator",
+        "date": time.strftime("%Y-%m-%d"),
+        "cells": f"{results.drop_duplicates(['seed', *bt.CELL_KEY_COLUMNS]).shape[0]} over seeds {args.seeds}; "
+        f"{results['family'].nunique()} families in {len({groups.get(f, f) for f in results['family'].unique()})} source groups",
+        "sampler (bayes_hierarchical)": ", ".join(f"{k}={v}" for k, v in {**SAMPLER_DEFAULTS, **bt.BAYES_SETTINGS}.items()),
+        "population": f"shipped public ({len(public.families)} members, built at tokens >= {public.settings.get('min_tokens', CUT):g})",
+        "workers": f"{args.workers} processes",
+        "wall time of this invocation": ", ".join(f"seed {s}: {t / 60:.1f} min" for s, t in wall.items())
+        + " (a seed whose cells were already in --work only resumes)",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / "backtest.csv") as tmp:
+        results.to_csv(tmp, index=False)
+    atomic_write_text(args.out / "backtest_meta.json", json.dumps(meta, indent=1))
+    text = summarise(results, groups, meta)
+    atomic_write_text(args.out / "backtest.md", text)
+    _plots(results[results["seed"] == args.seeds[0]], args.out)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
+    np.seterr(all="ignore")
     raise SystemExit(main())

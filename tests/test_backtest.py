@@ -213,12 +213,12 @@ def test_cluster_bootstrap_moves_siblings_together():
     scores = pd.DataFrame({"family": ["a", "b", "c", "d"], "x": [1.0, 1.0, 1.0, 0.0]})
     groups = {"a": "g1", "b": "g1", "c": "g1", "d": "g2"}
     seen = set()
-    low, high = bt.cluster_bootstrap(scores, groups, lambda s: seen.add(s["x"].mean()) or s["x"].mean(), n_boot=400, seed=1)
+    low, high = bt.cluster_bootstrap(scores, groups, "x", lambda v: seen.add(v.mean()) or v.mean(), n_boot=400, seed=1)
     assert seen == {0.0, 0.75, 1.0}
     assert (low, high) == (0.0, 1.0)
     # one group per family: an ordinary bootstrap, whose interval narrows with more families
     many = pd.DataFrame({"family": [f"f{i}" for i in range(400)], "x": np.tile([0.0, 1.0], 200)})
-    low, high = bt.cluster_bootstrap(many, {}, lambda s: s["x"].mean(), n_boot=400, seed=1)
+    low, high = bt.cluster_bootstrap(many, {}, "x", n_boot=400, seed=1)
     assert 0.4 < low < 0.5 < high < 0.6  # sd of the mean 0.025
 
 
