@@ -42,8 +42,7 @@ def broken_law_runs(n_families: int = N_FAMILIES, seed: int = 0) -> tuple[pd.Dat
             return e + a * n**-alpha * (1 + n / n_break) ** (alpha - alpha2) + b * d**-beta
 
         for size in [*SIZES, TARGET]:
-            tokens = 20 * size * np.geomspace(0.1, 1.0, 10)
-            tokens = tokens[tokens >= 1e10] if size == TARGET else np.maximum(tokens, 1e10)
+            tokens = np.geomspace(1e10, 5e10 * np.sqrt(size / 1e8), 10)  # all past the default 1e10 cut
             offset = np.exp(0.005 * rng.standard_normal())
             observed = loss(size, tokens) * offset * np.exp(0.003 * rng.standard_normal(len(tokens)))
             frame = pd.DataFrame({"family": f"broken{f:02d}", "model": f"broken{f:02d}-{size:.0e}", "num_params": size, "tokens": tokens, "loss": observed})
@@ -55,6 +54,11 @@ def broken_law_runs(n_families: int = N_FAMILIES, seed: int = 0) -> tuple[pd.Dat
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 18, measured 2026-12-01: the 90% intervals covered 7 of 16 targets (44%); the size discrepancy "
+    "learned from the training sizes does not widen them enough when the law bends beyond them",
+)
 def test_new_run_intervals_cover_a_broken_power_law():
     train, target = broken_law_runs()
     with warnings.catch_warnings():
