@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--note", default=None, help="a line for the settings (e.g. wall times of an earlier run whose cells this one resumed)")
     args = parser.parse_args(argv)
     frames, wall = [], {}
     for seed in args.seeds:
@@ -230,6 +231,8 @@ def main(argv=None) -> int:
         "wall time of this invocation": ", ".join(f"seed {s}: {t / 60:.1f} min" for s, t in wall.items())
         + " (a seed whose cells were already in --work only resumes)",
     }
+    if args.note:
+        meta["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "backtest.csv") as tmp:
         results.to_csv(tmp, index=False)
