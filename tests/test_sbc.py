@@ -9,12 +9,16 @@ parameters, 3 scales, the held-out target's log loss) must stay inside its simul
 band, each at 1 - 0.05 / (number of ECDFs checked) (Bonferroni), so a calibrated fit
 passes all with probability >= 95%.
 
-NUTS budget: the default test checks the two pythia designs, 50 replications each at
-2 chains x (300 + 300); the slow test all four designs, 200 replications each, at the
-back-test's 1000 + 1000. Known failure (benchmarks/results/sbc.md, 50 replications): on
-the isoFLOP k = 3 design the ranks of sigma_obs leave even the Bonferroni band (a run
-with one checkpoint cannot tell its offset from its noise), so the slow test is expected
-to fail there until issue 18's sampler work lands.
+NUTS budget: both SBC tests are slow. The ladder test (the two pythia designs, 50
+replications each at 2 chains x (300 + 300)) passed in 432 s under load; in the default
+suite it made the run 1117 s (705 s before this session), so the default suite keeps only
+the band test. With one chain
+per fit (to halve that) the ladder test failed on sigma_size of pythia k = 3, so the chains
+stay at the back-test's two. The full test runs all four designs, 200 replications each,
+at the back-test's 1000 + 1000. Known failure (benchmarks/results/sbc.md, 50 replications):
+on the isoFLOP k = 3 design the ranks of sigma_obs leave even the Bonferroni band (a run
+with one checkpoint cannot tell its offset from its noise), so the full test is expected to
+fail there until issue 18's sampler work lands.
 """
 
 import warnings
@@ -65,6 +69,7 @@ def _run(shared_runs_path, families, n, **sampler):
         return sbc.run_sbc(prior, _designs(shared_runs_path, families), n, seed=0, **sampler)
 
 
+@pytest.mark.slow
 def test_sbc_ranks_are_uniform_on_a_ladder(shared_runs_path):
     _check(_run(shared_runs_path, ["pythia"], 50, warmup=300, draws=300))
 
