@@ -250,8 +250,22 @@ def _optimal_log_n(p, flops, flops_fn=None, num_params_bounds=None):
     """(n_draws, n_budgets) array of per-draw compute-optimal log N, and matching log D."""
     log_c = np.log(flops)
     if flops_fn is None:
-        x_n = _optimum_closed_form(p, log_c)
-        log_n = x_n + p["log_ref_n"]
+        with np.errstate(invalid="ignore", divide="ignore"):  # the draws fixed just below
+            log_n = _optimum_closed_form(p, log_c) + p["log_ref_n"]
+        # alpha or beta <= 0: loss does not fall with N (or D), so no interior optimum; such a
+        # draw's optimum is the edge of the search range of N, found numerically
+        edge = ~((p["alpha"] > 0) & (p["beta"] > 0))
+        if edge.any():
+            warnings.warn(
+                f"{int(edge.sum())} of {edge.size} draws have alpha or beta <= 0 (loss does not fall with N or D): "
+                "no compute-optimal split; they take the edge of the search range of N",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            sub = {k: v[edge] if np.ndim(v) == 1 and len(v) == len(edge) else v for k, v in p.items()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # "hits the search bound": said above
+                log_n[edge] = np.stack([_optimum_numerical(sub, c, six_nd, num_params_bounds) for c in flops], axis=1)
         log_d = log_c[None, :] - np.log(6.0) - log_n
         return log_n, log_d
     log_n = np.stack([_optimum_numerical(p, c, flops_fn, num_params_bounds) for c in flops], axis=1)

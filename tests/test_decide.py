@@ -66,6 +66,24 @@ def test_closed_form_equals_numerical_optimum(draws):
         assert closed.draws["num_params"].isel(chain=chain, draw=draw, budget=1) == pytest.approx(n_star, rel=1e-4)
 
 
+def test_draws_without_an_interior_optimum_sit_at_the_search_edge():
+    # alpha <= 0 (loss grows with N): no closed-form optimum (log of a negative number gave
+    # NaN, which the summary quantiles then skipped without a word); such a draw takes the
+    # smallest N of the search range, with a warning, and the other draws keep the closed form
+    draws = fake_draws(draws=5)
+    draws["alpha"][0, 0] = -0.05
+    draws["beta"][1, 2] = 0.0
+    with pytest.warns(RuntimeWarning, match="2 of 10 draws have alpha or beta <= 0"):
+        got = decide.compute_optimal(draws, [1e21, 1e23])
+    assert np.isfinite(got.draws["num_params"]).all() and np.isfinite(got.draws["loss"]).all()
+    low, _ = decide._log_n_bracket(1e21, None)
+    assert got.draws["num_params"][0, 0, 0] == pytest.approx(np.exp(low), rel=0.05)
+    assert got.draws["num_params"][1, 2, 0] > got.draws["num_params"][1, 1, 0]  # beta = 0: more N, not more D
+    fine = fake_draws(draws=5)
+    closed = decide.compute_optimal(fine, [1e21, 1e23])
+    np.testing.assert_allclose(got.draws["num_params"][0, 1:], closed.draws["num_params"][0, 1:], rtol=1e-12)
+
+
 def test_custom_flops_function_matches_rescaled_closed_form(draws):
     # FLOPs = 6ND * 1.5 (e.g. attention overhead): same optimum as 6ND at C / 1.5.
     custom = decide.compute_optimal(draws, 1e22, flops_fn=lambda n, d: 9.0 * n * d)
