@@ -34,6 +34,7 @@ from bayes_scaling import population  # noqa: E402
 from bayes_scaling.backtest import _md_table  # noqa: E402
 from bayes_scaling.data import default_data_dir, thin_log_spaced  # noqa: E402
 from bayes_scaling.demo import REAL_DEMO  # noqa: E402
+from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
 
 POPULATION_PATH = ROOT / "bayes_scaling" / "populations" / "public.nc"
 DEMO_PATH = ROOT / "bayes_scaling" / "demo_data" / REAL_DEMO["file"]
@@ -110,8 +111,9 @@ def main() -> int:
     pop = population.load(POPULATION_PATH)
     DEMO_PATH.parent.mkdir(parents=True, exist_ok=True)
     demo = demo_curves(runs)
-    demo.to_csv(DEMO_PATH, index=False, float_format="%.6g")
-    NOTICE_PATH.write_text(notice(pop, pd.read_csv(default_data_dir() / "families.csv")))
+    with atomic_path(DEMO_PATH) as tmp:
+        demo.to_csv(tmp, index=False, float_format="%.6g")
+    atomic_write_text(NOTICE_PATH, notice(pop, pd.read_csv(default_data_dir() / "families.csv")))
     members = pop.members
     lines = [
         "# The public population (`bayes_scaling/populations/public.nc`)",
@@ -133,7 +135,7 @@ def main() -> int:
         _md_table(members.round(3)),
         "",
     ]
-    REPORT_PATH.write_text("\n".join(lines))
+    atomic_write_text(REPORT_PATH, "\n".join(lines))
     print(f"wrote {POPULATION_PATH}, {DEMO_PATH}, {NOTICE_PATH} and {REPORT_PATH}")
     return 0
 

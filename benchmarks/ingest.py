@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bayes_scaling.outputs import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS_PER_STEP = 2**20
@@ -146,10 +148,7 @@ def main(argv=None) -> int:
         f"The command's summary line: `{summary}`",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text("\n".join(lines))
-    os.replace(tmp_out, args.out)
+    atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -52,6 +52,7 @@ import pandas as pd
 from bayes_scaling import plan
 from bayes_scaling.data import thin_log_spaced
 from bayes_scaling.laws import centre
+from bayes_scaling.outputs import atomic_path, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ("next_size_up", "largest", "information")
@@ -245,17 +246,8 @@ def run_family(family, setup, prior, settings, seed, emit, log):
 
 
 def atomic_write_csv(df, path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text, path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 # --------------------------------------------------------------------------- report
@@ -436,7 +428,7 @@ def main(argv=None) -> int:
     if args.report_only:
         results = pd.read_csv(csv_path)
         meta = json.loads(meta_path.read_text())
-        atomic_write_text(report(results, meta, out), out / "next_run.md")
+        atomic_write_text(out / "next_run.md", report(results, meta, out))
         return 0
     table = load_table(args.runs)
     families = sorted(table["family"].unique()) if args.families is None else args.families
@@ -478,7 +470,7 @@ def main(argv=None) -> int:
         prior_path.write_bytes(pickle.dumps(priors))
         atomic_write_csv(info, out / "next_run_population.csv")
     meta["population seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(json.dumps(meta, indent=1), meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     rows = results.to_dict("records")
 
     def emit(row):
@@ -492,11 +484,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         run_family(family, setups[family], priors[family], settings, args.seed, emit, log)
         log(f"{family} done in {time.perf_counter() - t0:.0f} s")
-        atomic_write_text(report(pd.DataFrame(rows), meta, out), out / "next_run.md")
+        atomic_write_text(out / "next_run.md", report(pd.DataFrame(rows), meta, out))
     meta["partial"] = False
     meta["wall seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(json.dumps(meta, indent=1), meta_path)
-    atomic_write_text(report(pd.DataFrame(rows), meta, out), out / "next_run.md")
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
+    atomic_write_text(out / "next_run.md", report(pd.DataFrame(rows), meta, out))
     return 0
 
 

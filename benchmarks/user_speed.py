@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.demo import demo_runs  # noqa: E402
+from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "user_speed.md"
 
@@ -71,7 +72,7 @@ def main() -> int:
         f"warm {statistics.median(r[4] for r in rows if r[1] == 'warm'):.1f} s.",
         "",
     ]
-    RESULT.write_text("\n".join(lines))
+    atomic_write_text(RESULT, "\n".join(lines))
     print(f"wrote {RESULT}")
     return 0
 
