@@ -32,7 +32,7 @@ from numpyro.infer import Predictive
 from scipy.stats import binom
 
 from .batched import CellProblem, _args, fit_cells_batched
-from .cellfit import POINTS_BUCKET, RUNS_BUCKET, SAMPLER_DEFAULTS, CellPosterior, CellPrior, FamilyArrays, _bucket, _model
+from .cellfit import SAMPLER_DEFAULTS, CellPosterior, CellPrior, FamilyArrays, _model
 from .laws import PARAM_NAMES, centre
 
 __all__ = ["QUANTITIES", "Design", "Simulation", "SBCResult", "simulate", "run_sbc", "ecdf_band", "inside_band"]
@@ -99,27 +99,31 @@ def simulate(prior: CellPrior, design: Design, n: int, seed: int = 0) -> Simulat
     """``n`` draws of (theta, scales, training log losses, target log loss) from the prior."""
     points = len(design.x_n)
     problem = CellProblem(design.x_n, design.x_d, design.run_idx, np.zeros(points), prior)
-    args = _args(problem, _bucket(points, *POINTS_BUCKET), _bucket(problem.n_runs, *RUNS_BUCKET))[:-1]  # no observed loss
+    _, n_pad, r_pad = problem.bucket()
+    args = _args(problem, n_pad, r_pad)[:-1]  # no observed loss
     draws = Predictive(_model(*prior.kind), num_samples=n)(jax.random.PRNGKey(seed), *args)
     draws = {k: np.asarray(v) for k, v in draws.items()}
-    truth = {name: draws["theta"][:, j] for j, name in enumerate(PARAM_NAMES)}
-    truth["sigma_run"], truth["sigma_obs"] = draws["sigma_run"], draws["sigma_obs"]
-    truth["sigma_size"] = draws["sigma_size"] if prior.size_term else np.zeros(n)
     rng = np.random.default_rng(seed)
     target = [
         _prior_posterior(prior, draws, i, design).predict_new_run(design.target_x_n, design.target_x_d, seed=int(rng.integers(2**31)))[0, -1]
         for i in range(n)
     ]
-    truth["target"] = np.log(np.asarray(target))
+    sigma_size = draws["sigma_size"] if prior.size_term else None
+    truth = _quantities(draws["theta"], draws["sigma_run"], draws["sigma_obs"], sigma_size, np.log(np.asarray(target)))
     return Simulation(truth, draws["log_loss"][:, :points])
 
 
-def _posterior_values(post: CellPosterior, design: Design, seed: int) -> dict:
-    values = {name: post.theta[:, j] for j, name in enumerate(PARAM_NAMES)}
-    values["sigma_run"], values["sigma_obs"] = post.sigma_run, post.sigma_obs
-    values["sigma_size"] = post.sigma_size if post.sigma_size is not None else np.zeros(len(post.theta))
-    values["target"] = np.log(post.predict_new_run(design.target_x_n, design.target_x_d, seed=seed)[:, -1])
+def _quantities(theta, sigma_run, sigma_obs, sigma_size, target) -> dict:
+    """:data:`QUANTITIES` -> values (one per draw); no size term: sigma_size 0."""
+    values = {name: theta[:, j] for j, name in enumerate(PARAM_NAMES)}
+    values.update(sigma_run=sigma_run, sigma_obs=sigma_obs, target=target)
+    values["sigma_size"] = sigma_size if sigma_size is not None else np.zeros(len(theta))
     return values
+
+
+def _posterior_values(post: CellPosterior, design: Design, seed: int) -> dict:
+    target = np.log(post.predict_new_run(design.target_x_n, design.target_x_d, seed=seed)[:, -1])
+    return _quantities(post.theta, post.sigma_run, post.sigma_obs, post.sigma_size, target)
 
 
 def run_sbc(prior: CellPrior, designs, n: int, *, seed: int = 0, n_ranks: int = 99, **sampler) -> list[SBCResult]:
