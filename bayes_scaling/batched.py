@@ -70,6 +70,7 @@ from .cellfit import (
     data_centre,
     dense_sites,
     effective_weights,
+    model_args,
 )
 from .laws import to_level_coordinates
 
@@ -147,30 +148,7 @@ class BatchedPosterior(CellPosterior):
 
 def _args(problem: CellProblem, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...]:
     """Padded model arguments of :func:`bayes_scaling.cellfit._model` (NumPy, float/int/bool)."""
-    n, p = problem.n_points, problem.prior
-
-    def pad(a, fill):
-        out = np.full(n_pad, fill, dtype=a.dtype)
-        out[:n] = a
-        return out
-
-    return (
-        pad(problem.x_n, 0.0),
-        pad(problem.x_d, 0.0),
-        pad(problem.run_idx, 0),
-        pad(np.ones(n, bool), False),
-        np.arange(r_pad) < problem.n_runs,
-        p.loc,
-        p.scale_tril,
-        np.float64(p.run_scale[0]),
-        np.float64(p.run_scale[1]),
-        np.float64(p.noise_scale[0]),
-        np.float64(p.noise_scale[1]),
-        np.float64(p.nu),
-        *(np.float64(v) for v in p.shape_args()),
-        pad(problem.weight, 1.0),
-        pad(problem.log_loss, 0.0),
-    )
+    return model_args(problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, problem.weight, problem.prior, n_pad, r_pad)
 
 
 def _log_median(kind, a, b):

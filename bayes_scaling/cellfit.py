@@ -153,6 +153,13 @@ class CellPrior:
             z = z * np.sqrt(self.df / rng.chisquare(self.df, tuple(shape) + (1,)))
         return self.loc + z
 
+    def sample_scale(self, which: str, rng: np.random.Generator, shape: tuple = ()) -> np.ndarray:
+        """NumPy draws of ``sigma_run`` ("run"), ``sigma_obs`` ("noise") or ``sigma_size``
+        ("size") from this prior (the distributions of :func:`_scale_dist`)."""
+        a, b = {"run": self.run_scale, "noise": self.noise_scale, "size": self.size_scale}[which]
+        z = rng.standard_normal(shape)
+        return np.exp(a + b * z) if self.scale_kind == "lognormal" else a * np.abs(z)
+
     @property
     def cov(self) -> np.ndarray:
         """``scale_tril scale_tril^T``: the covariance of a normal prior, the scale matrix of a Student-t."""
@@ -518,6 +525,37 @@ class FamilyArrays:
         return fit_cell(self.x_n, self.x_d, self.run_idx, self.log_loss, prior, weight=self.weight, seed=seed, **sampler)
 
 
+def model_args(x_n, x_d, run_idx, log_loss, weight, prior: CellPrior, n_pad: int, r_pad: int) -> tuple[np.ndarray, ...]:
+    """Arguments of :func:`_model` (NumPy), the checkpoints padded to ``n_pad`` and the runs
+    to ``r_pad`` (masks mark the real ones): the one layout :func:`fit_cell` and the batched
+    program (:mod:`bayes_scaling.batched`) both feed the compiled model."""
+    n = len(log_loss)
+
+    def pad(a, fill):
+        a = np.asarray(a)
+        out = np.full(n_pad, fill, dtype=a.dtype)
+        out[:n] = a
+        return out
+
+    return (
+        pad(x_n, 0.0),
+        pad(x_d, 0.0),
+        pad(run_idx, 0),
+        pad(np.ones(n, bool), False),
+        np.arange(r_pad) < int(np.max(run_idx)) + 1,
+        prior.loc,
+        prior.scale_tril,
+        np.float64(prior.run_scale[0]),
+        np.float64(prior.run_scale[1]),
+        np.float64(prior.noise_scale[0]),
+        np.float64(prior.noise_scale[1]),
+        np.float64(prior.nu),
+        *(np.float64(v) for v in prior.shape_args()),
+        pad(weight, 1.0),
+        pad(log_loss, 0.0),
+    )
+
+
 def fit_cell(
     x_n,
     x_d,
@@ -572,30 +610,7 @@ def fit_cell(
     n_runs = int(run_idx.max()) + 1
     n_pad = _bucket(n, *POINTS_BUCKET)
     r_pad = _bucket(n_runs, *RUNS_BUCKET)
-
-    def pad(a, fill):
-        out = np.full(n_pad, fill, dtype=a.dtype)
-        out[:n] = a
-        return out
-
-    mask = pad(np.ones(n, bool), False)
-    args = (
-        jnp.asarray(pad(x_n, 0.0)),
-        jnp.asarray(pad(x_d, 0.0)),
-        jnp.asarray(pad(run_idx, 0)),
-        jnp.asarray(mask),
-        jnp.asarray(np.arange(r_pad) < n_runs),
-        jnp.asarray(prior.loc),
-        jnp.asarray(prior.scale_tril),
-        jnp.asarray(prior.run_scale[0]),
-        jnp.asarray(prior.run_scale[1]),
-        jnp.asarray(prior.noise_scale[0]),
-        jnp.asarray(prior.noise_scale[1]),
-        jnp.asarray(prior.nu),
-        *(jnp.asarray(v) for v in prior.shape_args()),
-        jnp.asarray(pad(weight, 1.0)),
-        jnp.asarray(pad(log_loss, 0.0)),
-    )
+    args = tuple(jnp.asarray(a) for a in model_args(x_n, x_d, run_idx, log_loss, weight, prior, n_pad, r_pad))
     sampler = _sampler(
         prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
     )

@@ -154,8 +154,8 @@ def _new_family_from_prior(prior, post, rng):
     """theta (as DataArray), sigma_run and sigma_obs draws of a family absent from a population fit."""
     shape = (post.sizes["chain"], post.sizes["draw"])
     theta = xr.DataArray(prior.sample_theta(rng, shape), dims=("chain", "draw", "param"), coords={"chain": post.chain, "draw": post.draw, "param": list(PARAM_NAMES)})
-    sigma_run = np.exp(prior.run_scale[0] + prior.run_scale[1] * rng.standard_normal(shape))
-    sigma_obs = np.exp(prior.noise_scale[0] + prior.noise_scale[1] * rng.standard_normal(shape))
+    sigma_run = prior.sample_scale("run", rng, shape)
+    sigma_obs = prior.sample_scale("noise", rng, shape)
     return theta, sigma_run, sigma_obs
 
 
