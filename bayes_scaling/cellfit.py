@@ -65,6 +65,7 @@ from numpyro.infer import MCMC, NUTS, init_to_median
 
 from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
+from .programs import traced
 
 N_PARAMS = len(PARAM_NAMES)
 SCALE_PRIOR_KINDS = ("half_normal", "lognormal")
@@ -307,17 +308,22 @@ def _sampler(
     target_accept: float,
     max_tree_depth: int,
 ):
-    """One jitted sampler per shape bucket and setting: ``f(rng_key, *model_args)``.
+    """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)``,
+    outputs with a leading axis of chains.
 
-    The whole NUTS run (init, warmup, sampling) is traced inside ``jax.jit`` with the
-    model arguments as traced inputs, so a second call with arrays of the same shapes
+    The whole NUTS run of one chain (init, warmup, sampling) is traced as one program with
+    the model arguments as traced inputs, so a second call with arrays of the same shapes
     reuses the compiled executable. (``MCMC(jit_model_args=True)`` re-compiled its sampling
-    loop on every ``run`` here: about 35 s of XLA compilation per cell.)
+    loop on every ``run`` here: about 35 s of XLA compilation per cell.) The traced program
+    is kept on disk (:func:`bayes_scaling.programs.traced`). Chains run on one device each
+    when there are enough (``numpyro.set_host_device_count`` on a CPU), else vectorised on
+    one: a vectorised NUTS steps its chains in lockstep, each iteration as long as the
+    deepest tree among them.
     """
 
     size_term = kind[2]
 
-    def run(rng_key, *args):
+    def one_chain(rng_key, args):
         kernel = NUTS(
             _model(*kind),
             dense_mass=[dense_sites(size_term)],
@@ -325,23 +331,25 @@ def _sampler(
             max_tree_depth=max_tree_depth,
             init_strategy=init_to_median(num_samples=15),
         )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=warmup,
-            num_samples=draws,
-            num_chains=chains,
-            chain_method="vectorized",
-            progress_bar=False,
-        )
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
         mcmc.run(rng_key, *args, extra_fields=("diverging",))
-        samples = mcmc.get_samples(group_by_chain=True)
+        samples = mcmc.get_samples()
         sigma_size = samples["sigma_size"] if size_term else jnp.zeros_like(samples["sigma_run"])
         # integrated out under the Normal likelihood: no draws of the offsets (zeros)
         run_offset = jnp.zeros(samples["sigma_run"].shape + (n_runs,)) if kind[1] else samples["run_offset"]
-        diverging = mcmc.get_extra_fields(group_by_chain=True)["diverging"]
+        diverging = mcmc.get_extra_fields()["diverging"]
         return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging
 
-    return jax.jit(run)
+    settings = f"{'-'.join(map(str, kind))}-{n_points}-{n_runs}-{warmup}-{draws}-{target_accept}-{max_tree_depth}"
+    if chains > 1 and jax.local_device_count() >= chains:
+        mapped = jax.pmap(traced(one_chain, f"cell-{settings}"), in_axes=(0, None), devices=jax.local_devices()[:chains])
+    else:
+        mapped = jax.jit(traced(jax.vmap(one_chain, in_axes=(0, None)), f"cell-{settings}-x{chains}"))
+
+    def run(rng_key, *args):
+        return mapped(jax.random.split(rng_key, chains), args)
+
+    return run
 
 
 @dataclass(frozen=True)

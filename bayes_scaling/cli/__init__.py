@@ -26,14 +26,15 @@ def configure_platform(platform: str, chains: int | None) -> None:
 
     if platform != "auto":
         numpyro.set_platform(platform)
-    if platform in ("auto", "cpu") and chains:
-        numpyro.set_host_device_count(max(int(chains), os.cpu_count() or 1))
+    if platform in ("auto", "cpu"):
+        numpyro.set_host_device_count(max(int(chains or 0), os.cpu_count() or 1))
     enable_compilation_cache()
 
 
 def enable_compilation_cache() -> None:
-    """Keep compiled samplers between runs (JAX's persistent cache): a second ``fit`` of the
-    same shapes skips the compilation that dominates a one-family fit. JAX's own
+    """Keep compiled samplers between runs (JAX's persistent cache, and the traced programs
+    of :mod:`bayes_scaling.programs` beside it): a second ``fit`` of the same shapes skips
+    the tracing and compilation that dominate a one-family fit. JAX's own
     ``JAX_COMPILATION_CACHE_DIR`` wins; ``BAYES_SCALING_CACHE_DIR`` moves ours (default
     ``~/.cache/bayes_scaling/jax``)."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -46,7 +47,9 @@ def enable_compilation_cache() -> None:
     except OSError:  # an unwritable home: run without the cache
         return
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    # every compilation, however small: a warm `predict` spent ~1.5 s recompiling small ops
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class _Parser(argparse.ArgumentParser):
