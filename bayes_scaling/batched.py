@@ -301,6 +301,8 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
             max_rhat=_split_rhat(theta[c]),
             sigma_size=sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
             size_anchor=float(chunk[c].x_n.max()),
+            chains=chains,
+            diverging=diverging[c].reshape(-1).astype(bool),
             num_steps=num_steps[c],
             warmup_steps=warmup_steps[c],
         )

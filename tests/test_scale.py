@@ -60,6 +60,10 @@ def test_batched_agrees_with_looped_within_mc_error(batched_and_looped):
         assert np.all(z < 4.5), (b.theta.mean(0), l.theta.mean(0), z)
         assert 0.6 < np.median(b.sigma_obs) / np.median(l.sigma_obs) < 1.6
         assert b.num_steps.shape == (SAMPLER["chains"], SAMPLER["draws"])
+        # chains laid out as fit_cell's: by_chain splits the draws back into the chains they came from
+        assert b.chains == l.chains == SAMPLER["chains"]
+        np.testing.assert_array_equal(b.by_chain(b.theta)[-1], b.theta[-SAMPLER["draws"] :])
+        assert b.diverging.shape == (SAMPLER["chains"] * SAMPLER["draws"],) and b.diverging.sum() == b.divergences
         assert np.all((b.num_steps >= 1) & (b.num_steps <= 2 ** SAMPLER["max_tree_depth"] - 1))
         # both recover the planted exponents
         for post in (b, l):
