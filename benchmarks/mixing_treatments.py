@@ -1,0 +1,157 @@
+"""Unmixed back-test cells: slow mixing or several modes? What longer warmup and more chains do (issue 18, item 1).
+
+    python benchmarks/mixing_treatments.py [--runs ../shared/data/runs.csv.gz] [--seed 0]
+
+Takes the ``bayes_hierarchical`` cells of ``results/backtest.csv`` whose max r-hat exceeded
+1.05 at the given seed (the public path at the 1e10 cut, fraction 1.0, population without
+the family's source group) and refits each of them, with the same model, prior, data and
+cell seed, in the batched program (:func:`bayes_scaling.batched.fit_cells_batched`) under:
+
+* ``baseline``: the back-test's sampler, 2 chains x (1000 warmup + 1000 draws);
+* ``long warmup``: 2 chains x (4000 + 1000): if chains only adapt or travel slowly, this
+  brings r-hat down;
+* ``8 chains``: 8 chains x (1000 + 1000) pooled with equal weights: if the posterior has
+  several modes, more chains find them (r-hat stays high) and the pooled draws weigh the
+  modes by how many chains fell in each, not by their mass.
+
+Per cell and treatment: max split r-hat of theta, how far apart the chains' medians of the
+law parameters are (the largest over the five, in units of the within-chain sd: above ~2
+the chains sit in different places), and the scores of the back-test (ARE of the final loss, whether
+the target's checkpoints fall inside the 90% new-run interval). Writes
+``results/mixing_treatments.md``. Nothing here changes the method; it says what the
+unmixed cells are.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling.batched import CellProblem, fit_cells_batched  # noqa: E402
+from bayes_scaling.cellfit import FamilyArrays  # noqa: E402
+from bayes_scaling.data import load_runs  # noqa: E402
+from bayes_scaling.laws import centre  # noqa: E402
+from bayes_scaling.outputs import atomic_write_text  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TREATMENTS = {
+    "baseline": dict(chains=2, warmup=1000, draws=1000),
+    "long warmup": dict(chains=2, warmup=4000, draws=1000),
+    "8 chains": dict(chains=8, warmup=1000, draws=1000),
+}
+NUTS = dict(target_accept=bt.BAYES_SETTINGS["target_accept"], max_tree_depth=bt.BAYES_SETTINGS["max_tree_depth"])
+
+
+def unmixed_cells(results: pd.DataFrame, seed: int, threshold: float = 1.05) -> set[tuple[str, int]]:
+    """(family, k) of the bayes_hierarchical cells with max r-hat above ``threshold`` in the
+    back-test run with seed ``seed`` (the ``seed`` column of benchmarks/backtest.py's CSV)."""
+    rows = results[(results["estimator"] == "bayes_hierarchical") & (results["fraction"] == 1.0) & (results["min_tokens"] == 1e10)]
+    rows = rows[(rows["seed"] == seed) & (rows["max_rhat"] > threshold)]
+    return {(f, int(k)) for f, k in zip(rows["family"], rows["k"])}
+
+
+def chain_spread(values: np.ndarray) -> float:
+    """Largest, over the last axis, range of the chains' medians over the mean within-chain
+    sd; ``values`` (chains, draws, k). Above ~2 some chains sit elsewhere than others."""
+    within = values.std(axis=1).mean(axis=0)
+    medians = np.median(values, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.max((medians.max(axis=0) - medians.min(axis=0)) / within))
+
+
+def score(post, target, seed: int) -> dict:
+    tn, td = centre(np.full(len(target.tokens), target.num_params), target.tokens)
+    draws = post.predict_new_run(tn, td, seed=seed)
+    s = bt.score_target(target.loss, np.median(draws, axis=0), draws)
+    return {"max_rhat": post.max_rhat, "chain_spread": chain_spread(post.by_chain(post.theta)), "are_%": 100 * s["are_last"], "cov_90_%": 100 * s["cov_90"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(HERE.parent.parent / "shared" / "data" / "runs.csv.gz"))
+    parser.add_argument("--results", type=Path, default=HERE / "results" / "backtest.csv")
+    parser.add_argument("--seed", type=int, default=0, help="which back-test seed's unmixed cells (0, 1, 2)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "mixing_treatments.md")
+    args = parser.parse_args(argv)
+
+    picked = unmixed_cells(pd.read_csv(args.results), args.seed)
+    table = bt.primary_table(load_runs(args.runs))
+    families = sorted({f for f, _ in picked})
+    protocol = bt.protocol_cells(table, ks=sorted({k for _, k in picked}), fractions=[1.0], min_tokens=[1e10], families=families)
+    cells = [c for c in protocol.cells if (c.family, c.k) in picked]
+    priors, _ = bt.population_priors(table, families, 1e10, population="public", seed=args.seed)
+    problems = []
+    for c in cells:
+        x_n, x_d = centre(c.train_num_params, c.train_tokens)
+        arrays = FamilyArrays.from_arrays(x_n, x_d, c.train_run, np.log(c.train_loss), c.train_models)
+        seed = bt.cell_seed((float(c.min_tokens), c.family, int(c.k), float(c.fraction), "bayes_hierarchical"), args.seed)
+        prior = priors[c.family].prior()  # the population without the family's source group, as fit_with_population uses it
+        problems.append(CellProblem(arrays.x_n, arrays.x_d, arrays.run_idx, arrays.log_loss, prior, seed=seed, weight=arrays.weight))
+
+    rows, seconds = [], {}
+    for name, sampler in TREATMENTS.items():
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            posts = fit_cells_batched(problems, **sampler, **NUTS)
+        seconds[name] = time.perf_counter() - started
+        for c, p, post in zip(cells, problems, posts):
+            rows.append({"family": c.family, "k": c.k, "treatment": name, **score(post, c.targets[0], p.seed)})
+        print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    res = pd.DataFrame(rows)
+    res["max_rhat"] = [_round(v, 3) for v in res["max_rhat"]]
+
+    summary = res.groupby("treatment", sort=False).agg(
+        cells=("family", "size"),
+        rhat_above_1_05=("max_rhat", lambda r: int((r > 1.05).sum())),
+        rhat_above_1_01=("max_rhat", lambda r: int((r > 1.01).sum())),
+        chains_apart=("chain_spread", lambda s: int((s > 2).sum())),
+        median_are_pct=("are_%", "median"),
+        mean_cov_90_pct=("cov_90_%", "mean"),
+    )
+    summary["seconds"] = [round(seconds[t]) for t in summary.index]
+    wide = res.pivot_table(index=["family", "k"], columns="treatment", values=["max_rhat", "chain_spread", "are_%", "cov_90_%"], sort=False)
+    wide.columns = [f"{t}: {v}" for v, t in wide.columns]
+    text = "\n".join(
+        [
+            "# Unmixed back-test cells under longer warmup and more chains (issue 18, item 1)",
+            "",
+            f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
+            f"- cells: the {len(cells)} bayes_hierarchical cells with max r-hat > 1.05 at back-test seed {args.seed} "
+            f"(`{args.results.name}`), refitted with the same prior, data and cell seed in the batched program",
+            f"- treatments: {'; '.join(f'{k}: {v}' for k, v in TREATMENTS.items())}; target_accept {NUTS['target_accept']}, "
+            f"max tree depth {NUTS['max_tree_depth']}",
+            "- chains apart: for some law parameter the chains' medians span more than 2 within-chain sds (chain_spread > 2)",
+            "",
+            "## Summary",
+            "",
+            bt._md_table(summary.reset_index().round(2)),
+            "",
+            "## Per cell",
+            "",
+            bt._md_table(wide.reset_index().round(2)),
+            "",
+        ]
+    )
+    atomic_write_text(args.out, text)
+    print(text)
+    return 0
+
+
+def _round(v, digits):
+    return round(float(v), digits) if np.isfinite(v) else v
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
