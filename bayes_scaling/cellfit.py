@@ -595,7 +595,7 @@ def fit_cell(
     seed : int
         PRNG seed of the sampler.
     chains, warmup, draws : int
-        Chains run sequentially; draws are kept per chain.
+        Chains run one per device where there are enough, else vectorised; draws are kept per chain.
     target_accept, max_tree_depth
         NUTS settings.
 

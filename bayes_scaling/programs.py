@@ -2,7 +2,8 @@
 
 JAX's persistent compilation cache (``jax_compilation_cache_dir``) skips XLA compilation in
 a new process, but not tracing: every process still re-traces the whole NUTS run in Python
-to find the cache key, and for a one-family fit that tracing costs as much as the sampling.
+to find the cache key, and for a one-family fit that tracing is a large share of a warm run
+(``benchmarks/results/user_speed.md``).
 :func:`traced` wraps a function so that its first call with given argument shapes exports
 the traced program (:mod:`jax.export`, StableHLO) into ``<compilation cache>/programs/``
 and later processes load it instead of tracing; the compilation cache then serves its

@@ -47,7 +47,7 @@ def enable_compilation_cache() -> None:
     except OSError:  # an unwritable home: run without the cache
         return
     jax.config.update("jax_compilation_cache_dir", path)
-    # every compilation, however small: a warm `predict` spent ~1.5 s recompiling small ops
+    # every compilation, however small: else a warm `predict` recompiles its small ops each time
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
