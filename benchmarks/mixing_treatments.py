@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     for c in cells:
         x_n, x_d = centre(c.train_num_params, c.train_tokens)
         arrays = FamilyArrays.from_arrays(x_n, x_d, c.train_run, np.log(c.train_loss), c.train_models)
-        seed = bt.cell_seed((float(c.min_tokens), c.family, int(c.k), float(c.fraction), "bayes_hierarchical"), args.seed)
+        seed = bt.cell_seed(bt.Cell(c, "bayes_hierarchical").key, args.seed)  # the back-test's seed of this cell
         prior = priors[c.family].prior()  # the population without the family's source group, as fit_with_population uses it
         problems.append(CellProblem(arrays.x_n, arrays.x_d, arrays.run_idx, arrays.log_loss, prior, seed=seed, weight=arrays.weight))
 
