@@ -48,7 +48,7 @@ HELD_AT_START = ("tau", "corr_cholesky")
 INITS = ("laplace", "point", "median")
 #: Sites that share the dense block of the mass matrix when the model has them. Run offsets
 #: are in it: with one run per model size they trade off against the N term of the law.
-DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_centred", "theta_z", "theta_level", "sigma_obs", "sigma_run_fitted", "run_u", "run_z")
+DENSE_SITES = ("mu", "tau", "corr_cholesky", "theta", "theta_centred", "theta_z", "theta_level", "exponent_z", "terms_level", "sigma_obs", "sigma_run_fitted", "run_u", "run_z")
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,12 @@ def initial_values(data: RunsData, spec: Spec) -> dict[str, np.ndarray]:
             values["theta_z"] = (theta - mu) / tau
         else:
             inputs = ModelInputs.from_data(data)
-            values["theta_level"] = np.asarray(to_level_coordinates(theta, inputs.family_x_n, inputs.family_x_d))
+            level = np.asarray(to_level_coordinates(theta, inputs.family_x_n, inputs.family_x_d))
+            if effects == "level":
+                values["theta_level"] = level
+            else:  # hybrid; the start's correlation is the identity, so z is exact
+                values["exponent_z"] = (theta[:, 3:] - mu[3:]) / tau[3:]
+                values["terms_level"] = level[:, :3]
     return values
 
 
@@ -609,6 +614,8 @@ def _to_inference_data(mcmc: MCMC, data: RunsData, spec: Spec, log_likelihood: b
         **{f"family_{kind}": list(families) if kind == effects else [] for kind in EFFECTS},
         "family_repeated": list(families[repeated_families(data.run_idx, data.run_family, len(families))]),
         "level_param": list(LEVEL_NAMES),
+        "exponent": list(PARAM_NAMES[3:]),
+        "level_term": list(LEVEL_NAMES[:3]),
         "run": list(data.runs),
         "param": list(PARAM_NAMES),
         "param_": list(PARAM_NAMES),

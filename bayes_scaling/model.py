@@ -15,6 +15,10 @@ theta_z        family_noncentred standardised theta (``family_effects = "noncent
                , param
 theta_level    family_level,     theta in level coordinates at the family's data centre
                level_param       (the default; see ``laws.to_level_coordinates``)
+exponent_z     family_hybrid,    standardised (alpha, beta) (``family_effects = "hybrid"``)
+               exponent
+terms_level    family_hybrid,    the first three level coordinates given the exponents
+               level_term        (``family_effects = "hybrid"``)
 sigma_run_fitted family_repeated sd of run offsets of families that identify one
 sigma_run      family            the same for every family (0 where every run has a
                                  single checkpoint: the noise holds the run spread there)
@@ -115,7 +119,7 @@ def _distinct_sizes(family_idx, x_n):
 
 
 #: How a family's theta is sampled, per ``family_effects`` ("auto" means "level").
-EFFECTS = ("centred", "noncentred", "level")
+EFFECTS = ("centred", "noncentred", "level", "hybrid")
 
 
 def family_effects(spec: Spec) -> str:
@@ -126,6 +130,12 @@ def family_effects(spec: Spec) -> str:
     the data, how it splits into E, N and D terms often is not. In theta those splits are
     thin curved ridges (E + A/N^alpha = const for one model size), which kept NUTS at its
     maximum tree depth on the corpus.
+
+    ``hybrid`` keeps level coordinates for (log_e, log_a, log_b) and samples the exponents
+    non-centred: where data pin a family's exponents weakly, centred exponents make a
+    funnel with their population spread (the divergent draws of the synthetic quickstart
+    sat at the lowest tau[alpha]). Where data pin them well it mixes worse, so it is not
+    the default; ``benchmarks/family_effects.py`` measures both on the notebooks' fits.
     """
     return "level" if spec.family_effects == "auto" else spec.family_effects
 
@@ -157,6 +167,48 @@ class LevelMultivariateNormal(dist.Distribution):
         return self.base.log_prob(from_level_coordinates(value, self.x_n0, self.x_d0))
 
 
+class LevelTermsNormal(dist.Distribution):
+    """(log_e, log_a, log_b) ~ MultivariateNormal(loc, scale_tril) given the exponents,
+    in the first three level coordinates at ``(x_n0, x_d0)`` (unit Jacobian, as above)."""
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, loc, scale_tril, exponents, x_n0, x_d0, validate_args=None):
+        self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        self.exponents, self.x_n0, self.x_d0 = exponents, x_n0, x_d0
+        super().__init__(batch_shape=jnp.shape(x_n0), event_shape=(3,), validate_args=validate_args)
+
+    def _theta(self, terms):
+        return jnp.concatenate([terms, jnp.broadcast_to(self.exponents, terms.shape[:-1] + (2,))], axis=-1)
+
+    def sample(self, key, sample_shape=()):
+        terms = self.base.expand(self.batch_shape).sample(key, sample_shape)
+        return to_level_coordinates(self._theta(terms), self.x_n0, self.x_d0)[..., :3]
+
+    def log_prob(self, value):
+        return self.base.log_prob(from_level_coordinates(self._theta(value), self.x_n0, self.x_d0)[..., :3])
+
+
+#: Permutation matrix putting theta's exponents first: the Cholesky factor of the reordered
+#: covariance holds the exponents' marginal and the other terms' conditional given them.
+_EXPONENTS_FIRST = np.eye(N_PARAMS)[[3, 4, 0, 1, 2]]
+
+
+def _hybrid_theta(mu, scale_tril, x_n0, x_d0):
+    """theta with non-centred exponents and level-coordinate terms (inside the family plate)."""
+    # a matrix product in scale_tril's dtype, not fancy indexing or a float64 constant: both
+    # broke once fit() had switched jax_enable_x64 on and off in the same process
+    order = jnp.asarray(_EXPONENTS_FIRST, dtype=scale_tril.dtype)
+    chol = jnp.linalg.cholesky(order @ scale_tril @ scale_tril.T @ order.T)
+    z = numpyro.sample("exponent_z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+    exponents = mu[3:] + z @ chol[:2, :2].T
+    loc = mu[:3] + z @ chol[2:, :2].T
+    terms = numpyro.sample("terms_level", LevelTermsNormal(loc, chol[2:, 2:], exponents, x_n0, x_d0))
+    level = jnp.concatenate([terms, exponents], axis=-1)
+    return from_level_coordinates(level, x_n0, x_d0)
+
+
 def _family_parameters(spec: Spec, n_families: int, family_centre):
     """Sample theta[family, param] under the spec's pooling."""
     mean_prior = prior_distribution(spec.mean_priors).to_event(1)
@@ -179,6 +231,8 @@ def _family_parameters(spec: Spec, n_families: int, family_centre):
         elif effects == "noncentred":
             z = numpyro.sample("theta_z", dist.Normal(0.0, 1.0).expand([N_PARAMS]).to_event(1))
             theta = mu + z @ scale_tril.T
+        elif effects == "hybrid":
+            theta = _hybrid_theta(mu, scale_tril, *(jnp.asarray(c) for c in family_centre))
         else:
             x_n0, x_d0 = (jnp.asarray(c) for c in family_centre)
             coords = numpyro.sample("theta_level", LevelMultivariateNormal(mu, scale_tril, x_n0, x_d0))
@@ -364,6 +418,8 @@ SITE_DIMS = {
     "theta_centred": ["family_centred", "param"],
     "theta_z": ["family_noncentred", "param"],
     "theta_level": ["family_level", "level_param"],
+    "exponent_z": ["family_hybrid", "exponent"],
+    "terms_level": ["family_hybrid", "level_term"],
     "run_u": ["run_centred"],
     "run_z": ["run_noncentred"],
     "run_offset": ["run"],

@@ -34,7 +34,7 @@ DISTRIBUTIONS = {
 POSITIVE_ARGS = {"scale", "df", "rate", "concentration"}
 
 POOLINGS = ("partial", "none", "complete")
-FAMILY_EFFECTS = ("auto", "centred", "noncentred", "level")
+FAMILY_EFFECTS = ("auto", "centred", "noncentred", "level", "hybrid")
 LIKELIHOODS = ("student_t", "normal")
 FORMS = ("chinchilla",)
 

@@ -44,6 +44,27 @@ def test_recovers_family_parameters(small_fit, synthetic_runs):
     assert np.mean(hits) >= 0.8, f"only {np.mean(hits):.0%} of family parameters inside 94% intervals"
 
 
+def test_hybrid_family_effects_fit_end_to_end():
+    # A small fit under family_effects = "hybrid" (3 synthetic families, 2 chains x 150
+    # draws, seed 0): its sites get their dims and start values, and the family parameters
+    # are recovered (truth inside the 94% interval for >= 80% of 15).
+    import dataclasses
+
+    from bayes_scaling.spec import load_spec
+
+    runs, truth = datasets.synthetic(n_families=3, seed=3, n_checkpoints=12)
+    spec = dataclasses.replace(load_spec("chinchilla_hierarchical"), family_effects="hybrid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = fit(runs, spec, population=None, chains=2, warmup=150, draws=150, seed=0)
+    post = result.idata.posterior
+    assert list(post["exponent_z"].coords["family_hybrid"].values) == list(result.families)
+    assert list(post["exponent_z"].coords["exponent"].values) == ["alpha", "beta"]
+    assert post["terms_level"].sizes["level_term"] == 3
+    hits = [within_94(post[p].sel(family=f).values.ravel(), truth.loc[f, p]) for f in result.families for p in PARAM_NAMES]
+    assert np.mean(hits) >= 0.8, f"only {np.mean(hits):.0%} of family parameters inside 94% intervals"
+
+
 def test_recovers_population_and_noise(small_fit, synthetic_runs):
     _, truth = synthetic_runs
     post = small_fit.idata.posterior
@@ -171,3 +192,39 @@ def test_level_coordinates_keep_the_population_prior():
     theta = np.asarray(from_level_coordinates(mcmc.get_samples()["theta_level"], x_n0, x_d0))
     assert np.all(np.abs(theta.mean(0) - mu) < 0.15 * sd), theta.mean(0)
     np.testing.assert_allclose(theta.std(0), sd, rtol=0.12)
+
+
+def test_hybrid_family_effects_keep_the_population_prior():
+    # The hybrid parameterisation (non-centred exponents, the other terms in level
+    # coordinates given them) must give back theta ~ MultivariateNormal(mu, Sigma) with a
+    # correlated Sigma: a wrong conditional (loc or Cholesky block of the reordered
+    # covariance) shifts the means or the exponent-term correlations. 2 chains x 1500 draws
+    # of two families, seed 0; means within 0.15 sd, sds within 12%, correlations within 0.1
+    # (Monte Carlo error at ESS ~1000: 0.03 sd, 3%, 0.03).
+    import jax.numpy as jnp
+    import numpyro
+    from numpyro.infer import MCMC, NUTS
+
+    from bayes_scaling.model import _hybrid_theta
+
+    mu = np.array([0.5, -1.0, -1.7, 0.35, 0.37])
+    sd = np.array([0.3, 0.4, 0.4, 0.1, 0.1])
+    corr = np.eye(5)
+    corr[0, 3] = corr[3, 0] = 0.6  # log_e with alpha
+    corr[2, 4] = corr[4, 2] = -0.5  # log_b with beta
+    corr[1, 2] = corr[2, 1] = 0.3
+    scale_tril = jnp.asarray(np.linalg.cholesky(np.outer(sd, sd) * corr))
+    x_n0, x_d0 = jnp.asarray([-1.0, 1.5]), jnp.asarray([0.5, -2.0])
+
+    def prior_only():
+        with numpyro.plate("family", 2):
+            numpyro.deterministic("theta", _hybrid_theta(jnp.asarray(mu), scale_tril, x_n0, x_d0))
+
+    mcmc = MCMC(NUTS(prior_only), num_warmup=500, num_samples=1500, num_chains=2, chain_method="sequential", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    theta = np.asarray(mcmc.get_samples()["theta"])
+    for family in range(2):
+        draws = theta[:, family]
+        assert np.all(np.abs(draws.mean(0) - mu) < 0.15 * sd), draws.mean(0)
+        np.testing.assert_allclose(draws.std(0), sd, rtol=0.12)
+        np.testing.assert_allclose(np.corrcoef(draws.T), corr, atol=0.1)
