@@ -245,6 +245,15 @@ def run_size_distance(x_n, run_idx, mask, n_runs: int):
     return jnp.maximum(jax.ops.segment_max(distance, run_idx, n_runs), 0.0)  # empty run: -inf -> 0
 
 
+def run_offset_sd(sigma_run, sigma_size, x_n, run_idx, mask, n_runs: int):
+    """sd of each run's offset: ``sigma_run``, widened by ``sigma_size`` per unit of log N
+    the run sits below the cell's largest size (no size term: ``sigma_size`` None)."""
+    run_sd = jnp.full(n_runs, sigma_run)
+    if sigma_size is None:
+        return run_sd
+    return jnp.hypot(run_sd, sigma_size * run_size_distance(x_n, run_idx, mask, n_runs))
+
+
 @lru_cache(maxsize=None)
 def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_tailed: bool = False):
     """The cell model; ``marginal``: Normal likelihood with the run offsets integrated out;
@@ -265,10 +274,8 @@ def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_taile
         sigma_run = numpyro.sample("sigma_run", _scale_dist(scale_kind, run_a, run_b))
         sigma_obs = numpyro.sample("sigma_obs", _scale_dist(scale_kind, noise_a, noise_b))
         n_runs = run_mask.shape[0]
-        run_sd = jnp.full(n_runs, sigma_run)
-        if size_term:
-            sigma_size = numpyro.sample("sigma_size", _scale_dist(scale_kind, size_a, size_b))
-            run_sd = jnp.hypot(run_sd, sigma_size * run_size_distance(x_n, run_idx, mask, n_runs))
+        sigma_size = numpyro.sample("sigma_size", _scale_dist(scale_kind, size_a, size_b)) if size_term else None
+        run_sd = run_offset_sd(sigma_run, sigma_size, x_n, run_idx, mask, n_runs)
         mean = chinchilla_log_loss(x_n, x_d, *[theta[i] for i in range(N_PARAMS)])
         if marginal:
             numpyro.sample(

@@ -1,4 +1,4 @@
-"""Unmixed back-test cells: slow mixing or several modes? What longer warmup and more chains do (issue 18, item 1).
+"""Unmixed back-test cells: slow mixing or several modes? What longer warmup, more chains and stacking do (issue 18, item 1).
 
     python benchmarks/mixing_treatments.py [--runs ../shared/data/runs.csv.gz] [--seed 0]
 
@@ -12,7 +12,10 @@ cell seed, in the batched program (:func:`bayes_scaling.batched.fit_cells_batche
   brings r-hat down;
 * ``8 chains``: 8 chains x (1000 + 1000) pooled with equal weights: if the posterior has
   several modes, more chains find them (r-hat stays high) and the pooled draws weigh the
-  modes by how many chains fell in each, not by their mass.
+  modes by how many chains fell in each, not by their mass;
+* ``8 chains, stacked``: the same fits, chains weighted by stacking
+  (:mod:`bayes_scaling.stacking`: PSIS-LOO density of each training run per chain, Yao,
+  Vehtari and Gelman 2022); its r-hat is the unstacked fit's, its time includes the fits.
 
 Per cell and treatment: max split r-hat of theta, how far apart the chains' medians of the
 law parameters are (the largest over the five, in units of the within-chain sd: above ~2
@@ -38,6 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling import stacking  # noqa: E402
 from bayes_scaling.batched import CellProblem, fit_cells_batched  # noqa: E402
 from bayes_scaling.cellfit import FamilyArrays  # noqa: E402
 from bayes_scaling.data import load_runs  # noqa: E402
@@ -50,6 +54,8 @@ TREATMENTS = {
     "long warmup": dict(chains=2, warmup=4000, draws=1000),
     "8 chains": dict(chains=8, warmup=1000, draws=1000),
 }
+#: Stacking (Yao, Vehtari, Gelman 2022) re-weights the chains of this treatment's fits.
+STACKED_FROM, STACKED = "8 chains", "8 chains, stacked"
 NUTS = dict(target_accept=bt.BAYES_SETTINGS["target_accept"], max_tree_depth=bt.BAYES_SETTINGS["max_tree_depth"])
 
 
@@ -68,6 +74,15 @@ def chain_spread(values: np.ndarray) -> float:
     medians = np.median(values, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(np.max((medians.max(axis=0) - medians.min(axis=0)) / within))
+
+
+def stack(post, problem):
+    """Stacked version of a cell posterior (:mod:`bayes_scaling.stacking`), its chain weights,
+    and how many (chain, run) LOO densities had Pareto k above 0.7."""
+    log_lik = stacking.cell_run_log_lik(post, problem.x_n, problem.x_d, problem.run_idx, problem.log_loss, problem.weight)
+    lpd, pareto_k = stacking.loo_log_densities(post.by_chain(log_lik))
+    weights = stacking.stacking_weights(lpd)
+    return stacking.stack_chains(post, weights), weights, int((pareto_k > 0.7).sum())
 
 
 def score(post, target, seed: int) -> dict:
@@ -109,6 +124,14 @@ def main(argv=None) -> int:
         for c, p, post in zip(cells, problems, posts):
             rows.append({"family": c.family, "k": c.k, "treatment": name, **score(post, c.targets[0], p.seed)})
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
+        if name == STACKED_FROM:
+            started = time.perf_counter()
+            for c, p, post in zip(cells, problems, posts):
+                stacked, weights, bad_k = stack(post, p)
+                row = {"family": c.family, "k": c.k, "treatment": STACKED, **score(stacked, c.targets[0], p.seed)}
+                row.update(max_rhat=post.max_rhat, chain_spread=np.nan, top_weight=float(weights.max()), pareto_k_above_0_7=bad_k)
+                rows.append(row)
+            seconds[STACKED] = seconds[name] + time.perf_counter() - started
     res = pd.DataFrame(rows)
     res["max_rhat"] = [_round(v, 3) for v in res["max_rhat"]]
 
@@ -125,14 +148,15 @@ def main(argv=None) -> int:
     wide.columns = [f"{t}: {v}" for v, t in wide.columns]
     text = "\n".join(
         [
-            "# Unmixed back-test cells under longer warmup and more chains (issue 18, item 1)",
+            "# Unmixed back-test cells under longer warmup, more chains and stacking (issue 18, item 1)",
             "",
             f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
             f"- cells: the {len(cells)} bayes_hierarchical cells with max r-hat > 1.05 at back-test seed {args.seed} "
             f"(`{args.results.name}`), refitted with the same prior, data and cell seed in the batched program",
             f"- treatments: {'; '.join(f'{k}: {v}' for k, v in TREATMENTS.items())}; target_accept {NUTS['target_accept']}, "
             f"max tree depth {NUTS['max_tree_depth']}",
-            "- chains apart: for some law parameter the chains' medians span more than 2 within-chain sds (chain_spread > 2)",
+            "- chains apart: for some law parameter the chains' medians span more than 2 within-chain sds (chain_spread > 2; "
+            "not defined for the stacked draws, which form one chain)",
             "",
             "## Summary",
             "",
@@ -141,6 +165,12 @@ def main(argv=None) -> int:
             "## Per cell",
             "",
             bt._md_table(wide.reset_index().round(2)),
+            "",
+            f"## Stacking weights ({STACKED})",
+            "",
+            "Largest chain weight (1/8 = equal pooling) and how many of the (chain, run) LOO densities had Pareto k > 0.7 (unreliable).",
+            "",
+            bt._md_table(res.loc[res["treatment"] == STACKED, ["family", "k", "top_weight", "pareto_k_above_0_7"]].round(3)),
             "",
         ]
     )
