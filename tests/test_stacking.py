@@ -81,5 +81,31 @@ def test_cell_run_log_lik_is_the_marginal_normal_density():
             t = np.hypot(post.sigma_run[s], post.sigma_size[s] * (0.5 - x_n[pts][0]))
             cov = post.sigma_obs[s] ** 2 * np.eye(pts.sum()) + t**2
             assert got[s, r] == pytest.approx(multivariate_normal(mean[pts], cov).logpdf(log_loss[pts]), rel=1e-4)
-    with pytest.raises(ValueError, match="Student-t"):
-        cell_run_log_lik(CellPosterior(**{**post.__dict__, "nu": 5.0}), x_n, x_d, run_idx, log_loss)
+
+
+def test_cell_run_log_lik_student_t_matches_numerical_integration():
+    # Student-t likelihood (nu 4), weights below 1: the Gauss-Hermite marginal of each run
+    # against a 2-million-point grid over the offset, to 2e-3 in log density. Run 0 has a
+    # checkpoint 6 noise sds off the others, run 1 a noise 25x below its offset sd (a sharp
+    # peak away from 0). (Checkpoints of one run that disagree by tens of noise sds make the
+    # integrand multimodal; the rule is not meant for that: see cell_run_log_lik.)
+    from scipy.special import logsumexp
+    from scipy.stats import norm, t
+
+    base = posterior(chains=1, draws=2)
+    post = CellPosterior(**{**base.__dict__, "nu": 4.0, "sigma_obs": np.array([0.01, 0.002]), "sigma_run": np.array([0.03, 0.05])})
+    x_n = np.array([-1.0, -1.0, -1.0, 0.5, 0.5, 0.5])
+    x_d = np.array([-2.0, -1.5, -1.0, -2.0, -1.5, -1.0])
+    run_idx = np.array([0, 0, 0, 1, 1, 1])
+    offsets = np.array([0.02, 0.025, 0.08, 0.1, 0.101, 0.099])
+    log_loss = np.asarray(chinchilla_log_loss(x_n, x_d, *post.theta[0])) + offsets
+    weight = np.array([1.0, 0.8, 0.8, 1.0, 0.5, 0.5])
+    got = cell_run_log_lik(post, x_n, x_d, run_idx, log_loss, weight)
+    grid = np.linspace(-1, 1, 2_000_001)
+    for s in range(2):
+        resid = log_loss - np.asarray(chinchilla_log_loss(x_n, x_d, *post.theta[s]))
+        for r in range(2):
+            pts = run_idx == r
+            log_f = sum(w * t.logpdf(e, 4.0, grid, post.sigma_obs[s]) for e, w in zip(resid[pts], weight[pts]))
+            log_f = log_f + norm.logpdf(grid, 0, post.sigma_run[s])
+            assert got[s, r] == pytest.approx(logsumexp(log_f) + np.log(grid[1] - grid[0]), abs=2e-3)
