@@ -317,7 +317,7 @@ def default_candidates(draws: PlanDraws, target_params: float, target_tokens: fl
 # --------------------------------------------------------------------------- maths
 
 
-def run_log_likelihood(resid: np.ndarray, run_sd: np.ndarray, sigma_obs: np.ndarray, nu: float = math.inf) -> np.ndarray:
+def run_log_likelihood(resid: np.ndarray, run_sd: np.ndarray, sigma_obs: np.ndarray, nu: float = math.inf, weight=None) -> np.ndarray:
     """Log likelihood of one run's log-loss residuals from the law, its offset integrated out.
 
     Parameters
@@ -330,35 +330,50 @@ def run_log_likelihood(resid: np.ndarray, run_sd: np.ndarray, sigma_obs: np.ndar
         Student-t degrees of freedom; ``math.inf``: Normal, integrated in closed form
         (covariance ``sigma_obs^2 I + run_sd^2 11^T``); otherwise adaptive Gauss-Hermite
         quadrature over the offset with :data:`QUADRATURE_NODES` nodes.
+    weight : ndarray (m,), optional
+        Likelihood weight of each checkpoint (a cell fit's effective weights); default 1.
 
     Returns
     -------
     ndarray (..., S)
     """
     resid = np.asarray(resid, float)
-    m = resid.shape[-1]
+    weight = np.ones(resid.shape[-1]) if weight is None else np.asarray(weight, float)
+    total_weight = weight.sum()
     so2, sr2 = np.asarray(sigma_obs, float) ** 2, np.asarray(run_sd, float) ** 2
     if not math.isfinite(nu):
-        total = resid.sum(axis=-1)
-        denom = so2 + m * sr2
-        quad = (resid**2).sum(axis=-1) / so2 - sr2 * total**2 / (so2 * denom)
-        log_det = (m - 1) * np.log(so2) + np.log(denom)
-        return -0.5 * (quad + log_det + m * np.log(2 * np.pi))
-    # adaptive Gauss-Hermite: nodes around the offset's conditional posterior under Normal
-    # noise (mean mu_u, sd s_u), so they sit where the likelihood is even when the noise is far
-    # below the run spread
+        total = (weight * resid).sum(axis=-1)
+        denom = so2 + total_weight * sr2
+        quad = (weight * resid**2).sum(axis=-1) / so2 - sr2 * total**2 / (so2 * denom)
+        log_det = (total_weight - 1) * np.log(so2) + np.log(denom)
+        return -0.5 * (quad + log_det + total_weight * np.log(2 * np.pi))
+    # adaptive Gauss-Hermite: nodes around the mode of the offset's conditional posterior,
+    # 1.5 times as wide as its curvature there says, so they sit where the likelihood is even
+    # when the noise is far below the run spread or one checkpoint is an outlier
     sigma_obs = np.asarray(sigma_obs, float)
     sr2 = np.maximum(sr2, 1e-24)
-    post_var = 1.0 / (1.0 / sr2 + m / so2)  # (S,)
-    post_mean = post_var * resid.sum(axis=-1) / so2  # (..., S)
-    nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
-    offsets = post_mean[..., None] + np.sqrt(2.0 * post_var)[:, None] * nodes  # (..., S, K)
+    mode, precision = _offset_mode(resid, weight, so2, sr2, nu)  # (..., S)
+    scale = 1.5 / np.sqrt(precision)
+    nodes, node_weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
+    offsets = mode[..., None] + np.sqrt(2.0) * scale[..., None] * nodes  # (..., S, K)
     z2 = ((resid[..., None] - offsets[..., None, :]) / sigma_obs[:, None, None]) ** 2  # (..., S, m, K)
     log_norm = special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi) - np.log(sigma_obs)
-    log_t = m * log_norm[:, None] - 0.5 * (nu + 1) * np.log1p(z2 / nu).sum(axis=-2)  # Student-t log density, summed over m
+    log_t = total_weight * log_norm[:, None] - 0.5 * (nu + 1) * (weight[:, None] * np.log1p(z2 / nu)).sum(axis=-2)  # weighted Student-t log density
     log_prior = -0.5 * offsets**2 / sr2[:, None] - 0.5 * np.log(2 * np.pi * sr2)[:, None]
-    # u = mu_u + sqrt(2 s_u^2) z: integral = sum_k w_k exp(z_k^2) sqrt(2 s_u^2) f(u_k) prior(u_k)
-    return special.logsumexp(log_t + log_prior + nodes**2 + np.log(weights * np.sqrt(2.0 * post_var)[:, None]), axis=-1)
+    # u = mode + sqrt(2) scale z: integral = sum_k w_k exp(z_k^2) sqrt(2) scale f(u_k) prior(u_k)
+    return special.logsumexp(log_t + log_prior + nodes**2 + np.log(node_weights) + np.log(np.sqrt(2.0) * scale)[..., None], axis=-1)
+
+
+def _offset_mode(resid, weight, so2, sr2, nu: float, iterations: int = 20):
+    """Mode of a run's offset under Student-t noise and its Normal prior, and the precision
+    there: iteratively re-weighted least squares (each checkpoint weighs
+    ``(nu + 1) / (nu + (e - u)^2 / s^2)``), started at the Normal likelihood's mode."""
+    u = (weight * resid).sum(axis=-1) / (weight.sum() + so2 / sr2)
+    for _ in range(iterations):
+        robust = weight * (nu + 1.0) / (nu + (resid - u[..., None]) ** 2 / so2[:, None])
+        precision = robust.sum(axis=-1) / so2 + 1.0 / sr2
+        u = (robust * resid).sum(axis=-1) / so2 / precision
+    return u, precision
 
 
 def importance_weights(log_lik: np.ndarray) -> np.ndarray:

@@ -25,70 +25,38 @@ from scipy.special import logsumexp
 
 from .cellfit import CellPosterior, run_offset_sd
 from .laws import chinchilla_log_loss
-from .model import run_marginal_log_lik
+from .plan import run_log_likelihood
 
 __all__ = ["cell_run_log_lik", "loo_log_densities", "stacking_weights", "stack_chains"]
 
 
-#: Nodes of the Gauss-Hermite rule that integrates a run's offset out of a Student-t likelihood.
-HERMITE_NODES = 24
-
-
 def cell_run_log_lik(post: CellPosterior, x_n, x_d, run_idx, log_loss, weight=None) -> np.ndarray:
     """Log density of each training run under each draw of a cell posterior, (S, runs),
-    with the run's offset ``u ~ Normal(0, run sd)`` integrated out.
+    with the run's offset integrated out (:func:`bayes_scaling.plan.run_log_likelihood`:
+    closed form under Normal noise, quadrature under Student-t).
 
-    The run sd is the cell model's (:func:`bayes_scaling.cellfit.run_offset_sd`: widened with
-    the run's distance below the largest size when the fit has a size term); ``weight`` (per
-    checkpoint) as in the fit. Normal likelihood (``nu`` inf): exact
-    (:func:`bayes_scaling.model.run_marginal_log_lik`). Student-t: adaptive Gauss-Hermite
-    quadrature over u, centred at the mode of the run's offset and 1.5 times as wide as
-    its curvature there says (the t's heavier tails). Checkpoints of one run that disagree
-    by tens of noise sds make that integrand multimodal; the rule then sees the main mode.
+    The offset's sd is the cell model's (:func:`bayes_scaling.cellfit.run_offset_sd`: widened
+    with the run's distance below the largest size when the fit has a size term); ``weight``
+    (per checkpoint) as in the fit.
     """
-    x_n, x_d, log_loss = (jnp.asarray(v, float) for v in (x_n, x_d, log_loss))
-    run_idx = jnp.asarray(run_idx, int)
+    x_n, x_d, log_loss = (np.asarray(v, float) for v in (x_n, x_d, log_loss))
+    run_idx = np.asarray(run_idx, int)
     n_runs = int(run_idx.max()) + 1
-    weight = jnp.ones_like(log_loss) if weight is None else jnp.asarray(weight, float)
+    law = np.asarray(chinchilla_log_loss(x_n[None, :], x_d[None, :], *[post.theta[:, i : i + 1] for i in range(post.theta.shape[1])]))
+    resid = log_loss[None, :] - law  # (S, points)
     mask = jnp.ones(len(log_loss), bool)
-    size_term, nu = post.sigma_size is not None, float(post.nu)
-    nodes, node_weights = np.polynomial.hermite.hermgauss(HERMITE_NODES)
+    size_term = post.sigma_size is not None
 
-    def one_draw(theta, sigma_run, sigma_obs, sigma_size):
-        resid = log_loss - chinchilla_log_loss(x_n, x_d, *theta)
-        run_sd = run_offset_sd(sigma_run, sigma_size if size_term else None, x_n, run_idx, mask, n_runs)
-        sigma = jnp.full(n_runs, sigma_obs)
-        if not np.isfinite(nu):
-            return run_marginal_log_lik(resid, run_idx, sigma, run_sd, weight)
-        centre, precision = _offset_mode(resid, run_idx, weight, sigma_obs, run_sd, nu)
-        width = 1.5 / jnp.sqrt(precision)
-        u = centre[:, None] + jnp.sqrt(2.0) * width[:, None] * nodes[None, :]  # (runs, nodes)
-        t = jax.scipy.stats.t.logpdf(resid[:, None], nu, u[run_idx], sigma_obs)  # (points, nodes)
-        lik = jax.ops.segment_sum(weight[:, None] * t, run_idx, n_runs)
-        prior = jax.scipy.stats.norm.logpdf(u, 0.0, run_sd[:, None])
-        log_terms = lik + prior + nodes[None, :] ** 2 + jnp.log(node_weights)[None, :]
-        return jax.scipy.special.logsumexp(log_terms, axis=1) + jnp.log(jnp.sqrt(2.0) * width)
+    def offset_sd(sigma_run, sigma_size):
+        return run_offset_sd(sigma_run, sigma_size if size_term else None, jnp.asarray(x_n), jnp.asarray(run_idx), mask, n_runs)
 
     sigma_size = post.sigma_size if size_term else np.zeros(len(post.theta))
-    draws = (jnp.asarray(v) for v in (post.theta, post.sigma_run, post.sigma_obs, sigma_size))
-    return np.asarray(jax.vmap(one_draw)(*draws))
-
-
-def _offset_mode(resid, run_idx, weight, sigma_obs, run_sd, nu: float, iterations: int = 50):
-    """Mode of each run's offset under a Student-t likelihood and its Normal prior, with the
-    precision there: iteratively re-weighted least squares (the EM of a t; each checkpoint's
-    weight ``(nu + 1) / (nu + (e - u)^2 / s^2)``), from the Normal likelihood's mode."""
-    n_runs = run_sd.shape[0]
-
-    def step(u, _):
-        z2 = (resid - u[run_idx]) ** 2 / sigma_obs**2
-        robust = weight * (nu + 1.0) / (nu + z2)
-        precision = jax.ops.segment_sum(robust, run_idx, n_runs) / sigma_obs**2 + 1.0 / run_sd**2
-        return jax.ops.segment_sum(robust * resid, run_idx, n_runs) / sigma_obs**2 / precision, precision
-
-    start = jax.ops.segment_sum(weight * resid, run_idx, n_runs) / (jax.ops.segment_sum(weight, run_idx, n_runs) + sigma_obs**2 / run_sd**2)
-    mode, precisions = jax.lax.scan(step, start, None, length=iterations)
-    return mode, precisions[-1]
+    run_sd = np.asarray(jax.vmap(offset_sd)(jnp.asarray(post.sigma_run), jnp.asarray(sigma_size)))  # (S, runs)
+    out = np.empty((len(post.theta), n_runs))
+    for r in range(n_runs):
+        points = run_idx == r
+        out[:, r] = run_log_likelihood(resid[:, points], run_sd[:, r], post.sigma_obs, post.nu, None if weight is None else np.asarray(weight)[points])
+    return out
 
 
 def loo_log_densities(log_lik: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
