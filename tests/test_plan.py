@@ -52,6 +52,25 @@ def test_closed_form_matches_quadrature_and_brute_force():
     np.testing.assert_allclose(quad, closed, atol=1e-3)
 
 
+def test_weighted_run_likelihood_is_the_cell_models():
+    # checkpoint weights below 1 (a cell fit's effective weights): the closed form is the
+    # cell model's weighted marginal (model.run_marginal_log_lik), and the Student-t
+    # quadrature at huge df agrees with it (tolerances as above)
+    import jax.numpy as jnp
+
+    from bayes_scaling.model import run_marginal_log_lik
+
+    rng = np.random.default_rng(2)
+    resid = 0.01 * rng.standard_normal((4, 6)) + 0.02
+    run_sd, sigma_obs = np.linspace(0.01, 0.04, 4), np.linspace(0.005, 0.02, 4)
+    weight = np.array([1.0, 0.9, 0.5, 0.5, 0.3, 0.3])
+    closed = plan.run_log_likelihood(resid, run_sd, sigma_obs, weight=weight)
+    model = [float(run_marginal_log_lik(jnp.asarray(resid[s]), jnp.zeros(6, int), jnp.asarray([sigma_obs[s]]), jnp.asarray([run_sd[s]]), jnp.asarray(weight))[0]) for s in range(4)]
+    np.testing.assert_allclose(closed, model, rtol=1e-5)
+    np.testing.assert_allclose(plan.run_log_likelihood(resid, run_sd, sigma_obs, nu=1e7, weight=weight), closed, atol=1e-3)
+    assert not np.allclose(closed, plan.run_log_likelihood(resid, run_sd, sigma_obs))  # the weights matter
+
+
 def test_mixture_quantiles_of_one_normal():
     w = np.full(4, 0.25)
     q = plan._mixture_quantiles(w, np.full(4, 1.0), np.full(4, 0.1), (0.05, 0.5, 0.95))
