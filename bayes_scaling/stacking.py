@@ -11,6 +11,10 @@ over units, of the log of the weighted mixture of those densities.
 For a cell fit the units are its training runs, each with its offset integrated out
 (:func:`cell_run_log_lik`): a run's checkpoints share that offset, so leaving out one
 checkpoint of a densely logged run would leave its neighbours to predict it.
+
+Not part of ``fit`` or the back-test: on the back-test's unmixed cells
+(``benchmarks/mixing_treatments.py``) the weights fell on a single chain in most cells and
+the target's intervals lost coverage.
 """
 
 from __future__ import annotations
