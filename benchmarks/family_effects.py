@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import time
 import warnings
@@ -90,9 +91,9 @@ def main(argv=None) -> None:
     runs = bs.load_runs(args.runs)
     csv_path = args.out / "family_effects.csv"
     rows = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
-    for seed in args.seeds:
-        for name, (notebook, families, min_tokens, max_checkpoints, warmup, draws) in PROBLEMS.items():
-            data = problem_data(runs, families, min_tokens, max_checkpoints)
+    for name, (notebook, families, min_tokens, max_checkpoints, warmup, draws) in PROBLEMS.items():
+        data = problem_data(runs, families, min_tokens, max_checkpoints)  # once per problem, for every seed
+        for seed in args.seeds:
             for effects in args.effects:
                 key = {"problem": name, "family_effects": effects, "seed": seed}
                 if len(rows) and (rows[list(key)] == pd.Series(key)).all(axis=1).any():
@@ -114,7 +115,7 @@ def write_report(rows: pd.DataFrame, path: Path) -> None:
         "# Joint model: level against hybrid family parameters",
         "",
         "Script: `benchmarks/family_effects.py` (see its docstring). Machine: "
-        f"{platform.machine()}, 2 cores shared with other developers; {CHAINS} chains (one CPU device each), "
+        f"{platform.machine()}, {os.cpu_count()} cores shared with other developers; {CHAINS} chains (one CPU device each), "
         f"target_accept {TARGET_ACCEPT}; warmup and draws as in each notebook; seeds {sorted(rows['seed'].unique().tolist())}.",
         "",
         "## Totals",

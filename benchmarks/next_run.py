@@ -333,12 +333,13 @@ def report(results: pd.DataFrame, meta: dict, out: Path) -> str:
                      f"reached = counted as 10), {int((vals <= BAR_RATIO).sum())} of {len(vals)} families at or below {BAR_RATIO}.")
     final = res[(res["strategy"] == "information")]
     coverage, n_fam = final["cov_90"].mean(), final["family"].nunique()
-    fast, held = medians["information"] <= BAR_RATIO, coverage >= chance_range(n_fam)[0]
+    chance_lo, chance_hi = chance_range(n_fam)
+    fast, held = medians["information"] <= BAR_RATIO, coverage >= chance_lo
     lines += ["", (f"**Bar (information reaches the final width with at most {BAR_RATIO:.0%} of the compute on the median "
               f"family, 90% coverage held): {'met' if fast and held else 'NOT met'}** "
               f"(median share {medians['information']:.2f}: {'within' if fast else 'above'} {BAR_RATIO}; 90% coverage over all "
               f"information states {coverage:.0%}, {'inside or above' if held else 'below'} the chance range of a calibrated "
-              f"interval for {n_fam} families, {chance_range(n_fam)[0]:.0%}-{chance_range(n_fam)[1]:.0%})."), ""]
+              f"interval for {n_fam} families, {chance_lo:.0%}-{chance_hi:.0%})."), ""]
     lines += [("Reading: the ranking is per FLOP and greedy (one step ahead), so it favours cheap sizes whose "
               "width reduction per FLOP is high; all three strategies end in the same state (every pilot size), so a "
               "share of 1 means a strategy reached next-size-up's final width only at the end. A narrow interval "
