@@ -38,7 +38,9 @@ distance in log N from the *largest* training size: the law is anchored where ex
 starts, smaller runs may sit further off it, and a prediction for a larger model inherits a
 spread that grows with how far it extrapolates. Without the term, five training sizes pin
 the parameters so tightly that intervals at the target are narrower than the law's own
-error there.
+error there. Under a population prior, ``sigma_size``'s prior comes from the
+members' extrapolation checks (:func:`bayes_scaling.population.extrapolation_check`), not from
+their in-sample fits, which understate it.
 
 Correlated checkpoints: a run's checkpoints err together (its curve bends away from the law
 smoothly), so a dense log is not as many independent observations as it has points; each

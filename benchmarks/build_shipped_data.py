@@ -19,6 +19,7 @@ of everything shipped: ``bayes_scaling/NOTICE.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -70,8 +71,9 @@ def notice(pop: population.Population, families: pd.DataFrame) -> str:
         "normalised by the bayes_scaling developers; nothing was retrained):",
         "",
         "* `populations/public.nc`: a statistical summary only (per family: posterior mean and",
-        "  covariance of five scaling-law parameters, log-moments of three noise scales, counts and",
-        "  convergence figures). No loss curves or data points are stored.",
+        "  covariance of five scaling-law parameters, log-moments of three noise scales, the error",
+        "  of one extrapolation to its largest size, counts and convergence figures). No loss curves",
+        "  or data points are stored.",
         f"* `demo_data/{DEMO_PATH.name}`: thinned loss curves of three runs of the",
         f"  `{REAL_DEMO['family']}` family ({info.loc[REAL_DEMO['family'], 'source']}; repository",
         f"  `{info.loc[REAL_DEMO['family'], 'source_repo']}`, licence: {info.loc[REAL_DEMO['family'], 'license']}).",
@@ -119,7 +121,7 @@ def main() -> int:
         "# The public population (`bayes_scaling/populations/public.nc`)",
         "",
         f"Built by `benchmarks/build_shipped_data.py` on {platform.machine()} with {platform.processor() or 'a CPU'}, "
-        f"{args.workers} worker processes, 2 cores shared with other work; "
+        f"{args.workers} worker processes, {os.cpu_count()} cores shared with other work; "
         + (f"build time {seconds / 60:.1f} min." if np.isfinite(seconds) else "build time: see the commit that built it (--reuse run)."),
         "",
         f"Settings: {pop.settings}",
@@ -131,6 +133,11 @@ def main() -> int:
         "",
         f"{len(members)} members; max r_hat over theta per member (2 chains): median {members['max_rhat'].median():.3f}, "
         f"{int((members['max_rhat'] > 1.05).sum())} above 1.05; divergences in all: {int(members['divergences'].sum())}.",
+        "",
+        "Each member's size discrepancy (`sigma_size`) comes from its extrapolation check "
+        "(`population.extrapolation_check`): fitted to its smaller half of sizes, it predicts its largest; "
+        "`extrap_residual` is the observed less the predicted mean log loss there, `extrap_sd` the prediction's sd "
+        "without a size discrepancy, `extrap_distance` the e-folds of N extrapolated.",
         "",
         _md_table(members.round(3)),
         "",

@@ -203,6 +203,56 @@ def test_build_summarises_every_family(built):
     # the members' posterior means sit near the planted truth (tiny chains: 0.5 on log levels, 0.1 on exponents)
     err = np.abs(pop.theta_mean - truth[list(PARAM_NAMES)].to_numpy())
     assert np.median(err[:, 3:]) < 0.1
+    # each member's size-discrepancy row is the posterior given its own extrapolation check
+    check = pop.members[["extrap_residual", "extrap_sd", "extrap_distance"]].to_numpy()
+    assert np.all(np.isfinite(check)) and np.all(check[:, 1:] > 0)
+    expected = [P.extrapolated_size_moments(*row, scale=TINY_BUILD.get("size_scale", P.BUILD_DEFAULTS["size_scale"])) for row in check]
+    np.testing.assert_allclose(pop.log_scales[:, 2, :], expected, rtol=1e-12)
+
+
+def test_extrapolated_size_moments_follow_the_error():
+    """An error within the prediction's own sd leaves the half-normal prior (log-mean
+    log(scale) - 0.635, log-sd 1.11, to 0.03); a large one moves sigma_size to within a
+    factor 2 of |error| / distance and narrows it; the sign does not matter."""
+    mean, sd = P.extrapolated_size_moments(0.0, 1.0, 2.0, 0.02)
+    assert abs(mean - (math.log(0.02) - 0.635)) < 0.03 and abs(sd - 1.11) < 0.03
+    big, big_sd = P.extrapolated_size_moments(0.08, 0.005, 2.0, 0.1)
+    assert 0.5 < math.exp(big) / 0.04 < 2.0 and big_sd < 0.8
+    assert P.extrapolated_size_moments(-0.08, 0.005, 2.0, 0.1) == (big, big_sd)
+    # the same error says less when the prediction was already that uncertain
+    assert P.extrapolated_size_moments(0.08, 0.08, 2.0, 0.1)[0] < big - 0.3
+    for bad in [(math.nan, 0.1, 1.0), (0.1, 0.0, 1.0), (0.1, 0.1, 0.0)]:
+        with pytest.raises(ValueError):
+            P.extrapolated_size_moments(*bad, 0.02)
+
+
+def test_extrapolation_check_measures_a_bend_at_the_largest_size():
+    """A family on an exact law (noise 0.002) predicts its largest size from its three
+    smallest within 3 sds (chains of 300 draws: 60 give too narrow an sd); with
+    that size's losses raised 30% (a bend the law cannot follow) the residual grows by
+    log 1.3 and the size discrepancy's posterior moves up."""
+    from bayes_scaling.cellfit import CellPrior, FamilyArrays, independent_prior
+    from bayes_scaling.laws import chinchilla_log_loss
+
+    rng = np.random.default_rng(0)
+    sizes = np.log(np.array([0.05, 0.1, 0.2, 0.4, 0.8, 3.2]))  # centred log N (1e9 units)
+    x_n = np.repeat(sizes, 6)
+    x_d = np.tile(np.linspace(-1.5, 0.0, 6), sizes.size)
+    run_idx = np.repeat(np.arange(sizes.size), 6)
+    exact = np.asarray(chinchilla_log_loss(x_n, x_d, 0.5, -0.3, -0.8, 0.35, 0.3)) + 0.002 * rng.standard_normal(x_n.size)
+    base = independent_prior()
+    prior = CellPrior(base.loc, base.scale_tril, base.scale_kind, base.run_scale, base.noise_scale, base.nu, base.source, (0.02, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = dict(chains=2, warmup=300, draws=300)
+        flat = P.extrapolation_check(FamilyArrays.from_arrays(x_n, x_d, run_idx, exact), prior, seed=0, **sampler)
+        bent = P.extrapolation_check(FamilyArrays.from_arrays(x_n, x_d, run_idx, exact + np.log(1.3) * (x_n == sizes[-1])), prior, seed=0, **sampler)
+    assert abs(flat[0]) < 3 * flat[1] and flat[2] == pytest.approx(sizes[-1] - sizes[2])
+    # the fitted sizes are the same, so the same fit: the residual moves by exactly log 1.3
+    assert bent[0] - flat[0] == pytest.approx(math.log(1.3), abs=1e-6) and bent[1:] == flat[1:]
+    assert P.extrapolated_size_moments(*bent, scale=0.02)[0] > P.extrapolated_size_moments(*flat, scale=0.02)[0]
+    with pytest.raises(bs.DataError, match=">= 3 model sizes"):
+        P.extrapolation_check(FamilyArrays.from_arrays(x_n[:12], x_d[:12], run_idx[:12], exact[:12]), prior, **TINY_FIT)
 
 
 def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path):
@@ -265,3 +315,8 @@ def test_cli_population_build_show_fit_predict(built, one_family_fit, tmp_path, 
     assert "junk.nc" in capsys.readouterr().err
     assert main(["fit", str(train_path), "--out", str(tmp_path / "f3.nc"), "--spec", "chinchilla_independent"]) == 2
     assert "--population none" in capsys.readouterr().err
+
+
+def test_build_needs_three_sizes_per_member():
+    with pytest.raises(bs.DataError, match="min_sizes must be >= 3"):
+        P.build(pd.DataFrame(), min_sizes=2)
