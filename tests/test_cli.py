@@ -106,3 +106,34 @@ def test_demo_quick_writes_outputs(tmp_path, monkeypatch, capsys):
     assert "coverage of 90% intervals" in out and "synth-02" in out
     for name in ("demo_predictions.csv", "demo_curves.png", "demo_fit.nc"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_real_demo_quick_predicts_the_largest_run(tmp_path, capsys):
+    """The README's main job at ``--quick`` sampler settings (2 x (300 + 300)): every target
+    checkpoint of the 2B run gets an ordered 90% interval, and the outputs are written."""
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "coverage of 90% intervals" in out and "2 chains x 300 draws" in out
+    table = pd.read_csv(tmp_path / "demo_predictions.csv")
+    assert len(table) == 53 and (table["q05"] <= table["median"]).all() and (table["median"] <= table["q95"]).all()
+    for name in ("demo_fan.png", "demo_fit.nc"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_real_demo_samples_its_own_draws_unless_told(monkeypatch):
+    """The demo's settings (twice the library's draws) go under what the caller passes."""
+    from bayes_scaling import demo
+
+    seen = {}
+
+    def fake_fit(train, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")  # only the settings are under test
+
+    monkeypatch.setattr(demo, "fit", fake_fit)
+    with pytest.raises(RuntimeError):
+        demo.run_real_demo()
+    assert seen["draws"] == demo.REAL_DEMO_SETTINGS["draws"] == 2000
+    with pytest.raises(RuntimeError):
+        demo.run_real_demo(draws=300, warmup=200)
+    assert seen["draws"] == 300 and seen["warmup"] == 200
