@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.backtest import _md_table  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
+from benchmarks._versions import version_trees  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "demo_seeds.md"
 #: What the demo prints, and the column each becomes.
@@ -67,20 +68,11 @@ def main() -> int:
     parser.add_argument("--baseline", metavar="REV", help="also run revision REV (a git worktree), interleaved")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        trees = {"this": ROOT}
-        if args.baseline:
-            trees = {"baseline": work / "baseline", **trees}
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees["baseline"]), args.baseline], check=True)
-        try:
-            for seed in range(args.seeds):
-                for version, tree in trees.items():
-                    rows.append({"version": version, "seed": seed, **run_demo(tree, seed, work / f"{version}-{seed}")})
-                    print(rows[-1], file=sys.stderr)
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["baseline"])], check=False)
+    with tempfile.TemporaryDirectory() as work, version_trees(ROOT, args.baseline, Path(work)) as trees:
+        for seed in range(args.seeds):
+            for version, tree in trees.items():
+                rows.append({"version": version, "seed": seed, **run_demo(tree, seed, Path(work) / f"{version}-{seed}")})
+                print(rows[-1], file=sys.stderr)
     table = pd.DataFrame(rows)
     summary = table.groupby("version", sort=False).agg(
         sampler=("sampler", "first"),

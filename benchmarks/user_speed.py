@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.demo import demo_runs  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
+from benchmarks._versions import version_trees  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "user_speed.md"
 
@@ -49,29 +50,21 @@ def main() -> int:
     args = parser.parse_args()
     exe = [sys.executable, "-m", "bayes_scaling"]  # run from each version's tree: its package comes first on sys.path
     rows = []
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, version_trees(ROOT, args.baseline, Path(work)) as trees:
         work = Path(work)
-        trees = {"this": ROOT}
-        if args.baseline:
-            trees = {"baseline": work / "baseline", **trees}
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees["baseline"]), args.baseline], check=True)
         runs = demo_runs()
         one = work / "one-family.csv"
         runs[runs["num_params"] < runs["num_params"].max()].to_csv(one, index=False)
         fit_cmd = [*exe, "fit", str(one), "--population", "public", "--out", str(work / "fit.nc"), "--no-progress"]
         predict_cmd = [*exe, "predict", str(work / "fit.nc"), "--family", "gemstones", "--params", "2e9", "--tokens", "3.5e11", "--new-run"]
-        try:
-            for i in range(args.repeats):
-                for label in ("cold", "warm"):
-                    for version, tree in trees.items():
-                        env = {**os.environ, "BAYES_SCALING_CACHE_DIR": str(work / f"cache-{version}-{i}")}
-                        env.pop("JAX_COMPILATION_CACHE_DIR", None)
-                        f, p = timed(fit_cmd, env, tree), timed(predict_cmd, env, tree)
-                        rows.append((version, i, label, f, p, f + p))
-                        print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s", file=sys.stderr)
-        finally:
-            if args.baseline:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["baseline"])], check=False)
+        for i in range(args.repeats):
+            for label in ("cold", "warm"):
+                for version, tree in trees.items():
+                    env = {**os.environ, "BAYES_SCALING_CACHE_DIR": str(work / f"cache-{version}-{i}")}
+                    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+                    f, p = timed(fit_cmd, env, tree), timed(predict_cmd, env, tree)
+                    rows.append((version, i, label, f, p, f + p))
+                    print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s", file=sys.stderr)
     load = os.getloadavg()[0]
     revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py"))
+SCRIPTS = sorted(p for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py") if not p.name.startswith("_"))  # _*.py: helpers
 
 
 def test_there_are_benchmarks():
