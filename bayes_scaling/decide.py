@@ -593,10 +593,13 @@ def budget_for_target(draws, target_loss, prob=0.9, flops_fn: FlopsFn | None = N
     hi = np.full(floor.shape, _LOG_FLOPS_SEARCH[1])
     if flops_fn is None:
         def opt_log_loss(log_c):
-            x_n = (np.log(p["alpha"]) + p["log_a"] - np.log(p["beta"]) - p["log_b"]
-                   + p["beta"] * (log_c - _log_flops_ref(p))) / (p["alpha"] + p["beta"])
-            log_n = x_n + p["log_ref_n"]
-            return _log_loss(p, log_n, log_c - np.log(6.0) - log_n)
+            # a draw with alpha or beta <= 0 has no optimal split: NaN here, never below the
+            # target, so it counts as not reaching it (compute_optimal warns about such draws)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x_n = (np.log(p["alpha"]) + p["log_a"] - np.log(p["beta"]) - p["log_b"]
+                       + p["beta"] * (log_c - _log_flops_ref(p))) / (p["alpha"] + p["beta"])
+                log_n = x_n + p["log_ref_n"]
+                return _log_loss(p, log_n, log_c - np.log(6.0) - log_n)
 
         for _ in range(100):
             mid = 0.5 * (lo + hi)
