@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 
 from .cellfit import SAMPLER_DEFAULTS
+from .convergence import MIXED_RHAT
 from .data import Filters, apply_filters, load_runs, thin_log_spaced
 from .errors import DataError
 from .laws import centre
@@ -888,10 +889,6 @@ def cluster_bootstrap(
     ]
     low, high = np.nanquantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
-
-
-#: Largest split r-hat of a cell fit counted as mixed in the report.
-MIXED_RHAT = 1.05
 
 
 def coverage_by_mixing(results: pd.DataFrame) -> pd.DataFrame:

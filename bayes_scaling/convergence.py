@@ -14,6 +14,9 @@ import numpy as np
 
 #: Thresholds of the usual rules (Vehtari et al. 2021): r_hat <= 1.01, ESS >= 100 per chain.
 MAX_R_HAT = 1.01
+#: Largest split r-hat of a small fit (a back-test cell, a population member) counted as
+#: mixed: above it the chains sit in different places, not merely in a short run.
+MIXED_RHAT = 1.05
 MIN_ESS_PER_CHAIN = 100
 
 #: Population parameters of a hierarchical fit.

@@ -47,6 +47,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,8 +58,9 @@ import pandas as pd
 import xarray as xr
 
 from .cellfit import N_PARAMS, CellPrior, FamilyArrays, _tril, independent_prior, random_effects, stable_seed
+from .convergence import MIXED_RHAT
 from .data import Filters, prepare
-from .errors import DataError, PopulationError
+from .errors import ConvergenceWarning, DataError, PopulationError
 from .laws import PARAM_NAMES, chinchilla_log_loss
 
 __all__ = [
@@ -504,6 +506,14 @@ def build(
         covs.append(np.cov(post.theta, rowvar=False))
         logs = [np.log(v) for v in (post.sigma_run, post.sigma_obs)]
         scales.append([[float(np.mean(x)), float(np.std(x))] for x in logs] + [list(extrapolated_size_moments(*check, scale=size_scale))])
+    unmixed = [row["family"] for row in rows if row["max_rhat"] > MIXED_RHAT]  # NaN (one chain): not known
+    if unmixed:
+        warnings.warn(
+            f"{len(unmixed)} member fit(s) did not mix (max r_hat > {MIXED_RHAT}): {', '.join(unmixed)}; their summaries "
+            "may straddle several modes (rebuild with longer chains, or leave them out with exclude=)",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     from . import __version__
 
     return Population(

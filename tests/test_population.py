@@ -320,3 +320,25 @@ def test_cli_population_build_show_fit_predict(built, one_family_fit, tmp_path, 
 def test_build_needs_three_sizes_per_member():
     with pytest.raises(bs.DataError, match="min_sizes must be >= 3"):
         P.build(pd.DataFrame(), min_sizes=2)
+
+
+def test_build_warns_about_members_whose_chains_did_not_mix(synthetic_runs, monkeypatch):
+    """A member fit with r_hat above MIXED_RHAT is named in a ConvergenceWarning (its summary
+    may straddle modes); the population is still built. Member fits replaced by draws."""
+    from bayes_scaling.cellfit import CellPosterior
+    from bayes_scaling.errors import ConvergenceWarning
+
+    runs, truth = synthetic_runs
+    rng = np.random.default_rng(0)
+    first = truth.index[0]
+
+    def fake_fit(job):
+        s = 200
+        post = CellPosterior(0.1 * rng.standard_normal((s, 5)), np.full(s, 0.01), np.full(s, 0.005), 4.0, 0,
+                             1.3 if job.family == first else 1.0, sigma_size=np.full(s, 0.01))
+        return post, (0.01, 0.05, 1.0), 0.0
+
+    monkeypatch.setattr(P, "_fit_member", fake_fit)
+    with pytest.warns(ConvergenceWarning, match=rf"1 member fit\(s\) did not mix .*: {first};"):
+        pop = P.build(runs.drop(columns="true_loss"), min_tokens=1e9)
+    assert pop.families == tuple(truth.index)
