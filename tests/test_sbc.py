@@ -15,10 +15,11 @@ suite it made the run 1117 s (705 s before this session), so the default suite k
 the band test. With one chain
 per fit (to halve that) the ladder test failed on sigma_size of pythia k = 3, so the chains
 stay at the back-test's two. The full test runs all four designs, 200 replications each,
-at the back-test's 1000 + 1000. Known failure (benchmarks/results/sbc.md, 50 replications):
-on the isoFLOP k = 3 design the ranks of sigma_obs leave even the Bonferroni band (a run
-with one checkpoint cannot tell its offset from its noise), so the full test is expected to
-fail there until issue 18's sampler work lands.
+at the back-test's 1000 + 1000. Known failure, measured 2026-12-01 (23 min): the ranks of
+sigma_obs on both isoFLOP designs (a run with one checkpoint cannot tell its offset from its
+noise) and of sigma_run on pythia k = 1 leave their Bonferroni bands; every law parameter
+and the target stay inside theirs. It is expected to fail there until issue 18's sampler
+work lands.
 """
 
 import warnings
