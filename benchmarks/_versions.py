@@ -20,3 +20,11 @@ def version_trees(root: Path, baseline: str | None, work: Path):
     finally:
         if baseline:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(trees["baseline"])], check=False)
+
+
+def checkout_revision(root: Path) -> str:
+    """Short HEAD of ``root``, with " plus uncommitted changes" when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + (" plus uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")

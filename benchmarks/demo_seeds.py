@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.backtest import _md_table  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
-from benchmarks._versions import version_trees  # noqa: E402
+from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "demo_seeds.md"
 #: What the demo prints, and the column each becomes.
@@ -84,9 +84,7 @@ def main() -> int:
         median_coverage_90=("coverage_90", "median"),
         median_are=("median_are", "median"),
     ).reset_index()
-    this = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip():
-        this += " plus uncommitted changes"
+    this = checkout_revision(ROOT)
     lines = [
         "# The real demo across seeds (`benchmarks/demo_seeds.py`)",
         "",

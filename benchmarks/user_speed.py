@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.demo import demo_runs  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
-from benchmarks._versions import version_trees  # noqa: E402
+from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "user_speed.md"
 
@@ -66,7 +66,7 @@ def main() -> int:
                     rows.append((version, i, label, f, p, f + p))
                     print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s", file=sys.stderr)
     load = os.getloadavg()[0]
-    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    revision = checkout_revision(ROOT)
     lines = [
         "# Speed a user feels: one family under the public population",
         "",
@@ -74,7 +74,7 @@ def main() -> int:
         f"2 chains x (1000 + 1000)) then `bayes-scaling predict ... --new-run`, each in a fresh process; "
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end. Bar (issue 17): cold <= 60 s, warm <= 15 s.",
         "",
-        f"Versions: this = the checkout (HEAD {revision} plus any uncommitted change)"
+        f"Versions: this = the checkout (HEAD {revision})"
         + (f", baseline = {args.baseline}, run interleaved with it." if args.baseline else "."),
         "",
         "| version | repeat | cache | fit s | predict s | total s |",

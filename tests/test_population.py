@@ -206,7 +206,7 @@ def test_build_summarises_every_family(built):
     # each member's size-discrepancy row is the posterior given its own extrapolation check
     check = pop.members[["extrap_residual", "extrap_sd", "extrap_distance"]].to_numpy()
     assert np.all(np.isfinite(check)) and np.all(check[:, 1:] > 0)
-    expected = [P.extrapolated_size_moments(*row, scale=TINY_BUILD.get("size_scale", P.BUILD_DEFAULTS["size_scale"])) for row in check]
+    expected = [P.extrapolated_size_moments(*row, scale=P.BUILD_DEFAULTS["size_scale"]) for row in check]
     np.testing.assert_allclose(pop.log_scales[:, 2, :], expected, rtol=1e-12)
 
 
