@@ -585,7 +585,7 @@ def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict, posterior=
 
     def predictors(target, s):
         tn, td = centre(np.full_like(target.tokens, target.num_params), target.tokens)
-        draws = _subsample(post.for_extrapolation(cell.prior, s).predict_new_run(tn, td, seed=s), n_pred, s)
+        draws = _subsample(post.predict_new_run(tn, td, seed=s), n_pred, s)
         return np.median(draws, axis=0), draws
 
     return predictors, diag

@@ -42,7 +42,7 @@ error there. Under a population prior, ``sigma_size``'s prior comes from the
 members' extrapolation checks (:func:`bayes_scaling.population.extrapolation_check`), not from
 their in-sample fits, which understate it; for the same reason a prediction beyond the
 largest size draws its ``sigma_size`` from that prior, not from the family's posterior
-(:func:`extrapolation_sigma_size`).
+(:func:`bayes_scaling.predict.extrapolation_sigma_size`).
 
 Correlated checkpoints: a run's checkpoints err together (its curve bends away from the law
 smoothly), so a dense log is not as many independent observations as it has points; each
@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import jax
@@ -405,14 +405,6 @@ class CellPosterior:
         """``values`` with leading axis S reshaped to (chains, draws, ...)."""
         return values.reshape(self.chains, -1, *values.shape[1:])
 
-    def for_extrapolation(self, prior: CellPrior, seed: int = 0) -> "CellPosterior":
-        """This posterior with ``sigma_size`` drawn by :func:`extrapolation_sigma_size` from
-        ``prior`` (the one it was fitted under): what a prediction beyond the largest size
-        uses. Unchanged when the prior has no size term."""
-        if not prior.size_term:
-            return self
-        return replace(self, sigma_size=extrapolation_sigma_size(prior, np.random.default_rng(seed), self.sigma_run.shape))
-
     def predict_new_run(self, x_n, x_d, seed: int = 0, observation_noise: bool = True) -> np.ndarray:
         """Loss draws (S, points) at centred covariates for a run not in the data.
 
@@ -437,18 +429,6 @@ class CellPosterior:
             noise = rng.standard_t(self.nu, size=log_mean.shape) if math.isfinite(self.nu) else rng.standard_normal(log_mean.shape)
             log_mean = log_mean + self.sigma_obs[:, None] * noise
         return np.exp(log_mean)
-
-
-def extrapolation_sigma_size(prior: CellPrior, rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    """Draws of the size discrepancy a prediction beyond the largest training size gets.
-
-    A cut (a one-way link between modules): drawn from the population's prior, which its
-    members measured out of sample (:func:`bayes_scaling.population.extrapolation_check`),
-    not from the family's posterior. Fitted to its own sizes, a family's law absorbs its
-    runs' bend, so its in-sample ``sigma_size`` shrinks as sizes are added (and intervals
-    with it) while the error of extrapolating does not.
-    """
-    return prior.sample_scale("size", rng, shape)
 
 
 def _split_rhat(x: np.ndarray) -> float:

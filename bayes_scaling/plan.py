@@ -33,9 +33,7 @@ Size discrepancy: cell fits (:mod:`bayes_scaling.cellfit`) give a run's offset a
 every training run moves that anchor, so the target's offset sd after it is computed from
 the new anchor; the offsets of the existing runs, whose distances would grow in a real
 refit, are not revisited (an approximation; ``benchmarks/results/next_run.md`` measures it
-against real refits). The rate ``sigma_size`` is drawn as a prediction draws it, from the
-population prior (:func:`bayes_scaling.cellfit.extrapolation_sigma_size`), so a candidate
-mostly informs it by moving the anchor; one below the anchor still re-weights those draws.
+against real refits).
 
 Units: N in parameters, D in tokens (plain counts), loss in nats, widths relative to the
 predicted median loss, costs in FLOPs (``6 N D`` by default; any ``cost(N, D)``).
@@ -178,25 +176,15 @@ def _existing_flops(draws: PlanDraws, cost: CostFn) -> float:
     return float(np.sum(_costs(cost, runs["num_params"].to_numpy(float), runs["tokens"].to_numpy(float))))
 
 
-def draws_from_fit(fit, family: str, seed: int = 0) -> PlanDraws:
-    """:class:`PlanDraws` of ``family`` from a :class:`~bayes_scaling.inference.Fit`: the joint
-    model's, or one under a population, whose size discrepancy is drawn as a prediction
-    draws it (:func:`bayes_scaling.cellfit.extrapolation_sigma_size`, with ``seed``)."""
-    from .cellfit import extrapolation_sigma_size
-    from .popfit import prior_from_attrs
+def draws_from_fit(fit, family: str) -> PlanDraws:
+    """:class:`PlanDraws` of ``family`` from a hierarchical or independent :class:`~bayes_scaling.inference.Fit`."""
     from .predict import _sigma_run
 
     f = fit.require_family(family)
     post = fit.idata.posterior
     theta = post["theta"].isel(family=f).transpose("chain", "draw", "param").values.reshape(-1, len(PARAM_NAMES))
     sigma_obs = post["sigma_obs"].isel(family=f).values.reshape(-1)
-    rng = np.random.default_rng(seed)
-    sigma_run = _sigma_run(fit, f, rng).reshape(-1)
-    population = prior_from_attrs(fit)
-    sigma_size, size_anchor = None, 0.0
-    if population is not None and population.size_term and "sigma_size" in post:
-        sigma_size = extrapolation_sigma_size(population, rng, sigma_run.shape)
-        size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
+    sigma_run = _sigma_run(fit, f, np.random.default_rng(0)).reshape(-1)
     spec = fit.spec
     nu = float(spec.likelihood_df) if spec.likelihood == "student_t" else math.inf
     const = fit.idata.constant_data
@@ -208,8 +196,6 @@ def draws_from_fit(fit, family: str, seed: int = 0) -> PlanDraws:
         sigma_run=sigma_run,
         sigma_obs=sigma_obs,
         nu=nu,
-        sigma_size=sigma_size,
-        size_anchor=size_anchor,
         existing_runs=existing,
         reference_params=spec.reference_params,
         reference_tokens=spec.reference_tokens,
@@ -218,8 +204,7 @@ def draws_from_fit(fit, family: str, seed: int = 0) -> PlanDraws:
 
 def draws_from_cell(posterior, existing_runs: pd.DataFrame) -> PlanDraws:
     """:class:`PlanDraws` from a :class:`~bayes_scaling.cellfit.CellPosterior` and its training runs
-    (columns ``num_params, tokens``: each run's last checkpoint). Pass
-    ``posterior.for_extrapolation(prior)`` to plan as a prediction under that prior would."""
+    (columns ``num_params, tokens``: each run's last checkpoint)."""
     return PlanDraws(
         theta=posterior.theta,
         sigma_run=posterior.sigma_run,
@@ -572,7 +557,7 @@ def next_run(
     else:
         if family is None:
             raise FitError("next_run needs the family to plan for")
-        draws = draws_from_fit(fit, family, seed=seed)
+        draws = draws_from_fit(fit, family)
         min_tokens = float(fit.filters.get("min_tokens", 0.0)) if min_tokens is None else min_tokens
     try:
         target_params, target_tokens = (float(v) for v in target)

@@ -193,7 +193,6 @@ def run_family(family, setup, prior, settings, seed, emit, log):
             start = time.perf_counter()
             post = refit(data, prior, settings, state_seed(family, sizes, seed))
             seconds = time.perf_counter() - start
-            post = post.for_extrapolation(prior, state_seed(family, sizes, seed) + 2)  # as predict_loss draws it
             draws = plan.draws_from_cell(post, existing)
             fits[key] = (post, draws, seconds, score(target_tokens, target_loss, target_params, post, state_seed(family, sizes, seed) + 1))
             log(f"{family}: fit {len(sizes)} sizes in {seconds:.1f} s (rhat {post.max_rhat:.3f}, div {post.divergences})")

@@ -301,12 +301,6 @@ def test_extrapolation_spread_comes_from_the_population_not_the_posterior(one_fa
     expected = prior.sample_scale("size", rng, (4000,)) * rng.standard_normal(4000)
     assert stats.ks_2samp(offsets, expected).pvalue > 0.01
     assert np.median(np.abs(offsets)) > 100 * 1e-6  # not the squeezed posterior
-    # planning draws the same way, from the fit's largest size on
-    from bayes_scaling import plan
-
-    draws = plan.draws_from_fit(squeezed, family, seed=3)
-    assert draws.size_anchor == float(fit.idata.constant_data["size_anchor"].values[0])
-    assert stats.ks_2samp(draws.sigma_size, prior.sample_scale("size", rng, (4000,))).pvalue > 0.01
 
 
 def test_fit_refuses_a_spec_with_a_population(synthetic_runs):
