@@ -40,9 +40,7 @@ spread that grows with how far it extrapolates. Without the term, five training 
 the parameters so tightly that intervals at the target are narrower than the law's own
 error there. Under a population prior, ``sigma_size``'s prior comes from the
 members' extrapolation checks (:func:`bayes_scaling.population.extrapolation_check`), not from
-their in-sample fits, which understate it; for the same reason a prediction beyond the
-largest size draws its ``sigma_size`` from that prior, not from the family's posterior
-(:func:`bayes_scaling.predict.extrapolation_sigma_size`).
+their in-sample fits, which understate it.
 
 Correlated checkpoints: a run's checkpoints err together (its curve bends away from the law
 smoothly), so a dense log is not as many independent observations as it has points; each

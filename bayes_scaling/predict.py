@@ -6,9 +6,7 @@ Three kinds of prediction, each a distribution over posterior draws:
     the family's expected loss curve at (N, D): parameter uncertainty only;
 ``new_run``
     a run of that family not yet trained: adds a run offset drawn with ``sigma_run``
-    (seeds alone move loss by a few percent), which is what a planned run needs; under a
-    population prior its sd also grows with the e-folds of N beyond the largest training
-    size, at a rate drawn from the population (:func:`extrapolation_sigma_size`);
+    (seeds alone move loss by a few percent), which is what a planned run needs;
 ``new_family``
     a family absent from the data: theta drawn from the population
     ``MultivariateNormal(mu, Sigma)`` per draw, plus a new run offset.
@@ -28,7 +26,6 @@ import xarray as xr
 from .errors import DataError, ExtrapolationWarning, FitError
 from .inference import Fit
 from .laws import PARAM_NAMES, centre, chinchilla_log_loss
-from .cellfit import CellPrior
 from .popfit import prior_from_attrs
 
 KINDS = ("family", "new_run", "new_family")
@@ -69,18 +66,6 @@ def _sigma_run(fit: Fit, family_index: int | None, rng: np.random.Generator) -> 
         return np.zeros(shape)
     pick = fitted[rng.integers(0, fitted.size, size=shape)]
     return np.take_along_axis(sigma, pick[..., None], axis=-1)[..., 0]
-
-
-def extrapolation_sigma_size(population: CellPrior, shape: tuple, rng: np.random.Generator) -> np.ndarray:
-    """Draws of the size discrepancy a prediction beyond the largest training size gets.
-
-    A cut (a one-way link between modules): drawn from the population's prior, which its
-    members measured out of sample (:func:`bayes_scaling.population.extrapolation_check`),
-    not from the family's posterior. Fitted to its own sizes, a family's law absorbs its
-    runs' bend, so its in-sample ``sigma_size`` shrinks as sizes are added (and intervals
-    with it) while the error of extrapolating does not.
-    """
-    return population.sample_scale("size", rng, shape)
 
 
 def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int = 0) -> xr.Dataset:
@@ -132,7 +117,7 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         sigma_obs = post["sigma_obs"].isel(family=f).values
         sigma_run = _sigma_run(fit, f, rng)
         if "sigma_size" in post:  # fitted under a population: planned runs widen beyond the largest size
-            sigma_size = extrapolation_sigma_size(population, sigma_run.shape, rng)
+            sigma_size = post["sigma_size"].isel(family=f).values
             size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
     new_run = kind != "family"
     offset = sigma_run * rng.standard_normal(sigma_run.shape) if new_run else np.zeros_like(sigma_run)

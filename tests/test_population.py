@@ -283,26 +283,6 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert np.all(np.isfinite(new.values)) and np.all(new.values > 0)
 
 
-def test_extrapolation_spread_comes_from_the_population_not_the_posterior(one_family_fit):
-    """The cut: a new run's size offset is drawn with the population prior's ``sigma_size``,
-    whatever the family's posterior of it. With the posterior's sigma_size set to 1e-6 the
-    size offsets still follow prior scale x Normal(0, 1): the two-sample KS test between
-    them and 4000 draws simulated from the prior must not reject at 1% (seeded)."""
-    from scipy import stats
-
-    from bayes_scaling.popfit import prior_from_attrs
-
-    family, _, fit = one_family_fit
-    squeezed = bs.Fit(fit.idata.copy())
-    squeezed.idata.posterior["sigma_size"] = squeezed.idata.posterior["sigma_size"] * 0 + 1e-6
-    offsets = bs.family_draws(squeezed, family, kind="new_run", seed=3)["size_offset"].values.ravel()
-    prior = prior_from_attrs(fit)
-    rng = np.random.default_rng(4)
-    expected = prior.sample_scale("size", rng, (4000,)) * rng.standard_normal(4000)
-    assert stats.ks_2samp(offsets, expected).pvalue > 0.01
-    assert np.median(np.abs(offsets)) > 100 * 1e-6  # not the squeezed posterior
-
-
 def test_fit_refuses_a_spec_with_a_population(synthetic_runs):
     runs, _ = synthetic_runs
     with pytest.raises(FitError, match="population=None"):
