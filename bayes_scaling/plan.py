@@ -177,7 +177,8 @@ def _existing_flops(draws: PlanDraws, cost: CostFn) -> float:
 
 
 def draws_from_fit(fit, family: str) -> PlanDraws:
-    """:class:`PlanDraws` of ``family`` from a hierarchical or independent :class:`~bayes_scaling.inference.Fit`."""
+    """:class:`PlanDraws` of ``family`` from a :class:`~bayes_scaling.inference.Fit`: the joint
+    model's, or one under a population, with its size discrepancy as ``predict_loss`` uses it."""
     from .predict import _sigma_run
 
     f = fit.require_family(family)
@@ -185,6 +186,10 @@ def draws_from_fit(fit, family: str) -> PlanDraws:
     theta = post["theta"].isel(family=f).transpose("chain", "draw", "param").values.reshape(-1, len(PARAM_NAMES))
     sigma_obs = post["sigma_obs"].isel(family=f).values.reshape(-1)
     sigma_run = _sigma_run(fit, f, np.random.default_rng(0)).reshape(-1)
+    sigma_size, size_anchor = None, 0.0
+    if "sigma_size" in post:  # fitted under a population
+        sigma_size = post["sigma_size"].isel(family=f).values.reshape(-1)
+        size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
     spec = fit.spec
     nu = float(spec.likelihood_df) if spec.likelihood == "student_t" else math.inf
     const = fit.idata.constant_data
@@ -196,6 +201,8 @@ def draws_from_fit(fit, family: str) -> PlanDraws:
         sigma_run=sigma_run,
         sigma_obs=sigma_obs,
         nu=nu,
+        sigma_size=sigma_size,
+        size_anchor=size_anchor,
         existing_runs=existing,
         reference_params=spec.reference_params,
         reference_tokens=spec.reference_tokens,

@@ -4,6 +4,7 @@ NUTS budget: one tiny population build and one tiny fit under it share two compi
 samplers (member prior, population prior); the CLI test reuses them in the same process.
 """
 
+import dataclasses
 import math
 import warnings
 
@@ -256,7 +257,7 @@ def test_extrapolation_check_measures_a_bend_at_the_largest_size():
 
 
 def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path):
-    from bayes_scaling import decide, diagnostics
+    from bayes_scaling import decide, diagnostics, plan
 
     family, train, fit = one_family_fit
     post = fit.idata.posterior
@@ -275,6 +276,12 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
         widths.append(float((pred["q95"] - pred["q05"]).iloc[0] / pred["median"].iloc[0]))
     family_kind = bs.summarize(bs.predict_loss(fit, family, 30 * largest, 2e11, kind="family", seed=1))
     assert widths[1] > widths[0] and widths[1] > float((family_kind["q95"] - family_kind["q05"]).iloc[0] / family_kind["median"].iloc[0])
+    # planning sees the same widening: its target width grows with the distance too
+    draws = plan.draws_from_fit(fit, family)
+    assert draws.size_anchor == float(fit.idata.constant_data["size_anchor"].values[0])
+    without = dataclasses.replace(draws, sigma_size=None)
+    assert plan.target_width(draws, largest, 2e11) == pytest.approx(plan.target_width(without, largest, 2e11), rel=1e-9)
+    assert plan.target_width(draws, 30 * largest, 2e11) > 1.05 * plan.target_width(without, 30 * largest, 2e11)
     band = decide.planned_run(bs.family_draws(fit, family, kind="new_run"), 30 * largest, 2e11).table
     assert np.isfinite(band.to_numpy(dtype=float, na_value=0)).all()
     # the prior travels with the file: a new family is drawn from it after a load
