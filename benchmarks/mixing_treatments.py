@@ -33,12 +33,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling import stacking  # noqa: E402
@@ -47,6 +51,7 @@ from bayes_scaling.cellfit import FamilyArrays  # noqa: E402
 from bayes_scaling.data import load_runs  # noqa: E402
 from bayes_scaling.laws import centre  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
+from benchmarks._chains import chain_spread  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TREATMENTS = {
@@ -65,15 +70,6 @@ def unmixed_cells(results: pd.DataFrame, seed: int, threshold: float = 1.05) -> 
     rows = results[(results["estimator"] == "bayes_hierarchical") & (results["fraction"] == 1.0) & (results["min_tokens"] == 1e10)]
     rows = rows[(rows["seed"] == seed) & (rows["max_rhat"] > threshold)]
     return {(f, int(k)) for f, k in zip(rows["family"], rows["k"])}
-
-
-def chain_spread(values: np.ndarray) -> float:
-    """Largest, over the last axis, range of the chains' medians over the mean within-chain
-    sd; ``values`` (chains, draws, k). Above ~2 some chains sit elsewhere than others."""
-    within = values.std(axis=1).mean(axis=0)
-    medians = np.median(values, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.max((medians.max(axis=0) - medians.min(axis=0)) / within))
 
 
 def stack(post, problem):
