@@ -21,7 +21,7 @@ back-test's target acceptance and tree depth:
 
 Per fit: max split r-hat of theta, how far apart the chains' medians sit (largest over
 the law's parameters, in within-chain sds), min bulk ESS of ``sigma_obs`` and of theta,
-and seconds. Writes ``results/one_checkpoint_runs.md``. Nothing here changes the method.
+and seconds; where the chains are apart, each chain's median of theta and what it predicts. Writes ``results/one_checkpoint_runs.md``. Nothing here changes the method.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling.cellfit import CellPrior, FamilyArrays  # noqa: E402
 from bayes_scaling.data import load_runs  # noqa: E402
-from bayes_scaling.laws import centre  # noqa: E402
+from bayes_scaling.laws import PARAM_NAMES, centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from bayes_scaling.population import public  # noqa: E402
 from benchmarks._chains import chain_spread  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     table = bt.primary_table(load_runs(args.runs))
     families = one_checkpoint_families(table)
     population = public()
-    rows = []
+    rows, modes = [], []
     for family in families:
         prior = population.without(groups=[population.group_of(family)]).prior()
         treatments = {"current": prior, "run pinned": pinned(prior)}
@@ -110,6 +110,15 @@ def main(argv=None) -> int:
                         "divergences": post.divergences, "seconds": round(time.perf_counter() - t0, 1),
                     })
                     print(rows[-1], flush=True)
+                    if rows[-1]["chain_spread"] > 2:
+                        theta, target = post.by_chain(post.theta), cell.targets[0]
+                        t_n, t_d = centre(np.full(1, target.num_params), target.tokens[-1:])
+                        for chain in range(len(theta)):
+                            median = np.median(theta[chain], axis=0)
+                            predicted = float(np.exp(chinchilla_log_loss(t_n, t_d, *median))[0])
+                            modes.append({"family": family, "k": cell.k, "treatment": name, "seed": seed, "chain": chain,
+                                          **{n: round(float(v), 3) for n, v in zip(PARAM_NAMES, median)},
+                                          "target final loss: predicted": round(predicted, 3), "observed": round(float(target.loss[-1]), 3)})
     res = pd.DataFrame(rows)
     summary = res.groupby("treatment", sort=False).agg(
         fits=("family", "size"),
@@ -138,6 +147,13 @@ def main(argv=None) -> int:
         "## Per fit",
         "",
         bt._md_table(res),
+        "",
+        "## Where the chains sat, in fits whose chains are apart",
+        "",
+        "Each chain's median of the law's parameters (centred units, `bayes_scaling.laws`) and the target's final loss "
+        "that median predicts (no run offset or noise).",
+        "",
+        bt._md_table(pd.DataFrame(modes)) if modes else "(none)",
         "",
     ])
     atomic_write_text(args.out, text)
