@@ -12,3 +12,13 @@ def chain_spread(values: np.ndarray) -> float:
     medians = np.median(values, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(np.max((medians.max(axis=0) - medians.min(axis=0)) / within))
+
+
+def mixing_aggregations() -> dict:
+    """pandas named aggregations counting the unmixed fits of a table with columns
+    ``max_rhat`` and ``chain_spread``: r-hat above 1.05 and 1.01, chains apart (spread > 2)."""
+    return {
+        "rhat_above_1_05": ("max_rhat", lambda r: int((r > 1.05).sum())),
+        "rhat_above_1_01": ("max_rhat", lambda r: int((r > 1.01).sum())),
+        "chains_apart": ("chain_spread", lambda s: int((s > 2).sum())),
+    }

@@ -51,7 +51,7 @@ from bayes_scaling.cellfit import FamilyArrays  # noqa: E402
 from bayes_scaling.data import load_runs  # noqa: E402
 from bayes_scaling.laws import centre  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
-from benchmarks._chains import chain_spread  # noqa: E402
+from benchmarks._chains import chain_spread, mixing_aggregations  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TREATMENTS = {
@@ -133,9 +133,7 @@ def main(argv=None) -> int:
 
     summary = res.groupby("treatment", sort=False).agg(
         cells=("family", "size"),
-        rhat_above_1_05=("max_rhat", lambda r: int((r > 1.05).sum())),
-        rhat_above_1_01=("max_rhat", lambda r: int((r > 1.01).sum())),
-        chains_apart=("chain_spread", lambda s: int((s > 2).sum())),
+        **mixing_aggregations(),
         median_are_pct=("are_%", "median"),
         mean_cov_90_pct=("cov_90_%", "mean"),
     )

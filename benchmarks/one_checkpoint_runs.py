@@ -51,7 +51,7 @@ from bayes_scaling.data import load_runs  # noqa: E402
 from bayes_scaling.laws import PARAM_NAMES, centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from bayes_scaling.population import public  # noqa: E402
-from benchmarks._chains import chain_spread  # noqa: E402
+from benchmarks._chains import chain_spread, mixing_aggregations  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SAMPLER = dict(chains=4, warmup=1000, draws=1000, target_accept=bt.BAYES_SETTINGS["target_accept"], max_tree_depth=bt.BAYES_SETTINGS["max_tree_depth"])
@@ -122,9 +122,7 @@ def main(argv=None) -> int:
     res = pd.DataFrame(rows)
     summary = res.groupby("treatment", sort=False).agg(
         fits=("family", "size"),
-        rhat_above_1_05=("max_rhat", lambda r: int((r > 1.05).sum())),
-        rhat_above_1_01=("max_rhat", lambda r: int((r > 1.01).sum())),
-        chains_apart=("chain_spread", lambda s: int((s > 2).sum())),
+        **mixing_aggregations(),
         median_ess_sigma_obs=("ess_sigma_obs", "median"),
         median_min_ess_theta=("min_ess_theta", "median"),
         divergences=("divergences", "sum"),
