@@ -403,6 +403,12 @@ class CellPosterior:
         """``values`` with leading axis S reshaped to (chains, draws, ...)."""
         return values.reshape(self.chains, -1, *values.shape[1:])
 
+    def log_law(self, x_n, x_d) -> np.ndarray:
+        """Log loss of the law (no run offset or noise) per draw at centred covariates, (S, points)."""
+        x_n, x_d = np.asarray(x_n, float), np.asarray(x_d, float)
+        th = self.theta
+        return np.asarray(chinchilla_log_loss(x_n[None, :], x_d[None, :], *[th[:, i : i + 1] for i in range(N_PARAMS)]))
+
     def predict_new_run(self, x_n, x_d, seed: int = 0, observation_noise: bool = True) -> np.ndarray:
         """Loss draws (S, points) at centred covariates for a run not in the data.
 
@@ -413,20 +419,23 @@ class CellPosterior:
         checkpoint loss (nats).
         """
         x_n = np.asarray(x_n, float)
-        x_d = np.asarray(x_d, float)
         rng = np.random.default_rng(seed)
-        th = self.theta
-        log_mean = np.asarray(
-            chinchilla_log_loss(x_n[None, :], x_d[None, :], *[th[:, i : i + 1] for i in range(N_PARAMS)])
-        )
+        log_mean = self.log_law(x_n, x_d)
         run_sd = self.sigma_run[:, None]
         if self.sigma_size is not None:
             run_sd = np.hypot(run_sd, self.sigma_size[:, None] * np.abs(x_n[None, :] - self.size_anchor))
-        log_mean = log_mean + run_sd * rng.standard_normal(len(th))[:, None]
+        log_mean = log_mean + run_sd * rng.standard_normal(len(self.theta))[:, None]
         if observation_noise:
             noise = rng.standard_t(self.nu, size=log_mean.shape) if math.isfinite(self.nu) else rng.standard_normal(log_mean.shape)
             log_mean = log_mean + self.sigma_obs[:, None] * noise
         return np.exp(log_mean)
+
+
+def noise_variance(sigma_obs, nu: float) -> np.ndarray:
+    """Variance of one checkpoint's noise of scale ``sigma_obs``: ``nu / (nu - 2)`` sigma_obs^2
+    for a Student-t likelihood with ``nu > 2``, sigma_obs^2 otherwise (Normal for nu <= 2)."""
+    factor = nu / (nu - 2.0) if math.isfinite(nu) and nu > 2 else 1.0
+    return factor * np.asarray(sigma_obs, float) ** 2
 
 
 def _split_rhat(x: np.ndarray) -> float:

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from .cellfit import noise_variance
 from .decide import six_nd
 from .errors import DataError, FitError
 from .laws import PARAM_NAMES, REFERENCE_PARAMS, REFERENCE_TOKENS
@@ -165,8 +166,7 @@ class PlanDraws:
 
     def noise_variance(self) -> np.ndarray:
         """Per-draw variance of one checkpoint's noise (Student-t: ``nu / (nu - 2)`` scale^2; Normal for nu <= 2)."""
-        factor = self.nu / (self.nu - 2.0) if math.isfinite(self.nu) and self.nu > 2 else 1.0
-        return factor * self.sigma_obs**2
+        return noise_variance(self.sigma_obs, self.nu)
 
 
 def _existing_flops(draws: PlanDraws, cost: CostFn) -> float:

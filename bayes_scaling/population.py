@@ -57,11 +57,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .cellfit import N_PARAMS, CellPrior, FamilyArrays, _tril, independent_prior, random_effects, stable_seed
+from .cellfit import N_PARAMS, CellPrior, FamilyArrays, _tril, independent_prior, noise_variance, random_effects, stable_seed
 from .convergence import MIXED_RHAT
 from .data import Filters, prepare
 from .errors import ConvergenceWarning, DataError, PopulationError
-from .laws import PARAM_NAMES, chinchilla_log_loss
+from .laws import PARAM_NAMES
 
 __all__ = [
     "BUILD_DEFAULTS",
@@ -365,10 +365,9 @@ def extrapolation_check(arrays: FamilyArrays, prior: CellPrior, *, seed: int = 0
     _, run_idx = np.unique(arrays.run_idx[fitted], return_inverse=True)
     train = FamilyArrays.from_arrays(arrays.x_n[fitted], arrays.x_d[fitted], run_idx, arrays.log_loss[fitted])
     post = train.fit(prior, seed=seed, **sampler)
-    th = post.theta
-    mean_log = np.asarray(chinchilla_log_loss(arrays.x_n[held][None, :], arrays.x_d[held][None, :], *[th[:, i : i + 1] for i in range(N_PARAMS)])).mean(axis=1)
+    mean_log = post.log_law(arrays.x_n[held], arrays.x_d[held]).mean(axis=1)
     n_runs = np.unique(arrays.run_idx[held]).size
-    noise_var = np.mean(post.sigma_obs**2) * (post.nu / (post.nu - 2.0) if math.isfinite(post.nu) else 1.0)
+    noise_var = np.mean(noise_variance(post.sigma_obs, post.nu))
     variance = np.var(mean_log) + np.mean(post.sigma_run**2) / n_runs + noise_var / int(held.sum())
     residual = float(np.mean(arrays.log_loss[held]) - np.mean(mean_log))
     return residual, float(math.sqrt(variance)), float(arrays.x_n.max() - post.size_anchor)
