@@ -52,7 +52,6 @@ def _prior_to_json(prior: CellPrior) -> str:
             "nu": prior.nu if math.isfinite(prior.nu) else None,
             "scale_kind": prior.scale_kind,
             "source": prior.source,
-            "log_exponents": bool(prior.log_exponents),
         }
     )
 
@@ -73,7 +72,6 @@ def prior_from_attrs(fit: Fit) -> CellPrior | None:
         source=d["source"],
         size_scale=None if d["size_scale"] is None else tuple(d["size_scale"]),
         df=math.inf if d["df"] is None else d["df"],
-        log_exponents=bool(d.get("log_exponents", False)),  # fits saved before it existed: linear exponents
     )
 
 

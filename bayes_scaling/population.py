@@ -22,12 +22,6 @@ Borrowing, decided once (not tuned per family):
   the law (how the loss splits into E, N and D terms, and the exponents); along the unit
   direction the prior is wide (:data:`UNIT_SHIFT_SD`), so a family's own data set its level.
   No metric metadata is needed, which matters for users' families whose units are unknown.
-* Exponents are borrowed on the log scale. They are positive, and families differ in them
-  by factors, not by amounts: the Student-t predictive is carried to (log alpha, log beta)
-  with the same mean and covariance to first order (:func:`log_exponent_moments`). On the
-  linear scale an exponent near 0 (a D term that is almost a constant, which then trades
-  off with E) sat within two prior sds, and isoFLOP families settled there in some chains
-  and elsewhere in others.
 * Scales (run spread, noise, size discrepancy) are on log loss, free of units: log-normals
   matched to the members' pooled posterior draws.
 * The size discrepancy is measured out of sample. Fitted to all its sizes, a member's law
@@ -78,7 +72,6 @@ __all__ = [
     "extrapolated_size_moments",
     "extrapolation_check",
     "load",
-    "log_exponent_moments",
     "public",
     "resolve",
 ]
@@ -187,9 +180,8 @@ class Population:
         theta ~ multivariate Student-t, ``F - 4`` degrees of freedom: in the four directions
         orthogonal to a change of unit, location and scale ``Sigma F / (F - 4) + Cov(mu)`` of
         the random-effects population of the members; along the unit direction, the
-        members' mean level and sd ``UNIT_SHIFT_SD`` per log level; then carried to log
-        exponents (:func:`log_exponent_moments`). Scales: log-normals matched to the pooled
-        posterior draws of the members.
+        members' mean level and sd ``UNIT_SHIFT_SD`` per log level. Scales: log-normals
+        matched to the pooled posterior draws of the members.
         """
         n = len(self.members)
         if n < 2:
@@ -203,9 +195,8 @@ class Population:
         unit_sd = UNIT_SHIFT_SD * math.sqrt(3.0)  # a shift c of each log level moves c sqrt(3) along the unit direction
         cov = basis @ (sigma * n / df + mu_cov) @ basis.T + unit_sd**2 * np.outer(UNIT_DIRECTION, UNIT_DIRECTION)
         pooled = _pooled_log_moments(self.log_scales)
-        loc, cov = log_exponent_moments(basis @ mu + level * UNIT_DIRECTION, cov)
         return CellPrior(
-            loc=loc,
+            loc=basis @ mu + level * UNIT_DIRECTION,
             scale_tril=_tril(cov),
             scale_kind="lognormal",
             run_scale=pooled[0],
@@ -213,7 +204,6 @@ class Population:
             nu=self.nu,
             size_scale=pooled[2],
             df=float(df),
-            log_exponents=True,
             source=f"population of {n} families" + (f" (left out: {', '.join(self.settings['left_out'])})" if self.settings.get("left_out") else ""),
         )
 
@@ -278,21 +268,6 @@ class Population:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
-
-
-def log_exponent_moments(loc: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Location and scale of theta carried to (log_e, log_a, log_b, log alpha, log beta).
-
-    First order (delta method): the scale's exponent rows and columns divided by the
-    exponents' locations; the log locations lowered by half their log variance, so that
-    the exponents' mean stays at their location (a log-normal's mean is above its median).
-    """
-    loc, cov = np.asarray(loc, float), np.asarray(cov, float)
-    if not np.all(loc[3:] > 0):
-        raise PopulationError(f"the population's exponents must be positive to borrow them on the log scale, got alpha, beta = {loc[3:]}")
-    jac = np.diag(np.concatenate([np.ones(3), 1.0 / loc[3:]]))
-    log_cov = jac @ cov @ jac.T
-    return np.concatenate([loc[:3], np.log(loc[3:]) - 0.5 * np.diag(log_cov)[3:]]), log_cov
 
 
 def _checksum(ds: xr.Dataset) -> str:
