@@ -17,11 +17,7 @@ built without the family's source group (``backtest.population_priors``, ``cellf
                     the budget of the others;
 ``largest``         the largest size whose cost fits in what is left of C;
 ``information``     the size with the largest expected shrinkage of the target's 90% interval
-                    per FLOP (``plan.next_run`` on the current posterior), among those that fit;
-                    a size may also be trained to a fraction (:data:`TOKEN_FRACTIONS`) of its
-                    runs' tokens: their real checkpoints up to there, costing ``6 N f D``. A
-                    size once trained is not extended (a continued run would share its
-                    offset, which ``next_run``'s simulated new runs do not).
+                    per FLOP (``plan.next_run`` on the current posterior), among those that fit.
 
 Each state is scored on the target: ARE, 90% interval width (relative to the observed loss)
 and coverage, as ``backtest.score_target`` scores a cell. Every transition also checks the
@@ -67,8 +63,6 @@ MAX_CHECKPOINTS = 8
 MAX_RUNS = 64  # the cell model's run bucket; larger families would need a bigger compile
 N_OUTCOMES = 48
 COMPUTE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
-#: Fractions of a size's tokens the information strategy may train it to (the others: 1 only).
-TOKEN_FRACTIONS = (0.25, 0.5, 1.0)
 BAR_RATIO = 0.6
 
 
@@ -119,11 +113,9 @@ def chance_range(n_families):
     return bt.chance_range(n_families)
 
 
-def state_seed(family, key, seed):
-    """Seed of a state's fit: a hash of the family and the state's key (its sizes, and the
-    fractions where any is below 1)."""
+def state_seed(family, sizes, seed):
     bt, _ = backtest_tools()
-    return bt.cell_seed((MIN_TOKENS, family, key), seed)
+    return bt.cell_seed((MIN_TOKENS, family, tuple(sorted(float(s) for s in sizes))), seed)
 
 
 def target_run(family_table):
@@ -161,30 +153,18 @@ def family_setup(table, family):
         for model, run in g[g["num_params"] == size].groupby("model", sort=True):
             run = run.sort_values("tokens")
             full = g_all[g_all["model"] == model]["tokens"].max()  # compute counts the whole run
+            run = run.iloc[np.sort(thin_log_spaced(run["tokens"].to_numpy(), MAX_CHECKPOINTS))]
             parts.append((str(model), float(size), run["tokens"].to_numpy(float), run["loss"].to_numpy(float), float(full)))
         runs[float(size)] = parts
     n_runs = sum(len(v) for v in runs.values())
     if n_runs > MAX_RUNS:
         return None
-    return {"sizes": [float(s) for s in sizes], "runs": runs, "target": target, "n_runs": n_runs}
+    cost = {s: float(sum(6.0 * s * full for *_, full in parts)) for s, parts in runs.items()}
+    return {"sizes": [float(s) for s in sizes], "runs": runs, "cost": cost, "target": target, "n_runs": n_runs}
 
 
-def pilot(setup, size, fraction=1.0):
-    """A size's runs trained to ``fraction`` of their tokens: ``(model, N, tokens, loss, tokens
-    paid for)`` per run that has checkpoints there (thinned to MAX_CHECKPOINTS), and the cost."""
-    parts, cost = [], 0.0
-    for model, n, tok, loss, full in setup["runs"][size]:
-        keep = tok <= fraction * full * (1 + 1e-9)
-        cost += 6.0 * n * fraction * full
-        if keep.any():
-            pick = np.sort(thin_log_spaced(tok[keep], MAX_CHECKPOINTS))
-            parts.append((model, n, tok[keep][pick], loss[keep][pick], fraction * full))
-    return parts, float(cost)
-
-
-def cell_data(setup, state):
-    """Training data of a state (``{size: fraction}``) for the cell model, and its runs for ``plan``."""
-    parts = [p for s in sorted(state) for p in pilot(setup, s, state[s])[0]]
+def cell_data(setup, sizes):
+    parts = [p for s in sorted(sizes) for p in setup["runs"][s]]
     x_n = np.concatenate([np.full(len(tok), np.log(n / 1e9)) for _, n, tok, _, _ in parts])
     x_d = np.concatenate([np.log(tok / 1e11) for _, _, tok, _, _ in parts])
     run_idx = np.concatenate([np.full(len(tok), i) for i, (_, _, tok, _, _) in enumerate(parts)])
@@ -193,13 +173,8 @@ def cell_data(setup, state):
     return (x_n, x_d, run_idx, log_loss), existing
 
 
-def candidate(setup, size, fraction):
-    return plan.Candidate(f"N={size:.4g}@{fraction:g}", tuple((n, tok) for _, n, tok, _, _ in pilot(setup, size, fraction)[0]))
-
-
-def label(size, fraction):
-    """How a chosen pilot is written in the results: its size, and the fraction when not 1."""
-    return f"{size:.4g}" if fraction == 1.0 else f"{size:.4g}@{fraction:g}"
+def candidate(setup, size):
+    return plan.Candidate(f"N={size:.3g}", tuple((n, tok) for _, n, tok, _, _ in setup["runs"][size]))
 
 
 # --------------------------------------------------------------------------- the back-test
@@ -209,49 +184,38 @@ def run_family(family, setup, prior, settings, seed, emit, log):
     fits = {}
     target_model, target_params, target_tokens, target_loss = setup["target"]
     plan_target = (target_params, float(target_tokens.max()))
-    cost = {s: pilot(setup, s)[1] for s in setup["sizes"]}
-    budget = sum(cost.values()) - cost[setup["sizes"][0]]
+    budget = sum(setup["cost"].values()) - setup["cost"][setup["sizes"][0]]
 
-    def state_key(state):
-        # full sizes only: keyed (and seeded) by the sizes, as before fractions existed
-        if all(f == 1.0 for f in state.values()):
-            return tuple(sorted(state))
-        return tuple(sorted(state.items()))
-
-    def fitted(state):
-        key = state_key(state)
+    def state(sizes):
+        key = frozenset(sizes)
         if key not in fits:
-            data, existing = cell_data(setup, state)
+            data, existing = cell_data(setup, sizes)
             start = time.perf_counter()
-            post = refit(data, prior, settings, state_seed(family, key, seed))
+            post = refit(data, prior, settings, state_seed(family, sizes, seed))
             seconds = time.perf_counter() - start
             draws = plan.draws_from_cell(post, existing)
-            fits[key] = (post, draws, seconds, score(target_tokens, target_loss, target_params, post, state_seed(family, key, seed) + 1))
-            log(f"{family}: fit {' '.join(label(s, f) for s, f in sorted(state.items()))} in {seconds:.1f} s (rhat {post.max_rhat:.3f}, div {post.divergences})")
+            fits[key] = (post, draws, seconds, score(target_tokens, target_loss, target_params, post, state_seed(family, sizes, seed) + 1))
+            log(f"{family}: fit {len(sizes)} sizes in {seconds:.1f} s (rhat {post.max_rhat:.3f}, div {post.divergences})")
         return fits[key]
 
+    start_sizes = [setup["sizes"][0]]
     for strategy in STRATEGIES:
-        state = {setup["sizes"][0]: 1.0}
-        fractions = TOKEN_FRACTIONS if strategy == "information" else (1.0,)
+        sizes = list(start_sizes)
         spent = 0.0
         step = 0
-        transition = {}  # how the last step's pilot was chosen and what re-weighting said of it
-        added = ""
+        transition = {}  # how the last step's size was chosen and what re-weighting said of it
         while True:
-            post, draws, seconds, scores = fitted(state)
+            post, draws, seconds, scores = state(sizes)
             width_plan = float(plan.target_width(draws, *plan_target, observation_noise=True))
             row = {
-                "family": family, "strategy": strategy, "step": step, "sizes": " ".join(label(s, f) for s, f in sorted(state.items())),
-                "added": added, "pilot_flops": spent, "budget_flops": budget,
-                "base_flops": cost[setup["sizes"][0]], "n_sizes_total": len(setup["sizes"]) + 1,
+                "family": family, "strategy": strategy, "step": step, "sizes": " ".join(f"{s:.4g}" for s in sorted(sizes)),
+                "added": "" if step == 0 else f"{sizes[-1]:.4g}", "pilot_flops": spent, "budget_flops": budget,
+                "base_flops": setup["cost"][setup["sizes"][0]], "n_sizes_total": len(setup["sizes"]) + 1,
                 "target": target_model, "target_params": target_params, "width_plan": width_plan,
                 "divergences": post.divergences, "max_rhat": post.max_rhat, "fit_seconds": seconds, **scores,
             }
             row.update(transition)
-            remaining = [
-                (s, f) for s in setup["sizes"] if s not in state for f in fractions
-                if pilot(setup, s, f)[0] and pilot(setup, s, f)[1] <= budget - spent + 1e-6 * budget
-            ]
+            remaining = [s for s in setup["sizes"] if s not in sizes and setup["cost"][s] <= budget - spent + 1e-6 * budget]
             if not remaining:
                 row["last"] = True
                 emit(row)
@@ -263,21 +227,20 @@ def run_family(family, setup, prior, settings, seed, emit, log):
             elif strategy == "largest":
                 choice, planned = max(remaining), {}
             else:
-                result = plan.next_run(draws, candidates=[candidate(setup, *c) for c in remaining], target=plan_target,
+                result = plan.next_run(draws, candidates=[candidate(setup, s) for s in remaining], target=plan_target,
                                        n_outcomes=N_OUTCOMES, observation_noise=True, seed=seed)
                 best = result.table.iloc[0]
-                choice = remaining[[candidate(setup, *c).label for c in remaining].index(best["label"])]
+                choice = float(best["num_params"])
                 planned = {"planned_width": float(best["expected_width"]), "planned_ess": float(best["ess_mean"]),
                            "planned_width_now": result.width_now}
-            # the importance re-weighting of next_run, given the real data of the chosen pilot
-            parts, paid = pilot(setup, *choice)
-            weights = plan.observed_weights(draws, [(n, tok, loss) for _, n, tok, loss, _ in parts])
-            anchor = plan.anchor_after(draws, choice[0])
+            # the importance re-weighting of next_run, given the real data of the chosen size
+            added = [(n, tok, loss) for _, n, tok, loss, _ in setup["runs"][choice]]
+            weights = plan.observed_weights(draws, added)
+            anchor = plan.anchor_after(draws, choice)
             transition = {**planned, "is_width": float(plan.target_width(draws, *plan_target, weights, anchor=anchor, observation_noise=True)),
                           "is_ess": float(plan.effective_sample_size(weights))}
-            state = {**state, choice[0]: choice[1]}
-            added = label(*choice)
-            spent += paid
+            sizes = sizes + [choice]
+            spent += setup["cost"][choice]
             step += 1
 
 
@@ -355,7 +318,7 @@ def report(results: pd.DataFrame, meta: dict, out: Path) -> str:
         rows.append({"family": f, "pilot sizes": len(ns), "next_size_up final width_90": ns["width_90"].iloc[-1],
                      "information: compute share to reach it": ratios["information"][f],
                      "largest: compute share to reach it": ratios["largest"][f],
-                     "information order (N@fraction of tokens)": " -> ".join(str(a) for a in g[(g["strategy"] == "information") & (g["step"] > 0)].sort_values("step")["added"])})
+                     "information order (N)": " -> ".join(f"{float(a):.3g}" for a in g[(g["strategy"] == "information") & (g["step"] > 0)].sort_values("step")["added"])})
     per_family = pd.DataFrame(rows)
     lines += ["## The bar: compute to reach next-size-up's final interval width", "",
               ("Share of the next-size-up ladder's total pilot compute (smallest size included) at which a strategy's "
@@ -377,11 +340,9 @@ def report(results: pd.DataFrame, meta: dict, out: Path) -> str:
               f"(median share {medians['information']:.2f}: {'within' if fast else 'above'} {BAR_RATIO}; 90% coverage over all "
               f"information states {coverage:.0%}, {'inside or above' if held else 'below'} the chance range of a calibrated "
               f"interval for {n_fam} families, {chance_lo:.0%}-{chance_hi:.0%})."), ""]
-    lines += [("Reading: the ranking is per FLOP and greedy (one step ahead), so it favours cheap pilots whose "
-              "width reduction per FLOP is high; next-size-up and largest end in the same state (every pilot size, "
-              "fully trained), so a share of 1 means a strategy reached next-size-up's final width only at the end; "
-              f"information may train a size to {', '.join(f'{f:g}' for f in TOKEN_FRACTIONS[:-1])} of its tokens and then "
-              "not extend it, so it can end elsewhere. A narrow interval "
+    lines += [("Reading: the ranking is per FLOP and greedy (one step ahead), so it favours cheap sizes whose "
+              "width reduction per FLOP is high; all three strategies end in the same state (every pilot size), so a "
+              "share of 1 means a strategy reached next-size-up's final width only at the end. A narrow interval "
               "reached early is worth only as much as its coverage (below). Chains that settle in different modes "
               "(max r_hat > 1.05, counted below) make single states noisy: a width can rise after a run is added."), ""]
     # equal compute
@@ -486,7 +447,7 @@ def main(argv=None) -> int:
         "pilot sizes": f"at most {MAX_PILOT_SIZES} below the target, log-spaced from the smallest; runs thinned to {MAX_CHECKPOINTS} checkpoints",
         "cell fits": f"cellfit.fit_cell, {settings['chains']} chains x ({settings['warmup']} warmup + {settings['draws']} draws), target_accept 0.9, tree depth 8",
         "population": f"backtest.population_priors (per family, without its source group), {settings['chains']} chains x ({settings['warmup']} + {settings['draws']})",
-        "information strategy": f"plan.next_run, {N_OUTCOMES} simulated outcomes per candidate, width with checkpoint noise; candidates: each untrained size at {', '.join(f'{f:g}' for f in TOKEN_FRACTIONS)} of its runs' tokens",
+        "information strategy": f"plan.next_run, {N_OUTCOMES} simulated outcomes per candidate, width with checkpoint noise",
         "seed": args.seed,
         "n_families": len(order),
         "partial": True,
