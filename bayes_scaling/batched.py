@@ -72,7 +72,7 @@ from .cellfit import (
     effective_weights,
     model_args,
 )
-from .model import prior_to_level
+from .laws import to_level_coordinates
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,14 @@ def _log_median(kind, a, b):
 
 @lru_cache(maxsize=None)
 def _program(
-    kind: tuple[str, bool, bool, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    kind: tuple[str, bool, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
 ):
     """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
     num_steps, warmup_steps)`` over L lanes; ``kind`` = :attr:`CellPrior.kind` (scale prior
-    kind, marginal likelihood, size term, Student-t prior, log exponents); sigma_size is 0
-    without a size term."""
-    scale_kind, marginal, size_term, heavy_tailed, log_exponents = kind
+    kind, marginal likelihood, size term, Student-t prior); sigma_size is 0 without a size term."""
+    scale_kind, marginal, size_term, heavy_tailed = kind
     model = _model(*kind)
-    shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf, log_exponents=log_exponents)
+    shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf)
     prior = CellPrior(np.zeros(N_PARAMS), np.eye(N_PARAMS), scale_kind, (1.0, 1.0), (1.0, 1.0), **shapes)  # shapes only
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
@@ -180,7 +179,7 @@ def _program(
         scale_jitter = jitter[N_PARAMS + r_pad :]  # sigma_run, sigma_obs[, sigma_size]
         loc, scale_tril = args[5], args[6]
         z0 = {  # near the prior mean: theta = loc + L jitter, in the model's level coordinates
-            "theta_level": prior_to_level(loc + scale_tril @ jitter[:N_PARAMS], *data_centre(args[0], args[1], args[3]), log_exponents),
+            "theta_level": to_level_coordinates(loc + scale_tril @ jitter[:N_PARAMS], *data_centre(args[0], args[1], args[3])),
             "sigma_run": _log_median(scale_kind, args[7], args[8]) + scale_jitter[0],
             "sigma_obs": _log_median(scale_kind, args[9], args[10]) + scale_jitter[1],
         }

@@ -7,8 +7,7 @@ would cost more than the sampling, so every fit uses *one* small model whose pri
 as array arguments:
 
     theta ~ Normal(loc, scale_tril scale_tril^T)   (sampled in level coordinates, below;
-            a multivariate Student-t with that scale when the prior has a finite ``df``;
-            over (log_e, log_a, log_b, log alpha, log beta) when ``log_exponents``)
+            a multivariate Student-t with that scale when the prior has a finite ``df``)
     sigma_run ~ prior_run,  u_r ~ Normal(0, sigma_run)          (run offsets on log loss)
     sigma_obs ~ prior_obs
     (optional) sigma_size ~ prior_size: u_r ~ Normal(0, sqrt(sigma_run^2 + (sigma_size d_r)^2)),
@@ -66,16 +65,12 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from .laws import PARAM_NAMES, chinchilla_log_loss
+from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
 from .programs import traced
 
 N_PARAMS = len(PARAM_NAMES)
 SCALE_PRIOR_KINDS = ("half_normal", "lognormal")
-#: Ceiling on prior draws of an exponent under :attr:`CellPrior.log_exponents`: a Student-t
-#: with few degrees of freedom on log alpha puts rare draws at e^30, and their losses at
-#: infinity; measured exponents are below 1.
-MAX_PRIOR_EXPONENT = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,10 +100,6 @@ class CellPrior:
     df : float
         Degrees of freedom of a multivariate Student-t prior on theta, with ``scale_tril``
         its scale; ``math.inf``: normal, ``scale_tril`` the covariance's factor.
-    log_exponents : bool
-        ``loc`` and ``scale_tril`` are over (log_e, log_a, log_b, log alpha, log beta): the
-        exponents' prior is on the log scale (positive, multiplicative spread). Draws and
-        posteriors are always reported as theta, with the exponents themselves.
     """
 
     loc: np.ndarray
@@ -120,7 +111,6 @@ class CellPrior:
     source: str = ""
     size_scale: tuple[float, float] | None = None
     df: float = math.inf
-    log_exponents: bool = False
 
     def __post_init__(self):
         if self.scale_kind not in SCALE_PRIOR_KINDS:
@@ -150,10 +140,9 @@ class CellPrior:
         return math.isfinite(self.df)
 
     @property
-    def kind(self) -> tuple[str, bool, bool, bool, bool]:
-        """What the compiled cell model depends on: (scale_kind, marginal, size_term,
-        heavy_tailed, log_exponents)."""
-        return (self.scale_kind, self.marginal, self.size_term, self.heavy_tailed, bool(self.log_exponents))
+    def kind(self) -> tuple[str, bool, bool, bool]:
+        """What the compiled cell model depends on: (scale_kind, marginal, size_term, heavy_tailed)."""
+        return (self.scale_kind, self.marginal, self.size_term, self.heavy_tailed)
 
     def shape_args(self) -> tuple[float, float, float]:
         """``size_scale`` and ``df`` as three model arguments (placeholders where unused)."""
@@ -165,10 +154,7 @@ class CellPrior:
         z = rng.standard_normal(tuple(shape) + (N_PARAMS,)) @ self.scale_tril.T
         if self.heavy_tailed:
             z = z * np.sqrt(self.df / rng.chisquare(self.df, tuple(shape) + (1,)))
-        point = self.loc + z
-        if self.log_exponents:
-            point[..., 3:] = np.exp(np.minimum(point[..., 3:], math.log(MAX_PRIOR_EXPONENT)))
-        return point
+        return self.loc + z
 
     def sample_scale(self, which: str, rng: np.random.Generator, shape: tuple = ()) -> np.ndarray:
         """NumPy draws of ``sigma_run`` ("run"), ``sigma_obs`` ("noise") or ``sigma_size``
@@ -193,7 +179,6 @@ class CellPrior:
             "source": self.source,
             "size_scale": None if self.size_scale is None else list(self.size_scale),
             "df": self.df,
-            "log_exponents": bool(self.log_exponents),
         }
 
 
@@ -272,11 +257,10 @@ def run_offset_sd(sigma_run, sigma_size, x_n, run_idx, mask, n_runs: int):
 
 
 @lru_cache(maxsize=None)
-def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_tailed: bool = False, log_exponents: bool = False):
+def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_tailed: bool = False):
     """The cell model; ``marginal``: Normal likelihood with the run offsets integrated out;
     ``size_term``: run offsets widen with the distance in log N (``sigma_size``);
-    ``heavy_tailed``: Student-t prior on theta with ``prior_df`` degrees of freedom;
-    ``log_exponents``: that prior is over log alpha and log beta (:attr:`CellPrior.log_exponents`).
+    ``heavy_tailed``: Student-t prior on theta with ``prior_df`` degrees of freedom.
 
     theta is sampled in level coordinates at the cell's data centre, as in the full model
     (:class:`bayes_scaling.model.LevelMultivariateNormal`): with one or two model sizes the
@@ -287,9 +271,8 @@ def _model(scale_kind: str, marginal: bool, size_term: bool = False, heavy_taile
 
     def model(x_n, x_d, run_idx, mask, run_mask, loc, scale_tril, run_a, run_b, noise_a, noise_b, nu, size_a, size_b, prior_df, weight, log_loss=None):
         x_n0, x_d0 = data_centre(x_n, x_d, mask)
-        prior = LevelMultivariateNormal(loc, scale_tril, x_n0, x_d0, df=prior_df if heavy_tailed else None, log_exponents=log_exponents)
-        level = numpyro.sample("theta_level", prior)
-        theta = numpyro.deterministic("theta", prior.theta(level))
+        level = numpyro.sample("theta_level", LevelMultivariateNormal(loc, scale_tril, x_n0, x_d0, df=prior_df if heavy_tailed else None))
+        theta = numpyro.deterministic("theta", from_level_coordinates(level, x_n0, x_d0))
         sigma_run = numpyro.sample("sigma_run", _scale_dist(scale_kind, run_a, run_b))
         sigma_obs = numpyro.sample("sigma_obs", _scale_dist(scale_kind, noise_a, noise_b))
         n_runs = run_mask.shape[0]
@@ -325,7 +308,7 @@ def _bucket(n: int, minimum: int, base: int = 4) -> int:
 
 @lru_cache(maxsize=None)
 def _sampler(
-    kind: tuple[str, bool, bool, bool, bool],
+    kind: tuple[str, bool, bool, bool],
     n_points: int,
     n_runs: int,
     chains: int,

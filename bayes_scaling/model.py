@@ -140,56 +140,31 @@ def family_effects(spec: Spec) -> str:
     return "level" if spec.family_effects == "auto" else spec.family_effects
 
 
-def _exponentiated(value, log_exponents: bool):
-    """``value`` with its last two coordinates exponentiated when they hold log exponents."""
-    return jnp.concatenate([value[..., :3], jnp.exp(value[..., 3:])], axis=-1) if log_exponents else value
-
-
-def level_to_theta(level, x_n0, x_d0, log_exponents: bool = False):
-    """Level coordinates at ``(x_n0, x_d0)`` -> theta; with ``log_exponents`` the last two
-    level coordinates are log alpha and log beta."""
-    return from_level_coordinates(_exponentiated(level, log_exponents), x_n0, x_d0)
-
-
-def prior_to_level(point, x_n0, x_d0, log_exponents: bool = False):
-    """A point in a prior's coordinates (theta, or theta with log exponents) -> level
-    coordinates, the exponent coordinates kept as they are."""
-    level = to_level_coordinates(_exponentiated(point, log_exponents), x_n0, x_d0)
-    return jnp.concatenate([level[..., :3], point[..., 3:]], axis=-1)
-
-
 class LevelMultivariateNormal(dist.Distribution):
     """theta ~ MultivariateNormal(loc, scale_tril), in level coordinates at ``(x_n0, x_d0)``;
-    with ``df``, a multivariate Student-t with that scale instead; with ``log_exponents``,
-    the distribution is over (log_e, log_a, log_b, log alpha, log beta) and the last two
-    level coordinates are the log exponents (see :func:`level_to_theta`).
+    with ``df``, a multivariate Student-t with that scale instead.
 
-    The map to level coordinates has unit Jacobian (given the exponents, and the exponent
-    coordinates map to themselves), so the density is the base distribution's at the
-    mapped-back point.
+    The map to level coordinates has unit Jacobian, so the density is the base
+    distribution's at the mapped-back point.
     """
 
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, loc, scale_tril, x_n0, x_d0, df=None, log_exponents: bool = False, validate_args=None):
+    def __init__(self, loc, scale_tril, x_n0, x_d0, df=None, validate_args=None):
         if df is None:
             self.base = dist.MultivariateNormal(loc, scale_tril=scale_tril)
         else:
             self.base = dist.MultivariateStudentT(df, loc, scale_tril)
-        self.x_n0, self.x_d0, self.log_exponents = x_n0, x_d0, log_exponents
+        self.x_n0, self.x_d0 = x_n0, x_d0
         super().__init__(batch_shape=jnp.shape(x_n0), event_shape=(N_PARAMS,), validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
-        return prior_to_level(self.base.expand(self.batch_shape).sample(key, sample_shape), self.x_n0, self.x_d0, self.log_exponents)
-
-    def theta(self, value):
-        """theta (with the exponents themselves) of level coordinates ``value``."""
-        return level_to_theta(value, self.x_n0, self.x_d0, self.log_exponents)
+        theta = self.base.expand(self.batch_shape).sample(key, sample_shape)
+        return to_level_coordinates(theta, self.x_n0, self.x_d0)
 
     def log_prob(self, value):
-        terms = self.theta(value)[..., :3]
-        return self.base.log_prob(jnp.concatenate([terms, value[..., 3:]], axis=-1))
+        return self.base.log_prob(from_level_coordinates(value, self.x_n0, self.x_d0))
 
 
 class LevelTermsNormal(dist.Distribution):

@@ -52,7 +52,6 @@ def _prior_to_json(prior: CellPrior) -> str:
             "nu": prior.nu if math.isfinite(prior.nu) else None,
             "scale_kind": prior.scale_kind,
             "source": prior.source,
-            "log_exponents": bool(prior.log_exponents),
         }
     )
 
@@ -73,7 +72,6 @@ def prior_from_attrs(fit: Fit) -> CellPrior | None:
         source=d["source"],
         size_scale=None if d["size_scale"] is None else tuple(d["size_scale"]),
         df=math.inf if d["df"] is None else d["df"],
-        log_exponents=bool(d.get("log_exponents", False)),  # fits saved before it existed: linear exponents
     )
 
 
@@ -113,7 +111,7 @@ def fit_with_population(
     -------
     Fit
     """
-    from .population import own_size_prior, resolve
+    from .population import resolve
 
     pop = resolve(population)
     spec = load_spec(POPULATION_SPEC)
@@ -126,8 +124,7 @@ def fit_with_population(
     posts = []
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)
-        family_prior = own_size_prior(arrays, prior, seed=stable_seed((family, "check"), seed), **sampler)
-        posts.append((arrays, arrays.fit(family_prior, seed=stable_seed((family,), seed), **sampler)))
+        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **sampler)))
         if progress is not None:
             progress(family)
     idata = _inference_data(data, posts, prior)

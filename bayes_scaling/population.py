@@ -22,12 +22,6 @@ Borrowing, decided once (not tuned per family):
   the law (how the loss splits into E, N and D terms, and the exponents); along the unit
   direction the prior is wide (:data:`UNIT_SHIFT_SD`), so a family's own data set its level.
   No metric metadata is needed, which matters for users' families whose units are unknown.
-* Exponents are borrowed on the log scale. They are positive, and families differ in them
-  by factors, not by amounts: the Student-t predictive is carried to (log alpha, log beta)
-  with the same mean and covariance to first order (:func:`log_exponent_moments`). On the
-  linear scale an exponent near 0 (a D term that is almost a constant, which then trades
-  off with E) sat within two prior sds, and isoFLOP families settled there in some chains
-  and elsewhere in others.
 * Scales (run spread, noise, size discrepancy) are on log loss, free of units: log-normals
   matched to the members' pooled posterior draws.
 * The size discrepancy is measured out of sample. Fitted to all its sizes, a member's law
@@ -47,7 +41,6 @@ corpus ships with the package (``population="public"``, :func:`public`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -79,8 +72,6 @@ __all__ = [
     "extrapolated_size_moments",
     "extrapolation_check",
     "load",
-    "log_exponent_moments",
-    "own_size_prior",
     "public",
     "resolve",
 ]
@@ -189,9 +180,8 @@ class Population:
         theta ~ multivariate Student-t, ``F - 4`` degrees of freedom: in the four directions
         orthogonal to a change of unit, location and scale ``Sigma F / (F - 4) + Cov(mu)`` of
         the random-effects population of the members; along the unit direction, the
-        members' mean level and sd ``UNIT_SHIFT_SD`` per log level; then carried to log
-        exponents (:func:`log_exponent_moments`). Scales: log-normals matched to the pooled
-        posterior draws of the members.
+        members' mean level and sd ``UNIT_SHIFT_SD`` per log level. Scales: log-normals
+        matched to the pooled posterior draws of the members.
         """
         n = len(self.members)
         if n < 2:
@@ -205,9 +195,8 @@ class Population:
         unit_sd = UNIT_SHIFT_SD * math.sqrt(3.0)  # a shift c of each log level moves c sqrt(3) along the unit direction
         cov = basis @ (sigma * n / df + mu_cov) @ basis.T + unit_sd**2 * np.outer(UNIT_DIRECTION, UNIT_DIRECTION)
         pooled = _pooled_log_moments(self.log_scales)
-        loc, cov = log_exponent_moments(basis @ mu + level * UNIT_DIRECTION, cov)
         return CellPrior(
-            loc=loc,
+            loc=basis @ mu + level * UNIT_DIRECTION,
             scale_tril=_tril(cov),
             scale_kind="lognormal",
             run_scale=pooled[0],
@@ -215,7 +204,6 @@ class Population:
             nu=self.nu,
             size_scale=pooled[2],
             df=float(df),
-            log_exponents=True,
             source=f"population of {n} families" + (f" (left out: {', '.join(self.settings['left_out'])})" if self.settings.get("left_out") else ""),
         )
 
@@ -280,21 +268,6 @@ class Population:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
-
-
-def log_exponent_moments(loc: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Location and scale of theta carried to (log_e, log_a, log_b, log alpha, log beta).
-
-    First order (delta method): the scale's exponent rows and columns divided by the
-    exponents' locations; the log locations lowered by half their log variance, so that
-    the exponents' mean stays at their location (a log-normal's mean is above its median).
-    """
-    loc, cov = np.asarray(loc, float), np.asarray(cov, float)
-    if not np.all(loc[3:] > 0):
-        raise PopulationError(f"the population's exponents must be positive to borrow them on the log scale, got alpha, beta = {loc[3:]}")
-    jac = np.diag(np.concatenate([np.ones(3), 1.0 / loc[3:]]))
-    log_cov = jac @ cov @ jac.T
-    return np.concatenate([loc[:3], np.log(loc[3:]) - 0.5 * np.diag(log_cov)[3:]]), log_cov
 
 
 def _checksum(ds: xr.Dataset) -> str:
@@ -400,51 +373,24 @@ def extrapolation_check(arrays: FamilyArrays, prior: CellPrior, *, seed: int = 0
     return residual, float(math.sqrt(variance)), float(arrays.x_n.max() - post.size_anchor)
 
 
-def extrapolated_size_moments(
-    residual: float, sd: float, distance: float, scale: float | None = None, *, log_normal: tuple[float, float] | None = None
-) -> tuple[float, float]:
+def extrapolated_size_moments(residual: float, sd: float, distance: float, scale: float) -> tuple[float, float]:
     """Mean and sd of log ``sigma_size`` given one extrapolation error.
 
     ``residual ~ Normal(0, sqrt(sd^2 + (sigma_size distance)^2))`` with ``sigma_size`` half-normal
-    of scale ``scale`` (the prior of the member fits), or log-normal with ``log_normal`` =
-    (mean, sd) of its log (a population's prior, for a new family), integrated on
-    :data:`SIZE_GRID`. An error within the prediction's own ``sd`` leaves the prior (for the
-    half-normal: log-mean ``log scale - 0.64``, log-sd 1.1); a larger one moves
-    ``sigma_size`` towards ``|residual| / distance``.
+    of scale ``scale`` (the prior of the member fits), integrated on :data:`SIZE_GRID`. An
+    error within the prediction's own ``sd`` leaves the prior (log-mean ``log scale - 0.64``,
+    log-sd 1.1); a larger one moves ``sigma_size`` towards ``|residual| / distance``.
     """
-    if (scale is None) == (log_normal is None):
-        raise ValueError("give exactly one prior: a half-normal scale or log_normal=(mean, sd) of the log")
-    if not (math.isfinite(residual) and sd > 0 and distance > 0 and (scale is None or scale > 0)):
+    if not (math.isfinite(residual) and sd > 0 and distance > 0 and scale > 0):
         raise ValueError(f"need a finite residual and positive sd, distance and scale; got {residual}, {sd}, {distance}, {scale}")
     s = SIZE_GRID
     var = sd**2 + (s * distance) ** 2
-    # log density on a log-spaced grid: likelihood x prior density of log sigma_size
-    # (half-normal: its density in sigma_size x the Jacobian s; log-normal: normal in the log)
-    if scale is not None:
-        log_post = -0.5 * residual**2 / var - 0.5 * np.log(var) - 0.5 * (s / scale) ** 2 + np.log(s)
-    else:
-        log_post = -0.5 * residual**2 / var - 0.5 * np.log(var) - 0.5 * ((np.log(s) - log_normal[0]) / log_normal[1]) ** 2
+    # log density on a log-spaced grid: likelihood x half-normal prior x Jacobian s
+    log_post = -0.5 * residual**2 / var - 0.5 * np.log(var) - 0.5 * (s / scale) ** 2 + np.log(s)
     w = np.exp(log_post - log_post.max())
     w /= w.sum()
     mean = float(np.sum(w * np.log(s)))
     return mean, float(math.sqrt(np.sum(w * (np.log(s) - mean) ** 2)))
-
-
-def own_size_prior(arrays: FamilyArrays, prior: CellPrior, *, seed: int = 0, **sampler) -> CellPrior:
-    """``prior`` with its size discrepancy conditioned on the family's own extrapolation check.
-
-    A population's ``sigma_size`` prior says how far the members' laws erred out of sample;
-    a family whose small sizes fit a law that its larger ones leave shows it in its own
-    check (:func:`extrapolation_check`: its smaller half of sizes predicting its largest),
-    and the fit of all its sizes cannot (its law absorbs the bend in sample). So the
-    family's ``sigma_size`` prior is the population's log-normal updated by that one error
-    (:func:`extrapolated_size_moments`). With fewer than 3 sizes, or no size term, ``prior``
-    is returned unchanged.
-    """
-    if not prior.size_term or np.unique(arrays.x_n).size < 3:
-        return prior
-    check = extrapolation_check(arrays, prior, seed=seed, **sampler)
-    return dataclasses.replace(prior, size_scale=extrapolated_size_moments(*check, log_normal=tuple(prior.size_scale)))
 
 
 def _first_value(table: pd.DataFrame, column: str) -> str:

@@ -89,8 +89,7 @@ def run_show(args: argparse.Namespace) -> int:
     write_table(pop.members, args.format)
     if args.format == "table":
         prior = pop.prior()
-        exponents = "log alpha and log beta" if prior.log_exponents else "alpha and beta"
-        print(f"\nprior of a new family: {prior.source}; Student-t with {prior.df:g} degrees of freedom over log_e, log_a, log_b, {exponents}")
+        print(f"\nprior of a new family: {prior.source}; Student-t with {prior.df:g} degrees of freedom")
         print("provenance: " + json.dumps(pop.provenance, sort_keys=True))
         print("settings: " + json.dumps(pop.settings, sort_keys=True))
     return 0
