@@ -179,17 +179,15 @@ def _existing_flops(draws: PlanDraws, cost: CostFn) -> float:
 def draws_from_fit(fit, family: str) -> PlanDraws:
     """:class:`PlanDraws` of ``family`` from a :class:`~bayes_scaling.inference.Fit`: the joint
     model's, or one under a population, with its size discrepancy as ``predict_loss`` uses it."""
-    from .predict import _sigma_run
+    from .predict import _sigma_run, _size_discrepancy
 
     f = fit.require_family(family)
     post = fit.idata.posterior
     theta = post["theta"].isel(family=f).transpose("chain", "draw", "param").values.reshape(-1, len(PARAM_NAMES))
     sigma_obs = post["sigma_obs"].isel(family=f).values.reshape(-1)
     sigma_run = _sigma_run(fit, f, np.random.default_rng(0)).reshape(-1)
-    sigma_size, size_anchor = None, 0.0
-    if "sigma_size" in post:  # fitted under a population
-        sigma_size = post["sigma_size"].isel(family=f).values.reshape(-1)
-        size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
+    sigma_size, size_anchor = _size_discrepancy(fit, f)  # None for a joint-model fit
+    sigma_size = None if sigma_size is None else sigma_size.reshape(-1)
     spec = fit.spec
     nu = float(spec.likelihood_df) if spec.likelihood == "student_t" else math.inf
     const = fit.idata.constant_data

@@ -68,6 +68,15 @@ def _sigma_run(fit: Fit, family_index: int | None, rng: np.random.Generator) -> 
     return np.take_along_axis(sigma, pick[..., None], axis=-1)[..., 0]
 
 
+def _size_discrepancy(fit: Fit, family_index: int) -> tuple[np.ndarray | None, float]:
+    """``(sigma_size draws (chain, draw), size_anchor)`` of one family of a fit under a
+    population; ``(None, 0.0)`` for a joint-model fit (no size discrepancy)."""
+    post = fit.idata.posterior
+    if "sigma_size" not in post:
+        return None, 0.0
+    return post["sigma_size"].isel(family=family_index).values, float(fit.idata.constant_data["size_anchor"].values[family_index])
+
+
 def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int = 0) -> xr.Dataset:
     """Posterior draws of one family's law, ready to evaluate anywhere.
 
@@ -116,9 +125,9 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         theta = post["theta"].isel(family=f)
         sigma_obs = post["sigma_obs"].isel(family=f).values
         sigma_run = _sigma_run(fit, f, rng)
-        if "sigma_size" in post:  # fitted under a population: planned runs widen beyond the largest size
-            sigma_size = post["sigma_size"].isel(family=f).values
-            size_anchor = float(fit.idata.constant_data["size_anchor"].values[f])
+        own_size, size_anchor = _size_discrepancy(fit, f)
+        if own_size is not None:  # fitted under a population: planned runs widen beyond the largest size
+            sigma_size = own_size
     new_run = kind != "family"
     offset = sigma_run * rng.standard_normal(sigma_run.shape) if new_run else np.zeros_like(sigma_run)
     size_draw = sigma_size * rng.standard_normal(sigma_size.shape) if new_run else np.zeros_like(sigma_size)
