@@ -1,19 +1,27 @@
-"""How the joint model's family parameters are sampled: ``level`` against ``hybrid`` (issue 18, item 5).
+"""How the joint model's family parameters are sampled and what prior their spreads get (issue 18, item 5).
 
-    python benchmarks/family_effects.py [--runs ../shared/data/runs.csv.gz] [--effects level hybrid] [--seeds 0 1]
+    python benchmarks/family_effects.py [--runs ../shared/data/runs.csv.gz] [--effects level hybrid]
+        [--scale-priors lognormal gamma] [--seeds 0 1]
 
 Refits the joint hierarchical model (``bs.fit(..., population=None)``) of every notebook
 that prints a convergence verdict, with the notebook's data and sampler settings, under
 each ``family_effects`` of the spec (see :func:`bayes_scaling.model.family_effects`):
 
 * ``level``: theta in level coordinates at each family's data centre (the default);
-* ``hybrid``: the same for (log_e, log_a, log_b), the exponents non-centred.
+* ``hybrid``: the same for (log_e, log_a, log_b), the exponents non-centred;
+
+and each prior of the population spreads ``tau``:
+
+* ``lognormal``: the spec's (shipped) log-normals;
+* ``gamma``: the Gamma(2, rate) priors shipped before them, with the same mean and sd of
+  log(tau) (:data:`GAMMA_SCALES`).
 
 Per fit: divergences, max r-hat, min bulk and tail ESS, draws at the maximum tree depth,
 the verdict of :func:`bayes_scaling.diagnostics.convergence_report` and the wall time.
 Fits run one after another, side by side per problem and seed, on this machine (divergence
 counts swing widely between seeds, so compare over seeds). Rows go to
-``results/family_effects.csv`` as they come; a rerun skips the fits already there.
+``results/family_effects.csv`` as they come; a rerun skips the fits already there (rows
+written before the ``scale_prior`` column existed were fitted under ``gamma``).
 Writes ``results/family_effects.md``.
 """
 
@@ -37,7 +45,7 @@ import bayes_scaling as bs  # noqa: E402
 from bayes_scaling import diagnostics  # noqa: E402
 from bayes_scaling.backtest import _md_table  # noqa: E402
 from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
-from bayes_scaling.spec import load_spec  # noqa: E402
+from bayes_scaling.spec import Prior, load_spec  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CHAINS, TARGET_ACCEPT = 4, 0.99
@@ -62,8 +70,15 @@ def problem_data(runs, families, min_tokens, max_checkpoints):
     return bs.prepare(runs, bs.Filters(families=families, min_tokens=min_tokens, max_checkpoints=max_checkpoints))
 
 
-def measure(data, effects: str, warmup: int, draws: int, seed: int) -> dict:
+#: The spreads' priors shipped before the log-normals (rates 4 for the levels, 10 for the exponents).
+GAMMA_SCALES = tuple(Prior("gamma", (("concentration", 2.0), ("rate", rate))) for rate in (4.0, 4.0, 4.0, 10.0, 10.0))
+SCALE_PRIORS = ("lognormal", "gamma")
+
+
+def measure(data, effects: str, scale_prior: str, warmup: int, draws: int, seed: int) -> dict:
     spec = dataclasses.replace(load_spec("chinchilla_hierarchical"), family_effects=effects)
+    if scale_prior == "gamma":
+        spec = dataclasses.replace(spec, family_scale_priors=GAMMA_SCALES)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bs.ConvergenceWarning)  # reported below with numbers
@@ -85,34 +100,38 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=bs.data.default_data_dir() / "runs.csv.gz")
     parser.add_argument("--effects", nargs="+", default=["level", "hybrid"])
+    parser.add_argument("--scale-priors", nargs="+", choices=SCALE_PRIORS, default=list(SCALE_PRIORS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     runs = bs.load_runs(args.runs)
     csv_path = args.out / "family_effects.csv"
     rows = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
+    if len(rows) and "scale_prior" not in rows:
+        rows.insert(2, "scale_prior", "gamma")  # measured before the log-normals shipped
     for name, (notebook, families, min_tokens, max_checkpoints, warmup, draws) in PROBLEMS.items():
         data = problem_data(runs, families, min_tokens, max_checkpoints)  # once per problem, for every seed
         for seed in args.seeds:
             for effects in args.effects:
-                key = {"problem": name, "family_effects": effects, "seed": seed}
-                if len(rows) and (rows[list(key)] == pd.Series(key)).all(axis=1).any():
-                    continue
-                row = {**key, "notebook": notebook, **measure(data, effects, warmup, draws, seed)}
-                print(row, flush=True)
-                rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-                with atomic_path(csv_path) as tmp:
-                    rows.to_csv(tmp, index=False)
+                for scale_prior in args.scale_priors:
+                    key = {"problem": name, "family_effects": effects, "scale_prior": scale_prior, "seed": seed}
+                    if len(rows) and (rows[list(key)] == pd.Series(key)).all(axis=1).any():
+                        continue
+                    row = {**key, "notebook": notebook, **measure(data, effects, scale_prior, warmup, draws, seed)}
+                    print(row, flush=True)
+                    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+                    with atomic_path(csv_path) as tmp:
+                        rows.to_csv(tmp, index=False)
     write_report(rows, args.out / "family_effects.md")
 
 
 def write_report(rows: pd.DataFrame, path: Path) -> None:
-    rows = rows.sort_values(["problem", "seed", "family_effects"], key=lambda c: c.map(list(PROBLEMS).index) if c.name == "problem" else c)
-    totals = rows.groupby("family_effects").agg(
+    rows = rows.sort_values(["problem", "seed", "family_effects", "scale_prior"], key=lambda c: c.map(list(PROBLEMS).index) if c.name == "problem" else c)
+    totals = rows.groupby(["family_effects", "scale_prior", "seed"]).agg(
         fits=("verdict", "size"), divergences=("divergences", "sum"), fail=("verdict", lambda v: int((v == "FAIL").sum())), seconds=("seconds", "sum")
     )
     lines = [
-        "# Joint model: level against hybrid family parameters",
+        "# Joint model: how family parameters are sampled, and the prior of their spreads",
         "",
         "Script: `benchmarks/family_effects.py` (see its docstring). Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores shared with other developers; {CHAINS} chains (one CPU device each), "

@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from scipy.special import digamma, polygamma
 
 from bayes_scaling.errors import SpecError
 from bayes_scaling.model import prior_distribution
@@ -108,6 +109,16 @@ def test_single_checkpoint_noise_prior_is_the_sum_of_noise_and_run_spread():
     assert single.dist == "lognormal"
     assert abs(log_total.mean() - single.kwargs()["loc"]) < 0.05
     assert abs(log_total.std() - single.kwargs()["scale"]) < 0.05
+
+
+def test_family_scale_priors_keep_the_log_moments_of_the_former_gammas():
+    # the spreads' log-normals replaced Gamma(2, rate) priors (rate 4 for the levels, 10 for
+    # the exponents) with the same mean and sd of log(tau), the coordinate NUTS samples
+    # (models/chinchilla_hierarchical.toml); tolerance 0.01, the TOML's rounding
+    for prior, rate in zip(HIER.family_scale_priors, (4.0, 4.0, 4.0, 10.0, 10.0)):
+        assert prior.dist == "lognormal"
+        assert abs(prior.kwargs()["loc"] - (digamma(2.0) - np.log(rate))) < 0.01
+        assert abs(prior.kwargs()["scale"] - np.sqrt(polygamma(1, 2.0))) < 0.01
 
 
 def test_single_checkpoint_noise_defaults_to_noise_scale():
