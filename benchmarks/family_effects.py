@@ -1,7 +1,7 @@
 """How the joint model's family parameters are sampled and what prior their spreads get (issue 18, item 5).
 
     python benchmarks/family_effects.py [--runs ../shared/data/runs.csv.gz] [--effects level hybrid]
-        [--scale-priors lognormal gamma] [--seeds 0 1]
+        [--scale-priors lognormal gamma] [--lkj 2 8] [--draws N] [--seeds 0 1]
 
 Refits the joint hierarchical model (``bs.fit(..., population=None)``) of every notebook
 that prints a convergence verdict, with the notebook's data and sampler settings, under
@@ -14,14 +14,18 @@ and each prior of the population spreads ``tau``:
 
 * ``lognormal``: the spec's (shipped) log-normals;
 * ``gamma``: the Gamma(2, rate) priors shipped before them, with the same mean and sd of
-  log(tau) (:data:`GAMMA_SCALES`).
+  log(tau) (:data:`GAMMA_SCALES`);
+
+and each LKJ concentration of their correlation given with ``--lkj`` (default: the spec's).
+``--draws N`` runs every fit at N warmup + N draws instead of its notebook's.
 
 Per fit: divergences, max r-hat, min bulk and tail ESS, draws at the maximum tree depth,
 the verdict of :func:`bayes_scaling.diagnostics.convergence_report` and the wall time.
 Fits run one after another, side by side per problem and seed, on this machine (divergence
 counts swing widely between seeds, so compare over seeds). Rows go to
 ``results/family_effects.csv`` as they come; a rerun skips the fits already there (rows
-written before the ``scale_prior`` column existed were fitted under ``gamma``).
+written before a column existed were fitted under ``gamma``, LKJ 2 and the notebook's
+warmup and draws: :data:`EARLIER_ROWS`).
 Writes ``results/family_effects.md``.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import platform
 import time
@@ -73,10 +78,14 @@ def problem_data(runs, families, min_tokens, max_checkpoints):
 #: The spreads' priors shipped before the log-normals (rates 4 for the levels, 10 for the exponents).
 GAMMA_SCALES = tuple(Prior("gamma", (("concentration", 2.0), ("rate", rate))) for rate in (4.0, 4.0, 4.0, 10.0, 10.0))
 SCALE_PRIORS = ("lognormal", "gamma")
+#: What rows written before a column existed were fitted under.
+EARLIER_ROWS = {"scale_prior": "gamma", "lkj": 2.0}
 
 
-def measure(data, effects: str, scale_prior: str, warmup: int, draws: int, seed: int) -> dict:
-    spec = dataclasses.replace(load_spec("chinchilla_hierarchical"), family_effects=effects)
+def measure(data, effects: str, scale_prior: str, lkj: float, warmup: int, draws: int, seed: int) -> dict:
+    spec = dataclasses.replace(
+        load_spec("chinchilla_hierarchical"), family_effects=effects, correlation_prior=Prior("lkj", (("concentration", lkj),))
+    )
     if scale_prior == "gamma":
         spec = dataclasses.replace(spec, family_scale_priors=GAMMA_SCALES)
     start = time.perf_counter()
@@ -101,45 +110,57 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=Path, default=bs.data.default_data_dir() / "runs.csv.gz")
     parser.add_argument("--effects", nargs="+", default=["level", "hybrid"])
     parser.add_argument("--scale-priors", nargs="+", choices=SCALE_PRIORS, default=list(SCALE_PRIORS))
+    parser.add_argument("--lkj", nargs="+", type=float, default=None, help="LKJ concentrations (default: the spec's)")
+    parser.add_argument("--draws", type=int, default=None, help="warmup and draws of every fit (default: its notebook's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     runs = bs.load_runs(args.runs)
     csv_path = args.out / "family_effects.csv"
     rows = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
-    if len(rows) and "scale_prior" not in rows:
-        rows.insert(2, "scale_prior", "gamma")  # measured before the log-normals shipped
+    for column, value in EARLIER_ROWS.items():
+        if len(rows) and column not in rows:
+            rows.insert(2, column, value)
+    if len(rows) and "draws" not in rows:
+        rows.insert(2, "draws", rows["problem"].map({name: problem[-1] for name, problem in PROBLEMS.items()}))
+    lkjs = args.lkj or [load_spec("chinchilla_hierarchical").correlation_prior.kwargs()["concentration"]]
     for name, (notebook, families, min_tokens, max_checkpoints, warmup, draws) in PROBLEMS.items():
         data = problem_data(runs, families, min_tokens, max_checkpoints)  # once per problem, for every seed
-        for seed in args.seeds:
-            for effects in args.effects:
-                for scale_prior in args.scale_priors:
-                    key = {"problem": name, "family_effects": effects, "scale_prior": scale_prior, "seed": seed}
-                    if len(rows) and (rows[list(key)] == pd.Series(key)).all(axis=1).any():
-                        continue
-                    row = {**key, "notebook": notebook, **measure(data, effects, scale_prior, warmup, draws, seed)}
-                    print(row, flush=True)
-                    rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
-                    with atomic_path(csv_path) as tmp:
-                        rows.to_csv(tmp, index=False)
+        warmup, draws = (args.draws, args.draws) if args.draws else (warmup, draws)
+        for seed, effects, scale_prior, lkj in itertools.product(args.seeds, args.effects, args.scale_priors, lkjs):
+            key = {"problem": name, "family_effects": effects, "scale_prior": scale_prior, "lkj": lkj, "draws": draws, "seed": seed}
+            if len(rows) and (rows[list(key)] == pd.Series(key)).all(axis=1).any():
+                continue
+            row = {**key, "notebook": notebook, **measure(data, effects, scale_prior, lkj, warmup, draws, seed)}
+            print(row, flush=True)
+            rows = pd.concat([rows, pd.DataFrame([row])], ignore_index=True)
+            with atomic_path(csv_path) as tmp:
+                rows.to_csv(tmp, index=False)
     write_report(rows, args.out / "family_effects.md")
 
 
 def write_report(rows: pd.DataFrame, path: Path) -> None:
-    rows = rows.sort_values(["problem", "seed", "family_effects", "scale_prior"], key=lambda c: c.map(list(PROBLEMS).index) if c.name == "problem" else c)
-    totals = rows.groupby(["family_effects", "scale_prior", "seed"]).agg(
-        fits=("verdict", "size"), divergences=("divergences", "sum"), fail=("verdict", lambda v: int((v == "FAIL").sum())), seconds=("seconds", "sum")
-    )
+    treatment = ["family_effects", "scale_prior", "lkj"]
+    rows = rows.sort_values(["problem", "seed", *treatment, "draws"], key=lambda c: c.map(list(PROBLEMS).index) if c.name == "problem" else c)
+    # a fit at its notebook's draws belongs to both settings where that is also an override
+    settings = {"at each notebook's draws": rows["draws"] == rows["problem"].map({n: p[-1] for n, p in PROBLEMS.items()})}
+    settings |= {f"fits run at {n} + {n}": rows["draws"] == n for n in sorted(rows["draws"].unique())}
     lines = [
         "# Joint model: how family parameters are sampled, and the prior of their spreads",
         "",
         "Script: `benchmarks/family_effects.py` (see its docstring). Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores shared with other developers; {CHAINS} chains (one CPU device each), "
-        f"target_accept {TARGET_ACCEPT}; warmup and draws as in each notebook; seeds {sorted(rows['seed'].unique().tolist())}.",
-        "",
-        "## Totals",
-        "",
-        _md_table(totals.reset_index().round(0)),
+        f"target_accept {TARGET_ACCEPT}; warmup as many as draws; seeds {sorted(rows['seed'].unique().tolist())}.",
+    ]
+    for title, chosen in settings.items():
+        totals = rows[chosen].groupby([*treatment, "seed"]).agg(
+            fits=("verdict", "size"),
+            divergences=("divergences", "sum"),
+            fail=("verdict", lambda v: int((v == "FAIL").sum())),
+            seconds=("seconds", "sum"),
+        )
+        lines += ["", f"## Totals, {title}", "", _md_table(totals.reset_index().round(0))]
+    lines += [
         "",
         "## Per fit",
         "",
