@@ -23,9 +23,7 @@ Per fit: divergences, max r-hat, min bulk and tail ESS, draws at the maximum tre
 the verdict of :func:`bayes_scaling.diagnostics.convergence_report` and the wall time.
 Fits run one after another, side by side per problem and seed, on this machine (divergence
 counts swing widely between seeds, so compare over seeds). Rows go to
-``results/family_effects.csv`` as they come; a rerun skips the fits already there (rows
-written before a column existed were fitted under ``gamma``, LKJ 2 and the notebook's
-warmup and draws: :data:`EARLIER_ROWS`).
+``results/family_effects.csv`` as they come; a rerun skips the fits already there.
 Writes ``results/family_effects.md``.
 """
 
@@ -63,6 +61,8 @@ PROBLEMS = {
     "xlstm pair": ("04", ("xlstm-llama-ctx8192", "xlstm-mlstm-ctx8192-gbs256"), 1e10, 10, 500, 500),
     "pythia pair": ("04", ("pythia", "pythia-deduped"), 1e10, 10, 500, 500),
 }
+#: Draws (and warmup) of each problem in its notebook.
+NOTEBOOK_DRAWS = {name: problem[-1] for name, problem in PROBLEMS.items()}
 
 
 def problem_data(runs, families, min_tokens, max_checkpoints):
@@ -78,8 +78,6 @@ def problem_data(runs, families, min_tokens, max_checkpoints):
 #: The spreads' priors shipped before the log-normals (rates 4 for the levels, 10 for the exponents).
 GAMMA_SCALES = tuple(Prior("gamma", (("concentration", 2.0), ("rate", rate))) for rate in (4.0, 4.0, 4.0, 10.0, 10.0))
 SCALE_PRIORS = ("lognormal", "gamma")
-#: What rows written before a column existed were fitted under.
-EARLIER_ROWS = {"scale_prior": "gamma", "lkj": 2.0}
 
 
 def measure(data, effects: str, scale_prior: str, lkj: float, warmup: int, draws: int, seed: int) -> dict:
@@ -118,11 +116,6 @@ def main(argv=None) -> None:
     runs = bs.load_runs(args.runs)
     csv_path = args.out / "family_effects.csv"
     rows = pd.read_csv(csv_path) if csv_path.is_file() else pd.DataFrame()
-    for column, value in EARLIER_ROWS.items():
-        if len(rows) and column not in rows:
-            rows.insert(2, column, value)
-    if len(rows) and "draws" not in rows:
-        rows.insert(2, "draws", rows["problem"].map({name: problem[-1] for name, problem in PROBLEMS.items()}))
     lkjs = args.lkj or [load_spec("chinchilla_hierarchical").correlation_prior.kwargs()["concentration"]]
     for name, (notebook, families, min_tokens, max_checkpoints, warmup, draws) in PROBLEMS.items():
         data = problem_data(runs, families, min_tokens, max_checkpoints)  # once per problem, for every seed
@@ -143,7 +136,7 @@ def write_report(rows: pd.DataFrame, path: Path) -> None:
     treatment = ["family_effects", "scale_prior", "lkj"]
     rows = rows.sort_values(["problem", "seed", *treatment, "draws"], key=lambda c: c.map(list(PROBLEMS).index) if c.name == "problem" else c)
     # a fit at its notebook's draws belongs to both settings where that is also an override
-    settings = {"at each notebook's draws": rows["draws"] == rows["problem"].map({n: p[-1] for n, p in PROBLEMS.items()})}
+    settings = {"at each notebook's draws": rows["draws"] == rows["problem"].map(NOTEBOOK_DRAWS)}
     settings |= {f"fits run at {n} + {n}": rows["draws"] == n for n in sorted(rows["draws"].unique())}
     lines = [
         "# Joint model: how family parameters are sampled, and the prior of their spreads",
