@@ -196,7 +196,8 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
         r_hat = table["r_hat"].dropna()
         if chains > 1 and len(r_hat) and r_hat.max() > MAX_R_HAT:
             failures.append(
-                f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {_fmt_r_hat(r_hat.max())} at {r_hat.idxmax()})"
+                f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {_fmt_r_hat(r_hat.max())} at {r_hat.idxmax()}); "
+                "longer chains (more draws) settle an r_hat that is Monte Carlo noise, not chains in separate modes"
             )
         for column, name in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
             low = table[column] < min_ess

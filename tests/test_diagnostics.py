@@ -65,6 +65,17 @@ def test_divergences_and_few_draws_fail():
     assert "FAIL" in diagnostics.format_convergence_summary(report).splitlines()[0]
 
 
+def test_chains_apart_fail_r_hat_with_advice():
+    # chain 0 of family a shifted by 3 sds: r_hat far above 1.01, the failure names it and says
+    # what longer chains can and cannot settle
+    idata = iid_idata()
+    idata.posterior["theta"].values[0, :, 0, :] += 3.0
+    report = diagnostics.convergence_report(idata)
+    assert report.verdict == "fail"
+    (failure,) = [f for f in report.failures if f.startswith("r_hat >")]
+    assert "theta[a" in failure and "longer chains" in failure and "separate modes" in failure
+
+
 def test_single_chain_warns():
     report = diagnostics.convergence_report(iid_idata(chains=1, draws=500))
     assert any("single chain" in w for w in report.warnings)
