@@ -35,6 +35,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import pickle  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -143,9 +144,11 @@ def main(argv=None) -> int:
         prior = priors[c.family].prior()  # the population without the family's source group, as fit_with_population uses it
         problems.append(CellProblem(arrays.x_n, arrays.x_d, arrays.run_idx, arrays.log_loss, prior, seed=seed, weight=arrays.weight))
 
+    # cached fits are keyed by the cells too: a new back-test picks other unmixed cells
+    cells_key = hashlib.sha1(repr(sorted(picked)).encode()).hexdigest()[:10]
     rows, seconds = [], {}
     for name, sampler in TREATMENTS.items():
-        posts, seconds[name] = fitted(problems, sampler, args.cache and args.cache / f"seed{args.seed}-{name.replace(' ', '_')}.pkl")
+        posts, seconds[name] = fitted(problems, sampler, args.cache and args.cache / f"seed{args.seed}-{cells_key}-{name.replace(' ', '_')}.pkl")
         for c, p, post in zip(cells, problems, posts):
             rows.append({"family": c.family, "k": c.k, "treatment": name, **score(post, c.targets[0], p.seed)})
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
