@@ -26,6 +26,7 @@ weights stayed near equal pooling, and the targets' coverage did not improve.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable
 
 import arviz as az
@@ -62,17 +63,9 @@ def cell_log_density(x_n, x_d, run_idx, log_loss, prior: CellPrior, weight=None)
     n_pad = _bucket(len(log_loss), *POINTS_BUCKET)
     r_pad = _bucket(int(run_idx.max()) + 1, *RUNS_BUCKET)
     args = tuple(jnp.asarray(a) for a in model_args(x_n, x_d, run_idx, log_loss, np.ones(len(log_loss)) if weight is None else weight, prior, n_pad, r_pad))
-    priors_only = handlers.block(handlers.seed(_model(*prior.kind), rng_seed=0), hide=["log_loss", "run_z"])
-    names = _scale_names(prior)
-    x_n0, x_d0 = (float(v) for v in data_centre(jnp.asarray(x_n), jnp.asarray(x_d), jnp.ones(len(x_n), bool)))
-
-    @jax.jit
-    def log_prior(u):
-        def one(row):
-            params = {"theta_level": row[:5], **{name: jnp.exp(row[5 + i]) for i, name in enumerate(names)}}
-            return log_density(priors_only, args, {}, params)[0] + row[5:].sum()  # + log Jacobian of exp
-
-        return jax.vmap(one)(u)
+    log_prior = _log_prior_program(prior.kind, n_pad, r_pad)
+    names = _scale_names(prior.size_term)
+    x_n0, x_d0 = _centre(x_n, x_d)
 
     def evaluate(u):
         u = np.asarray(u, float)
@@ -81,22 +74,45 @@ def cell_log_density(x_n, x_d, run_idx, log_loss, prior: CellPrior, weight=None)
             theta=np.asarray(from_level_coordinates(u[:, :5], x_n0, x_d0)), sigma_run=scales["sigma_run"], sigma_obs=scales["sigma_obs"],
             nu=prior.nu, divergences=0, max_rhat=math.nan, sigma_size=scales.get("sigma_size"),
         )
-        out = np.asarray(log_prior(jnp.asarray(u)), float) + cell_run_log_lik(draws, x_n, x_d, run_idx, log_loss, weight).sum(axis=1)
+        out = np.asarray(log_prior(jnp.asarray(u), args), float) + cell_run_log_lik(draws, x_n, x_d, run_idx, log_loss, weight).sum(axis=1)
         return np.where(np.isfinite(out), out, -np.inf)
 
     return evaluate
 
 
-def _scale_names(prior: CellPrior) -> tuple[str, ...]:
-    return ("sigma_run", "sigma_obs") + (("sigma_size",) if prior.size_term else ())
+@lru_cache(maxsize=None)
+def _log_prior_program(kind: tuple[str, bool, bool, bool], n_pad: int, r_pad: int):
+    """Jitted ``(u (M, d), model args) -> (M,)``: the cell model's prior terms at each row of
+    ``u`` plus the log Jacobian of the scales. One per model kind and padding bucket, the
+    model's arguments traced, so cells of one bucket share a compilation (as ``_sampler``)."""
+    priors_only = handlers.block(handlers.seed(_model(*kind), rng_seed=0), hide=["log_loss", "run_z"])
+    names = _scale_names(kind[2])
+
+    @jax.jit
+    def log_prior(u, args):
+        def one(row):
+            params = {"theta_level": row[:5], **{name: jnp.exp(row[5 + i]) for i, name in enumerate(names)}}
+            return log_density(priors_only, args, {}, params)[0] + row[5:].sum()  # + log Jacobian of exp
+
+        return jax.vmap(one)(u)
+
+    return log_prior
+
+
+def _scale_names(size_term: bool) -> tuple[str, ...]:
+    return ("sigma_run", "sigma_obs") + (("sigma_size",) if size_term else ())
+
+
+def _centre(x_n, x_d) -> tuple[float, float]:
+    """Where a cell's level coordinates sit (:func:`bayes_scaling.cellfit.data_centre`, no padding)."""
+    return tuple(float(v) for v in data_centre(jnp.asarray(x_n, float), jnp.asarray(x_d, float), jnp.ones(len(x_n), bool)))
 
 
 def unconstrained_draws(post: CellPosterior, x_n, x_d) -> np.ndarray:
     """A cell posterior's draws in the sampler's unconstrained space, (chains, draws, d):
     theta in level coordinates at the data centre (five columns), then the log of
     ``sigma_run``, ``sigma_obs`` and, with a size term, ``sigma_size``."""
-    x_n0, x_d0 = data_centre(jnp.asarray(x_n, float), jnp.asarray(x_d, float), jnp.ones(len(x_n), bool))
-    level = np.asarray(to_level_coordinates(post.theta, x_n0, x_d0))
+    level = np.asarray(to_level_coordinates(post.theta, *_centre(x_n, x_d)))
     scales = [post.sigma_run, post.sigma_obs] + ([post.sigma_size] if post.sigma_size is not None else [])
     u = np.column_stack([level, *(np.log(s) for s in scales)])
     return post.by_chain(u)
