@@ -58,11 +58,6 @@ def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def cell_scores(rows: pd.DataFrame) -> pd.DataFrame:
-    """ARE and 90% coverage per (version, seed, family, k): the mean over the cell's targets."""
-    return rows.groupby(["version", "seed", "family", "k"], as_index=False).agg(are=("are", "mean"), cov_90=("cov_90", "mean"))
-
-
 def median_are_by_k(cells: pd.DataFrame) -> pd.DataFrame:
     by_seed = cells.groupby(["version", "seed", "k"])["are"].median()
     table = (100 * by_seed.groupby(["version", "k"]).mean()).unstack("k").round(2)
@@ -85,7 +80,7 @@ def paired_are(cells: pd.DataFrame, largest: int = 8) -> tuple[float, pd.DataFra
 
 
 def report(rows: pd.DataFrame, label: str, baseline: Path) -> str:
-    cells = cell_scores(rows)
+    cells = bt.family_scores(rows, ("version", "seed", "k"))  # the back-test's scores per (family, k) cell
     median_change, moves = paired_are(cells)
     return "\n".join(
         [
