@@ -601,7 +601,7 @@ def _subsample(draws: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_pred: int):
     """``bayes_hierarchical``: exactly what a user runs, ``fit(train runs, population=...)``
     then ``predict_loss(kind="new_run", observation_noise=True)`` at the target's checkpoints."""
-    from .cellfit import _split_rhat
+    from .convergence import check_convergence
     from .popfit import fit_with_population
     from .predict import predict_loss
 
@@ -611,8 +611,8 @@ def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_
     )
     # the protocol already cut and thinned the training checkpoints
     fit = fit_with_population(table, cell.prior, filters=Filters(min_tokens=0.0, max_checkpoints=None), seed=seed, **sampler)
-    theta = fit.idata.posterior["theta"].isel(family=0).transpose("chain", "draw", "param").values
-    diag = {**diag, "divergences": int(fit.idata.sample_stats["diverging"].sum()), "max_rhat": _split_rhat(theta)}
+    report = check_convergence(fit.idata)  # the verdict the user gets from this fit
+    diag = {**diag, "divergences": report.divergences, "max_rhat": report.max_r_hat}
 
     def predictors(target, s):
         pred = predict_loss(fit, d.family, target.num_params, target.tokens, kind="new_run", observation_noise=True, seed=s)
@@ -1020,7 +1020,8 @@ def summary_markdown(results: pd.DataFrame, protocol: Protocol | None = None, me
         out += [
             "## Convergence of the Bayesian cell fits",
             "",
-            "max split r-hat over the five law parameters per cell (chains of one cell fit); "
+            "max r-hat per cell: the fit's own convergence check (arviz's rank-normalised split r-hat over the law "
+            "parameters and the scales, what `fit` reports to its user); "
             "cells above 1.05 have not mixed and their intervals should be read with care.",
             "",
             _md_table(conv),

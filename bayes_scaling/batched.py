@@ -66,10 +66,10 @@ from .cellfit import (
     CellPrior,
     _bucket,
     _model,
-    _split_rhat,
     data_centre,
     dense_sites,
     effective_weights,
+    family_r_hat,
     model_args,
 )
 from .laws import to_level_coordinates
@@ -298,7 +298,10 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
             sigma_obs=sigma_obs[c].reshape(-1),
             nu=float(chunk[c].prior.nu),
             divergences=int(diverging[c].sum()),
-            max_rhat=_split_rhat(theta[c]),
+            max_rhat=family_r_hat(
+                chains, theta[c].reshape(-1, N_PARAMS), sigma_run[c].reshape(-1), sigma_obs[c].reshape(-1),
+                sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
+            ),
             sigma_size=sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
             size_anchor=float(chunk[c].x_n.max()),
             chains=chains,

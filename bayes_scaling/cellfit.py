@@ -65,6 +65,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
+from .convergence import max_r_hat
 from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
 from .programs import traced
@@ -373,7 +374,7 @@ class CellPosterior:
     nu : float
     divergences : int
     max_rhat : float
-        Largest split r-hat over theta (NaN with a single chain).
+        Largest r-hat over theta and the scales (:func:`family_r_hat`; NaN with a single chain).
     sigma_size : ndarray (S,) or None
         Size discrepancy per unit of log N (None: the fit had no size term).
     size_anchor : float
@@ -438,20 +439,13 @@ def noise_variance(sigma_obs, nu: float) -> np.ndarray:
     return factor * np.asarray(sigma_obs, float) ** 2
 
 
-def _split_rhat(x: np.ndarray) -> float:
-    """Max split r-hat over the last axis of x with shape (chains, draws, k)."""
-    c, n = x.shape[:2]
-    if c < 2 or n < 4:
-        return float("nan")
-    half = n // 2
-    parts = np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
-    m, n2 = parts.shape[:2]
-    means = parts.mean(axis=1)
-    w = parts.var(axis=1, ddof=1).mean(axis=0)
-    b = n2 * means.var(axis=0, ddof=1)
-    var = (n2 - 1) / n2 * w + b / n2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.nanmax(np.sqrt(var / w)))
+def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> float:
+    """The package's r_hat (:func:`bayes_scaling.convergence.max_r_hat`, what ``fit`` reports)
+    of a cell fit's family parameters, from draws flat over ``chains`` (NaN with one chain)."""
+    sites = {"theta": theta, "sigma_run": sigma_run, "sigma_obs": sigma_obs}
+    if sigma_size is not None:
+        sites["sigma_size"] = sigma_size
+    return max_r_hat({name: np.asarray(v).reshape(chains, -1, *np.shape(v)[1:]) for name, v in sites.items()})
 
 
 #: Sampler settings of every single-family fit under a population (a user's ``fit`` with a
@@ -641,19 +635,21 @@ def fit_cell(
         prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
     )
     theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
-    theta = np.asarray(theta)
+    theta = np.asarray(theta).reshape(-1, N_PARAMS)
+    sigma_run, sigma_obs = np.asarray(sigma_run).reshape(-1), np.asarray(sigma_obs).reshape(-1)
+    sigma_size = np.asarray(sigma_size).reshape(-1) if prior.size_term else None
     diverging = np.asarray(diverging)
     return CellPosterior(
-        theta=theta.reshape(-1, N_PARAMS),
-        sigma_run=np.asarray(sigma_run).reshape(-1),
-        sigma_obs=np.asarray(sigma_obs).reshape(-1),
+        theta=theta,
+        sigma_run=sigma_run,
+        sigma_obs=sigma_obs,
         nu=float(prior.nu),
         divergences=int(diverging.sum()),
-        max_rhat=_split_rhat(theta),
-        sigma_size=np.asarray(sigma_size).reshape(-1) if prior.size_term else None,
+        max_rhat=family_r_hat(int(chains), theta, sigma_run, sigma_obs, sigma_size),
+        sigma_size=sigma_size,
         size_anchor=float(x_n.max()),
         chains=int(chains),
-        run_offset=np.asarray(run_offset).reshape(len(theta.reshape(-1, N_PARAMS)), -1)[:, :n_runs],
+        run_offset=np.asarray(run_offset).reshape(len(theta), -1)[:, :n_runs],
         diverging=diverging.reshape(-1).astype(bool),
     )
 

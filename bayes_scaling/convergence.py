@@ -7,6 +7,7 @@ Kept small and at the bottom of the stack: inference uses it to warn after every
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import arviz as az
@@ -14,15 +15,16 @@ import numpy as np
 
 #: Thresholds of the usual rules (Vehtari et al. 2021): r_hat <= 1.01, ESS >= 100 per chain.
 MAX_R_HAT = 1.01
-#: Largest split r-hat of a small fit (a back-test cell, a population member) counted as
+#: Largest r_hat of a small fit (a back-test cell, a population member) counted as
 #: mixed: above it the chains sit in different places, not merely in a short run.
 MIXED_RHAT = 1.05
 MIN_ESS_PER_CHAIN = 100
 
 #: Population parameters of a hierarchical fit.
 POPULATION_VARS = ("mu", "tau")
-#: Per-family parameters (sigma_run is 0, and skipped, where runs have one checkpoint each).
-FAMILY_VARS = ("theta", "sigma_obs", "sigma_run")
+#: Per-family parameters (sigma_run is 0, and skipped, where runs have one checkpoint each;
+#: sigma_size exists in fits under a population, where it sets how far a prediction spreads).
+FAMILY_VARS = ("theta", "sigma_obs", "sigma_run", "sigma_size")
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,30 @@ def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
     if not names:
         raise ValueError(f"none of {list(var_names)} is in the posterior")
     sub = post[list(names)]
+    r_hat = _max_r_hat(sub)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains divide by zero; r_hat is then inf/nan
-        r_hat = _worst(az.rhat(sub), np.nanmax) if n_chains > 1 else float("nan")
+        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains: ESS is then nan
         ess_bulk = _worst(az.ess(sub, method="bulk"), np.nanmin)
         ess_tail = _worst(az.ess(sub, method="tail"), np.nanmin)
     divergences = 0
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         divergences = int(idata.sample_stats["diverging"].sum())
     return Convergence(r_hat, ess_bulk, ess_tail, divergences, n_chains, n_draws, names)
+
+
+def max_r_hat(draws: Mapping[str, np.ndarray]) -> float:
+    """Worst r_hat over arrays shaped ``(chains, draws, ...)``: the r_hat of
+    :func:`check_convergence` (arviz: rank-normalised and folded split r_hat), for draws
+    held outside an InferenceData (a cell fit's). NaN with one chain."""
+    return _max_r_hat(az.convert_to_dataset({name: np.asarray(values) for name, values in draws.items()}))
+
+
+def _max_r_hat(dataset) -> float:
+    if dataset.sizes["chain"] < 2:
+        return float("nan")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains divide by zero; r_hat is then inf/nan
+        return _worst(az.rhat(dataset), np.nanmax)
 
 
 def _worst(dataset, reduce) -> float:

@@ -20,7 +20,7 @@ cell seed, in the batched program (:func:`bayes_scaling.batched.fit_cells_batche
   region each explored (:mod:`bayes_scaling.modes`: importance sampling from a mixture of
   one Student-t per chain); r-hat and time as for stacking.
 
-Per cell and treatment: max split r-hat of theta, how far apart the chains' medians of the
+Per cell and treatment: max r-hat of the fit (``CellPosterior.max_rhat``), how far apart the chains' medians of the
 law parameters are (the largest over the five, in units of the within-chain sd: above ~2
 the chains sit in different places), and the scores of the back-test (ARE of the final loss, whether
 the target's checkpoints fall inside the 90% new-run interval). Writes

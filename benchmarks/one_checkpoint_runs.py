@@ -19,7 +19,7 @@ back-test's target acceptance and tree depth:
   log-normal fitted to ``sqrt(noise^2 + run^2)`` under the population's two priors (moments
   of 200,000 seeded draws).
 
-Per fit: max split r-hat of theta, how far apart the chains' medians sit (largest over
+Per fit: max r-hat of the fit (``CellPosterior.max_rhat``), how far apart the chains' medians sit (largest over
 the law's parameters, in within-chain sds), min bulk ESS of ``sigma_obs`` and of theta,
 and seconds; where the chains are apart, each chain's median of theta and what it predicts. Writes ``results/one_checkpoint_runs.md``. Nothing here changes the method.
 """

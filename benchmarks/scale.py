@@ -204,7 +204,7 @@ def render(s: dict) -> str:
         f"{100 * st['share_draws_at_max_depth']:.1f}% at max depth); lockstep factor {st['lockstep_factor']:.2f} "
         "(mean over iterations of the batch's largest tree / mean tree: the vmap overhead of waiting for the slowest lane); "
         f"divergences batched {st['divergences_batched']}, looped {st['divergences_looped']}; "
-        f"max split r-hat batched {st['max_rhat_batched']:.3f}, looped {st['max_rhat_looped']:.3f}.",
+        f"max r-hat batched {st['max_rhat_batched']:.3f}, looped {st['max_rhat_looped']:.3f}.",
         "",
     ]
     return "\n".join(lines)

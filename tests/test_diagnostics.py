@@ -238,3 +238,26 @@ def test_diagnose_cli(small_fit, tmp_path, capsys):
     assert (out / "report.md").is_file()
     assert main(["diagnose", str(tmp_path / "missing.nc"), "--out", str(out)]) == 2
     assert main(["diagnose", str(saved), "--out", str(out), "--families", "nope"]) == 2
+
+
+def test_cell_r_hat_is_the_convergence_check_of_the_same_draws():
+    """One r_hat: a cell fit's (family_r_hat, flat draws) equals check_convergence on an
+    InferenceData of the same draws; a chain whose sigma_size alone runs at 3x the scale of
+    the other is caught (folded r_hat), and with sigma_size left out it is not."""
+    from bayes_scaling.cellfit import family_r_hat
+    from bayes_scaling.convergence import MIXED_RHAT, check_convergence
+
+    rng = np.random.default_rng(0)
+    chains, draws = 2, 1000
+    theta = rng.normal(size=(chains * draws, 5))
+    sigma_run, sigma_obs = np.abs(rng.normal(size=(2, chains * draws)))
+    sigma_size = np.abs(rng.normal(size=chains * draws)) * np.repeat([1.0, 3.0], draws)
+    idata = az.from_dict(
+        posterior={"theta": theta.reshape(chains, draws, 5), "sigma_run": sigma_run.reshape(chains, draws),
+                   "sigma_obs": sigma_obs.reshape(chains, draws), "sigma_size": sigma_size.reshape(chains, draws)}
+    )
+    r_hat = family_r_hat(chains, theta, sigma_run, sigma_obs, sigma_size)
+    assert r_hat == pytest.approx(check_convergence(idata).max_r_hat, rel=1e-12)
+    assert r_hat > MIXED_RHAT
+    assert family_r_hat(chains, theta, sigma_run, sigma_obs) < 1.01
+    assert np.isnan(family_r_hat(1, theta, sigma_run, sigma_obs))

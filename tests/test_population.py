@@ -349,3 +349,26 @@ def test_build_warns_about_members_whose_chains_did_not_mix(synthetic_runs, monk
     with pytest.warns(ConvergenceWarning, match=rf"1 member fit\(s\) did not mix .*: {first};"):
         pop = P.build(runs.drop(columns="true_loss"), min_tokens=1e9)
     assert pop.families == tuple(truth.index)
+
+
+def test_backtest_counts_a_cell_by_the_r_hat_its_user_is_told(built, monkeypatch):
+    """A bayes_hierarchical cell's max_rhat is check_convergence's r_hat of the very Fit a
+    user gets (arviz's, over theta and the scales, sigma_size included), not a second one."""
+    from bayes_scaling import backtest as bt
+    from bayes_scaling import popfit
+    from bayes_scaling.convergence import check_convergence
+
+    runs, truth, pop = built
+    family = truth.index[0]
+    protocol = bt.protocol_cells(runs[runs["family"] == family].drop(columns="true_loss"), ks=[2], fractions=[1.0], min_tokens=1e9, max_checkpoints=6)
+    (cell,) = bt.build_cells(protocol, ["bayes_hierarchical"], population={1e9: {family: pop.without(families=[family])}}, bayes_settings=TINY_FIT)
+    fits = []
+    real = popfit.fit_with_population
+    monkeypatch.setattr(popfit, "fit_with_population", lambda *a, **kw: fits.append(real(*a, **kw)) or fits[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = bt.evaluate_cell(cell, seed=0)
+    (fit,) = fits
+    report = check_convergence(fit.idata)
+    assert "sigma_size" in report.checked
+    assert rows[0]["status"] == "ok" and rows[0]["max_rhat"] == report.max_r_hat
