@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bayes_scaling.cellfit import SAMPLER_DEFAULTS  # noqa: E402
 from bayes_scaling.demo import demo_runs  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
@@ -70,8 +71,8 @@ def main() -> int:
     lines = [
         "# Speed a user feels: one family under the public population",
         "",
-        f"`bayes-scaling fit one-family.csv --population public` (Gemstones 48M + 52M, default sampler: "
-        f"2 chains x (1000 + 1000)) then `bayes-scaling predict ... --new-run`, each in a fresh process; "
+        f"`bayes-scaling fit one-family.csv --population public` (Gemstones 48M + 52M, default sampler of this "
+        f"checkout: {SAMPLER_DEFAULTS['chains']} chains x ({SAMPLER_DEFAULTS['warmup']} + {SAMPLER_DEFAULTS['draws']})) then `bayes-scaling predict ... --new-run`, each in a fresh process; "
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end. Bar (issue 17): cold <= 60 s, warm <= 15 s.",
         "",
         f"Versions: this = the checkout (HEAD {revision})"
