@@ -598,19 +598,28 @@ def _subsample(draws: np.ndarray, n: int, seed: int) -> np.ndarray:
     return draws
 
 
-def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_pred: int):
-    """``bayes_hierarchical``: exactly what a user runs, ``fit(train runs, population=...)``
-    then ``predict_loss(kind="new_run", observation_noise=True)`` at the target's checkpoints."""
-    from .convergence import check_convergence
+def public_path_fit(cell: Cell, seed: int, **sampler):
+    """The :class:`~bayes_scaling.inference.Fit` a user gets from a ``bayes_hierarchical``
+    cell's training runs: ``fit(train runs, population=cell.prior)`` with the cell's seed
+    (:func:`cell_seed`) and ``sampler`` (default :data:`SAMPLER_DEFAULTS`)."""
     from .popfit import fit_with_population
-    from .predict import predict_loss
 
     d = cell.data
     table = pd.DataFrame(
         {"family": d.family, "model": np.asarray(d.train_models)[d.train_run], "num_params": d.train_num_params, "tokens": d.train_tokens, "loss": d.train_loss}
     )
     # the protocol already cut and thinned the training checkpoints
-    fit = fit_with_population(table, cell.prior, filters=Filters(min_tokens=0.0, max_checkpoints=None), seed=seed, **sampler)
+    return fit_with_population(table, cell.prior, filters=Filters(min_tokens=0.0, max_checkpoints=None), seed=seed, **sampler)
+
+
+def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_pred: int):
+    """``bayes_hierarchical``: exactly what a user runs, ``fit(train runs, population=...)``
+    then ``predict_loss(kind="new_run", observation_noise=True)`` at the target's checkpoints."""
+    from .convergence import check_convergence
+    from .predict import predict_loss
+
+    d = cell.data
+    fit = public_path_fit(cell, seed, **sampler)
     report = check_convergence(fit.idata)  # the verdict the user gets from this fit
     diag = {**diag, "divergences": report.divergences, "max_rhat": report.max_r_hat}
 
