@@ -131,7 +131,8 @@ def main() -> int:
         f"File size: {POPULATION_PATH.stat().st_size / 1024:.0f} KB; demo curves `{DEMO_PATH.name}`: {len(demo)} rows, "
         f"{DEMO_PATH.stat().st_size / 1024:.0f} KB.",
         "",
-        f"{len(members)} members; max r_hat over theta per member (2 chains): median {members['max_rhat'].median():.3f}, "
+        f"{len(members)} members; max r_hat per member (2 chains, as computed when the file was built: `convergence.max_r_hat` over theta and the scales "
+        f"since commit 4f5731a, the classic split r_hat of theta before): median {members['max_rhat'].median():.3f}, "
         f"{int((members['max_rhat'] > 1.05).sum())} above 1.05; divergences in all: {int(members['divergences'].sum())}.",
         "",
         "Each member's size discrepancy (`sigma_size`) comes from its extrapolation check "
