@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,13 +37,16 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from bayes_scaling import backtest as bt
-from bayes_scaling.cellfit import SAMPLER_DEFAULTS
-from bayes_scaling.convergence import check_convergence
-from bayes_scaling.laws import LEVEL_NAMES, PARAM_NAMES, centre, to_level_coordinates
-from bayes_scaling.outputs import atomic_write_text
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling.cellfit import SAMPLER_DEFAULTS, data_centre  # noqa: E402
+from bayes_scaling.convergence import check_convergence  # noqa: E402
+from bayes_scaling.laws import LEVEL_NAMES, PARAM_NAMES, centre, to_level_coordinates  # noqa: E402
+from bayes_scaling.outputs import atomic_write_text  # noqa: E402
+from benchmarks._chains import chain_spreads  # noqa: E402
+
 SCALES = ("sigma_obs", "sigma_run", "sigma_size")
 
 
@@ -63,15 +67,13 @@ def geometry(cell: bt.Cell, fit) -> dict:
     post = fit.idata.posterior
     theta = post["theta"].isel(family=0).transpose("chain", "draw", "param").values
     x_n, x_d = centre(cell.data.train_num_params, cell.data.train_tokens)
-    level = np.asarray(to_level_coordinates(theta, x_n.mean(), x_d.mean()))  # the cell model's data centre
+    level = np.asarray(to_level_coordinates(theta, *data_centre(x_n, x_d, np.ones(len(x_n), bool))))  # where the cell model samples
     report = check_convergence(fit.idata)
     row = {"family": cell.data.family, "k": cell.data.k, "max_rhat": report.max_r_hat, "min_ess_bulk": report.min_ess_bulk}
     row |= {f"ess {name}": ess(theta[..., i]) for i, name in enumerate(PARAM_NAMES)}
     row |= {f"ess {name}": ess(level[..., i]) for i, name in enumerate(LEVEL_NAMES[:3])}
     row |= {f"ess {name}": ess(post[name].isel(family=0).values) for name in SCALES if name in post}
-    within = level.std(axis=1).mean(axis=0)
-    medians = np.median(level, axis=1)
-    row["chains apart (sds)"] = " ".join(f"{v:.1f}" for v in (medians.max(axis=0) - medians.min(axis=0)) / within)
+    row["chains apart (sds)"] = " ".join(f"{v:.1f}" for v in chain_spreads(level))
     beta, d_vs_rest = level[..., 4].ravel(), level[..., 2].ravel()
     slope_d = -beta / (1.0 + np.exp(-d_vs_rest))
     row["corr(beta, d_vs_rest)"] = float(np.corrcoef(beta, d_vs_rest)[0, 1])
@@ -84,11 +86,8 @@ def geometry(cell: bt.Cell, fit) -> dict:
 
 
 def md_table(df: pd.DataFrame) -> str:
-    def cell(v):
-        return f"{v:.3g}" if isinstance(v, (float, np.floating)) else str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)])
+    """``backtest._md_table`` with floats to 3 significant digits."""
+    return bt._md_table(df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
 
 
 def main(argv=None) -> int:
