@@ -92,6 +92,21 @@ def population(runs_path, families, settings, seed, progress):
     return {f: pop.prior() for f, pop in priors.items()}, info
 
 
+def cached_priors(runs_path, families, settings, seed, work: Path, log):
+    """:func:`population`, pickled under ``work`` and read back on a rerun with the same settings.
+
+    Returns (priors, info); info (the members' table) is None when the priors were read back.
+    """
+    path = work / f"priors_seed{seed}_{settings['chains']}x{settings['warmup']}+{settings['draws']}.pkl"
+    if path.is_file():
+        return pickle.loads(path.read_bytes()), None
+    log("population fits ...")
+    priors, info = population(runs_path, families, settings, seed, progress=lambda f: log(f"population fit {f}"))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(pickle.dumps(priors))
+    return priors, info
+
+
 def refit(data, prior, settings, seed):
     """Cell posterior of a family's training data ``(x_n, x_d, run_idx, log_loss)``."""
     _, fit_cell = backtest_tools()
@@ -180,21 +195,33 @@ def candidate(setup, size):
 # --------------------------------------------------------------------------- the back-test
 
 
+def fit_state(family, setup, prior, settings, seed, sizes):
+    """One state: the family refitted on ``sizes``; (cell posterior, plan draws, seconds, target scores)."""
+    _, target_params, target_tokens, target_loss = setup["target"]
+    data, existing = cell_data(setup, sizes)
+    start = time.perf_counter()
+    post = refit(data, prior, settings, state_seed(family, sizes, seed))
+    seconds = time.perf_counter() - start
+    draws = plan.draws_from_cell(post, existing)
+    return post, draws, seconds, score(target_tokens, target_loss, target_params, post, state_seed(family, sizes, seed) + 1)
+
+
+def ladder_total(setup):
+    """Compute of the whole next-size-up ladder, smallest size included (what a share is of)."""
+    return float(sum(setup["cost"].values()))
+
+
 def run_family(family, setup, prior, settings, seed, emit, log):
     fits = {}
     target_model, target_params, target_tokens, target_loss = setup["target"]
     plan_target = (target_params, float(target_tokens.max()))
-    budget = sum(setup["cost"].values()) - setup["cost"][setup["sizes"][0]]
+    budget = ladder_total(setup) - setup["cost"][setup["sizes"][0]]
 
     def state(sizes):
         key = frozenset(sizes)
         if key not in fits:
-            data, existing = cell_data(setup, sizes)
-            start = time.perf_counter()
-            post = refit(data, prior, settings, state_seed(family, sizes, seed))
-            seconds = time.perf_counter() - start
-            draws = plan.draws_from_cell(post, existing)
-            fits[key] = (post, draws, seconds, score(target_tokens, target_loss, target_params, post, state_seed(family, sizes, seed) + 1))
+            fits[key] = fit_state(family, setup, prior, settings, seed, sizes)
+            post, seconds = fits[key][0], fits[key][2]
             log(f"{family}: fit {len(sizes)} sizes in {seconds:.1f} s (rhat {post.max_rhat:.3f}, div {post.divergences})")
         return fits[key]
 
@@ -461,14 +488,9 @@ def main(argv=None) -> int:
         log(f"resuming: {len(done)} families already finished")
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "bayes_scaling_next_run"
     work.mkdir(parents=True, exist_ok=True)
-    prior_path = work / f"priors_seed{args.seed}_{settings['chains']}x{settings['warmup']}+{settings['draws']}.pkl"
     start = time.perf_counter()
-    if prior_path.is_file():
-        priors = pickle.loads(prior_path.read_bytes())
-    else:
-        log("population fits ...")
-        priors, info = population(args.runs, order, settings, args.seed, progress=lambda f: log(f"population fit {f}"))
-        prior_path.write_bytes(pickle.dumps(priors))
+    priors, info = cached_priors(args.runs, order, settings, args.seed, work, log)
+    if info is not None:
         atomic_write_csv(info, out / "next_run_population.csv")
     meta["population seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
