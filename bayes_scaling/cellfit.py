@@ -432,27 +432,6 @@ class CellPosterior:
         return np.exp(log_mean)
 
 
-def predictive_sigma_size(sigma_size, prior: CellPrior) -> np.ndarray:
-    """The size discrepancy a prediction for a new run spreads by: at least the prior's.
-
-    A family's own ``sigma_size`` is learned in-sample, from how its smaller runs sit off a
-    law fitted to them too; the more sizes, the more of the bend the law absorbs and the
-    smaller it gets, below the error of an extrapolation (why a population's ``sigma_size``
-    prior comes from its members' extrapolation checks). Each draw is raised to the prior's
-    quantile at the draw's rank among the draws: where the data say nothing of the bend (one
-    size) the posterior is the prior and nothing moves; a family whose runs bend more than
-    the prior keeps its own draws. Same shape as ``sigma_size``.
-    """
-    from scipy.special import ndtri
-
-    values = np.asarray(sigma_size, float)
-    flat = values.reshape(-1)
-    u = (np.argsort(np.argsort(flat, kind="stable"), kind="stable") + 0.5) / flat.size
-    a, b = prior.size_scale
-    floor = np.exp(a + b * ndtri(u)) if prior.scale_kind == "lognormal" else a * ndtri(0.5 + 0.5 * u)
-    return np.maximum(flat, floor).reshape(values.shape)
-
-
 def noise_variance(sigma_obs, nu: float) -> np.ndarray:
     """Variance of one checkpoint's noise of scale ``sigma_obs``: ``nu / (nu - 2)`` sigma_obs^2
     for a Student-t likelihood with ``nu > 2``, sigma_obs^2 otherwise (Normal for nu <= 2)."""

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .cellfit import predictive_sigma_size
 from .errors import DataError, ExtrapolationWarning, FitError
 from .inference import Fit
 from .laws import PARAM_NAMES, centre, chinchilla_log_loss
@@ -75,8 +74,7 @@ def _size_discrepancy(fit: Fit, family_index: int) -> tuple[np.ndarray | None, f
     post = fit.idata.posterior
     if "sigma_size" not in post:
         return None, 0.0
-    own = post["sigma_size"].isel(family=family_index).values
-    return predictive_sigma_size(own, prior_from_attrs(fit)), float(fit.idata.constant_data["size_anchor"].values[family_index])
+    return post["sigma_size"].isel(family=family_index).values, float(fit.idata.constant_data["size_anchor"].values[family_index])
 
 
 def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int = 0) -> xr.Dataset:

@@ -372,25 +372,3 @@ def test_backtest_counts_a_cell_by_the_r_hat_its_user_is_told(built, monkeypatch
     report = check_convergence(fit.idata)
     assert "sigma_size" in report.checked
     assert rows[0]["status"] == "ok" and rows[0]["max_rhat"] == report.max_r_hat
-
-
-@pytest.mark.parametrize("kind, scale", [("lognormal", (math.log(0.013), 1.1)), ("half_normal", (0.02, 0.0))])
-def test_a_prediction_spreads_by_at_least_the_populations_size_discrepancy(kind, scale):
-    """cellfit.predictive_sigma_size: a posterior of sigma_size below the prior is raised to the
-    prior's quantiles rank by rank (order kept); a posterior that is the prior moves by its
-    sampling noise only (mean log change < 0.02 over 8000 draws); one above the prior stays."""
-    from bayes_scaling.cellfit import CellPrior, predictive_sigma_size
-    from scipy import stats
-
-    prior = CellPrior(np.zeros(5), np.eye(5), kind, scale, scale, size_scale=scale)
-    at_prior = prior.sample_scale("size", np.random.default_rng(0), (2, 4000))
-    moved = predictive_sigma_size(at_prior, prior)
-    assert moved.shape == at_prior.shape and np.all(moved >= at_prior)
-    assert np.mean(np.log(moved / at_prior)) < 0.02
-    small = at_prior / 4
-    raised = predictive_sigma_size(small, prior)
-    truth = stats.lognorm(scale[1], scale=math.exp(scale[0])) if kind == "lognormal" else stats.halfnorm(scale=scale[0])
-    qs = np.array([0.1, 0.5, 0.9])
-    np.testing.assert_allclose(np.quantile(raised, qs), truth.ppf(qs), rtol=1e-3)  # the prior's quantiles at 8000 ranks
-    assert (np.argsort(raised, axis=None) == np.argsort(small, axis=None)).all()
-    np.testing.assert_array_equal(predictive_sigma_size(4 * at_prior + 1.0, prior), 4 * at_prior + 1.0)
