@@ -16,8 +16,8 @@ whole sizes can meet it under this model; at or below, the miss is the ranking. 
 of the reaching sets says whether they reach it honestly. Widths of sets that ``next_run.csv``
 also holds are compared, as a check that the two scripts fit the same states.
 
-Writes ``results/next_run_oracle.csv`` and ``results/next_run_oracle.md``. A diagnostic:
-nothing here changes the method.
+Writes ``results/next_run_oracle.csv`` (as the sets come; a rerun fits only the sets not in
+it) and ``results/next_run_oracle.md``. A diagnostic: nothing here changes the method.
 """
 
 from __future__ import annotations
@@ -56,10 +56,15 @@ def affordable_sets(setup, ratio=nr.BAR_RATIO):
                 yield chosen, share
 
 
+def sizes_label(sizes) -> str:
+    """How a set of sizes is written in the CSVs (``next_run.csv``'s ``sizes`` column)."""
+    return " ".join(f"{s:.4g}" for s in sorted(sizes))
+
+
 def _fit_one(task):
     family, setup, prior, settings, seed, sizes, share = task
     post, _, seconds, scores = nr.fit_state(family, setup, prior, settings, seed, sizes)
-    return {"family": family, "sizes": " ".join(f"{s:.4g}" for s in sorted(sizes)), "n_sizes": len(sizes), "share": share,
+    return {"family": family, "sizes": sizes_label(sizes), "n_sizes": len(sizes), "share": share,
             "max_rhat": post.max_rhat, "divergences": post.divergences, "fit_seconds": seconds,
             **{k: scores[k] for k in ("are", "cov_90", "width_90")}}
 
@@ -146,25 +151,33 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     priors, _ = nr.cached_priors(args.runs, sorted(setups, key=lambda f: (setups[f]["n_runs"], f)), settings, seed, work, log)
-    tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in affordable_sets(setups[f])]
-    log(f"{len(tasks)} sets over {len(families)} families, {args.workers} workers")
-    rows = []
+    rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []  # a rerun resumes
+    done_sets = {(r["family"], r["sizes"]) for r in rows}
+    tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in affordable_sets(setups[f])
+             if (f, sizes_label(sizes)) not in done_sets]
+    log(f"{len(tasks)} sets to fit over {len(families)} families ({len(rows)} already in {csv_path.name}), {args.workers} workers")
+
+    def write_sets():
+        sets = pd.DataFrame(rows).sort_values(["family", "share"]).reset_index(drop=True)
+        with nr.atomic_path(csv_path) as tmp:
+            sets.to_csv(tmp, index=False)
+        return sets
+
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        for done in as_completed([pool.submit(_fit_one, t) for t in tasks]):
+        for n_done, done in enumerate(as_completed([pool.submit(_fit_one, t) for t in tasks]), 1):
             rows.append(done.result())
-            if len(rows) % 20 == 0 or len(rows) == len(tasks):
-                log(f"{len(rows)} / {len(tasks)} sets")
-    sets = pd.DataFrame(rows).sort_values(["family", "share"]).reset_index(drop=True)
+            if n_done % 20 == 0 or n_done == len(tasks):
+                write_sets()
+                log(f"{n_done} / {len(tasks)} sets")
+    sets = write_sets()
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
         "states": f"next_run.fit_state: cellfit.fit_cell, {settings['chains']} chains x ({settings['warmup']} + {settings['draws']}), "
                   f"population priors as next_run.py (seed {seed}), state seeds next_run.state_seed",
-        "sets fitted": len(sets),
+        "sets fitted": len(tasks),
         "wall seconds": round(time.perf_counter() - start, 1),
         "workers": args.workers,
     }
-    with nr.atomic_path(csv_path) as tmp:
-        sets.to_csv(tmp, index=False)
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
     atomic_write_text(md_path, report(sets, ladder, meta))
     print(md_path.read_text())
