@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted(p for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py") if not p.name.startswith("_"))  # _*.py: helpers
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))  # _*.py: helpers
 
 
 def test_there_are_benchmarks():
@@ -21,7 +22,7 @@ def test_benchmark_script_loads_and_has_main(script):
 
 
 def test_next_run_oracle_enumerates_every_affordable_set_with_the_smallest_size():
-    spec = importlib.util.spec_from_file_location("benchmark_next_run_oracle", SCRIPTS[0].parent / "next_run_oracle.py")
+    spec = importlib.util.spec_from_file_location("benchmark_next_run_oracle", BENCHMARKS / "next_run_oracle.py")
     oracle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(oracle)
     cost = {1.0: 1.0, 2.0: 4.0, 4.0: 16.0, 8.0: 64.0}  # a ladder whose compute grows 4x a size: total 85
