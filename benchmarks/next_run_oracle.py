@@ -1,23 +1,26 @@
 """Could any choice of whole pilot sizes meet issue 21's bar? An oracle for ``next_run.py``.
 
-    python benchmarks/next_run_oracle.py [--runs ../shared/data/runs.csv.gz] [--work DIR] [--workers 2]
-    python benchmarks/next_run_oracle.py --report-only
+    python benchmarks/next_run_oracle.py [--runs ../shared/data/runs.csv.gz] [--seed 0] [--work DIR] [--workers 2]
+    python benchmarks/next_run_oracle.py [--seed 0] --report-only
 
 The bar asks the information strategy to reach next-size-up's final 90% width at the target
 with at most 60% of the ladder's compute. Whatever a planner ranks, it can only end in some
 set of the family's pilot sizes. This script fits *every* set that contains the smallest size
 and costs at most that share, exactly as ``next_run.py`` fits a state (same families, pilot
 sizes, population priors, sampler, state seeds and scores: ``next_run.fit_state``), and asks
-whether any of them is as narrow as next-size-up's final state (``results/next_run.csv``).
+whether any of them is as narrow as next-size-up's final state: every pilot size, fitted here
+too at the same seed (at ``next_run.py``'s seed it is the same fit as its final state).
 
 Per family, the oracle share is the smallest compute share among the sets that reach that
 width (inf: none within the bar). A median oracle share above the bar means no strategy over
 whole sizes can meet it under this model; at or below, the miss is the ranking. The coverage
-of the reaching sets says whether they reach it honestly. Widths of sets that ``next_run.csv``
-also holds are compared, as a check that the two scripts fit the same states.
+of the reaching sets says whether they reach it honestly. At ``next_run.py``'s seed, widths of
+sets that ``next_run.csv`` also holds are compared, as a check that the two scripts fit the
+same states, and the information strategy's share is shown beside the oracle's.
 
 Writes ``results/next_run_oracle.csv`` (as the sets come; a rerun fits only the sets not in
-it) and ``results/next_run_oracle.md``. A diagnostic: nothing here changes the method.
+it) and ``results/next_run_oracle.md``; ``next_run_oracle_seed<S>.*`` at another seed. A
+diagnostic: nothing here changes the method.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ def affordable_sets(setup, ratio=nr.BAR_RATIO):
                 yield chosen, share
 
 
+def sets_to_fit(setup):
+    """The affordable sets (:func:`affordable_sets`) and the whole ladder, whose width is the goal."""
+    yield from affordable_sets(setup)
+    yield list(setup["sizes"]), 1.0
+
+
 def sizes_label(sizes) -> str:
     """How a set of sizes is written in the CSVs (``next_run.csv``'s ``sizes`` column)."""
     return " ".join(f"{s:.4g}" for s in sorted(sizes))
@@ -69,22 +78,25 @@ def _fit_one(task):
             **{k: scores[k] for k in ("are", "cov_90", "width_90")}}
 
 
-def oracle_table(sets: pd.DataFrame, ladder: pd.DataFrame) -> pd.DataFrame:
-    """Per family: next-size-up's final width, the narrowest affordable set, the oracle share and its coverage."""
+def oracle_table(sets: pd.DataFrame, ladder: pd.DataFrame | None) -> pd.DataFrame:
+    """Per family: next-size-up's final width (the full ladder's row of ``sets``), the narrowest
+    affordable set, the oracle share and its coverage; with ``ladder`` (``next_run.csv`` of the
+    same seed), the information strategy's share."""
     rows = []
     for family, g in sets.groupby("family", sort=True):
-        lad = ladder[ladder["family"] == family]
-        ns = lad[lad["strategy"] == "next_size_up"].sort_values("step")
-        goal = float(ns["width_90"].iloc[-1])
+        goal = float(g.loc[g["share"] >= 1 - 1e-9, "width_90"].iloc[0])
+        g = g[g["share"] <= nr.BAR_RATIO * (1 + 1e-9)]
         reach = g[g["width_90"] <= goal * (1 + 1e-9)].sort_values("share")
         narrow = g.sort_values("width_90").iloc[0]
-        rows.append({
+        row = {
             "family": family, "affordable sets": len(g), "next_size_up final width_90": goal,
             "narrowest affordable width_90": float(narrow["width_90"]), "its sizes": narrow["sizes"],
             "oracle share": float(reach["share"].iloc[0]) if len(reach) else np.inf,
             "reaching set covers (cov_90)": float(reach["cov_90"].iloc[0]) if len(reach) else np.nan,
-            "information share (next_run.csv)": nr.matched_ratio(lad, "information"),
-        })
+        }
+        if ladder is not None:
+            row["information share (next_run.csv)"] = nr.matched_ratio(ladder[ladder["family"] == family], "information")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -94,7 +106,8 @@ def same_states(sets: pd.DataFrame, ladder: pd.DataFrame) -> pd.DataFrame:
     return sets.merge(theirs, on=["family", "sizes"], suffixes=("", "_next_run"))
 
 
-def report(sets: pd.DataFrame, ladder: pd.DataFrame, meta: dict) -> str:
+def report(sets: pd.DataFrame, ladder: pd.DataFrame | None, meta: dict) -> str:
+    """The Markdown report; ``ladder``: ``next_run.csv`` when it was run at the same seed, else None."""
     table = oracle_table(sets, ladder)
     shares = table["oracle share"].to_numpy()
     med, lo, hi = nr.bootstrap_median(np.where(np.isfinite(shares), shares, 10.0))
@@ -102,8 +115,6 @@ def report(sets: pd.DataFrame, ladder: pd.DataFrame, meta: dict) -> str:
     n = len(table)
     cov = float(reached["reaching set covers (cov_90)"].mean()) if len(reached) else np.nan
     c_lo, c_hi = nr.chance_range(len(reached)) if len(reached) else (np.nan, np.nan)
-    both = same_states(sets, ladder)
-    diff = (both["width_90"] - both["width_90_next_run"]).abs()
     lines = [
         "# Could any choice of whole pilot sizes meet issue 21's bar? (`benchmarks/next_run_oracle.py`)", "",
         "Every set of a family's pilot sizes that holds the smallest and costs at most "
@@ -117,11 +128,14 @@ def report(sets: pd.DataFrame, ladder: pd.DataFrame, meta: dict) -> str:
         "the bar = counted as 10).",
         f"- The reaching sets cover the target's checkpoints at 90% in {100 * cov:.0f}% on average over those families "
         f"(a calibrated interval shows {100 * c_lo:.0f}-{100 * c_hi:.0f}% by chance over {len(reached)}).",
-        f"- Check: {len(both)} sets were fitted by both scripts; their width_90 differ by at most {diff.max():.2g} "
-        f"(median {diff.median():.2g}).",
         f"- Bar reachable by some whole-size strategy (median oracle share <= {nr.BAR_RATIO}): "
         f"**{'yes' if med <= nr.BAR_RATIO else 'no'}**.",
     ]
+    if ladder is not None:
+        both = same_states(sets, ladder)
+        diff = (both["width_90"] - both["width_90_next_run"]).abs()
+        lines.append(f"- Check: {len(both)} sets were fitted by both scripts; their width_90 differ by at most {diff.max():.2g} "
+                     f"(median {diff.median():.2g}).")
     return "\n".join(lines) + "\n"
 
 
@@ -131,15 +145,19 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--work", default=None, help="directory of next_run.py's cached population priors (default: its temp dir)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=None, help="population and state seed (default: next_run.py's, from next_run_meta.json)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    csv_path, md_path, meta_path = (args.results / f"next_run_oracle.{ext}" for ext in ("csv", "md", "json"))
     ladder = pd.read_csv(args.results / "next_run.csv")
-    run_meta = json.loads((args.results / "next_run_meta.json").read_text())
+    ladder_seed = int(json.loads((args.results / "next_run_meta.json").read_text())["seed"])
+    seed = ladder_seed if args.seed is None else args.seed
+    stem = "next_run_oracle" if seed == ladder_seed else f"next_run_oracle_seed{seed}"
+    csv_path, md_path, meta_path = (args.results / f"{stem}.{ext}" for ext in ("csv", "md", "json"))
+    same_seed_ladder = ladder if seed == ladder_seed else None
     if args.report_only:
-        atomic_write_text(md_path, report(pd.read_csv(csv_path), ladder, json.loads(meta_path.read_text())))
+        atomic_write_text(md_path, report(pd.read_csv(csv_path), same_seed_ladder, json.loads(meta_path.read_text())))
         return 0
-    seed, settings = int(run_meta["seed"]), {"chains": 2, "warmup": 500, "draws": 500}  # next_run.py's defaults
+    settings = {"chains": 2, "warmup": 500, "draws": 500}  # next_run.py's defaults
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
     priors, _ = nr.cached_priors(args.runs, sorted(setups, key=lambda f: (setups[f]["n_runs"], f)), settings, seed, work, log)
     rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []  # a rerun resumes
     done_sets = {(r["family"], r["sizes"]) for r in rows}
-    tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in affordable_sets(setups[f])
+    tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in sets_to_fit(setups[f])
              if (f, sizes_label(sizes)) not in done_sets]
     log(f"{len(tasks)} sets to fit over {len(families)} families ({len(rows)} already in {csv_path.name}), {args.workers} workers")
 
@@ -170,16 +188,17 @@ def main(argv=None) -> int:
                 write_sets()
                 log(f"{n_done} / {len(tasks)} sets")
     sets = write_sets()
+    before = json.loads(meta_path.read_text()) if meta_path.is_file() and len(rows) > len(tasks) else {}  # a resumed run adds up
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
         "states": f"next_run.fit_state: cellfit.fit_cell, {settings['chains']} chains x ({settings['warmup']} + {settings['draws']}), "
                   f"population priors as next_run.py (seed {seed}), state seeds next_run.state_seed",
-        "sets fitted": len(tasks),
-        "wall seconds": round(time.perf_counter() - start, 1),
+        "sets fitted": before.get("sets fitted", 0) + len(tasks),
+        "wall seconds": round(before.get("wall seconds", 0.0) + time.perf_counter() - start, 1),
         "workers": args.workers,
     }
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    atomic_write_text(md_path, report(sets, ladder, meta))
+    atomic_write_text(md_path, report(sets, same_seed_ladder, meta))
     print(md_path.read_text())
     return 0
 
