@@ -188,6 +188,11 @@ def cell_data(setup, sizes):
     return (x_n, x_d, run_idx, log_loss), existing
 
 
+def sizes_label(sizes) -> str:
+    """How a set of sizes is written in the CSV (column ``sizes``)."""
+    return " ".join(f"{s:.4g}" for s in sorted(sizes))
+
+
 def candidate(setup, size):
     return plan.Candidate(f"N={size:.3g}", tuple((n, tok) for _, n, tok, _, _ in setup["runs"][size]))
 
@@ -235,7 +240,7 @@ def run_family(family, setup, prior, settings, seed, emit, log):
             post, draws, seconds, scores = state(sizes)
             width_plan = float(plan.target_width(draws, *plan_target, observation_noise=True))
             row = {
-                "family": family, "strategy": strategy, "step": step, "sizes": " ".join(f"{s:.4g}" for s in sorted(sizes)),
+                "family": family, "strategy": strategy, "step": step, "sizes": sizes_label(sizes),
                 "added": "" if step == 0 else f"{sizes[-1]:.4g}", "pilot_flops": spent, "budget_flops": budget,
                 "base_flops": setup["cost"][setup["sizes"][0]], "n_sizes_total": len(setup["sizes"]) + 1,
                 "target": target_model, "target_params": target_params, "width_plan": width_plan,

@@ -65,15 +65,10 @@ def sets_to_fit(setup):
     yield list(setup["sizes"]), 1.0
 
 
-def sizes_label(sizes) -> str:
-    """How a set of sizes is written in the CSVs (``next_run.csv``'s ``sizes`` column)."""
-    return " ".join(f"{s:.4g}" for s in sorted(sizes))
-
-
 def _fit_one(task):
     family, setup, prior, settings, seed, sizes, share = task
     post, _, seconds, scores = nr.fit_state(family, setup, prior, settings, seed, sizes)
-    return {"family": family, "sizes": sizes_label(sizes), "n_sizes": len(sizes), "share": share,
+    return {"family": family, "sizes": nr.sizes_label(sizes), "n_sizes": len(sizes), "share": share,
             "max_rhat": post.max_rhat, "divergences": post.divergences, "fit_seconds": seconds,
             **{k: scores[k] for k in ("are", "cov_90", "width_90")}}
 
@@ -84,7 +79,10 @@ def oracle_table(sets: pd.DataFrame, ladder: pd.DataFrame | None) -> pd.DataFram
     same seed), the information strategy's share."""
     rows = []
     for family, g in sets.groupby("family", sort=True):
-        goal = float(g.loc[g["share"] >= 1 - 1e-9, "width_90"].iloc[0])
+        whole = g.loc[g["share"] >= 1 - 1e-9, "width_90"]
+        if whole.empty:
+            raise SystemExit(f"{family}: no fit of the whole ladder in the table (written before it was fitted?); run without --report-only to fit it")
+        goal = float(whole.iloc[0])
         g = g[g["share"] <= nr.BAR_RATIO * (1 + 1e-9)]
         reach = g[g["width_90"] <= goal * (1 + 1e-9)].sort_values("share")
         narrow = g.sort_values("width_90").iloc[0]
@@ -172,7 +170,7 @@ def main(argv=None) -> int:
     rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []  # a rerun resumes
     done_sets = {(r["family"], r["sizes"]) for r in rows}
     tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in sets_to_fit(setups[f])
-             if (f, sizes_label(sizes)) not in done_sets]
+             if (f, nr.sizes_label(sizes)) not in done_sets]
     log(f"{len(tasks)} sets to fit over {len(families)} families ({len(rows)} already in {csv_path.name}), {args.workers} workers")
 
     def write_sets():
