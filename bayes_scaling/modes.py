@@ -37,7 +37,7 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 from scipy import special, stats
 
-from .cellfit import POINTS_BUCKET, RUNS_BUCKET, CellPosterior, CellPrior, _bucket, _model, data_centre, model_args
+from .cellfit import POINTS_BUCKET, RUNS_BUCKET, CellPosterior, CellPrior, _bucket, _model, data_centre, dense_sites, model_args
 from .laws import from_level_coordinates, to_level_coordinates
 from .stacking import cell_run_log_lik
 
@@ -100,7 +100,8 @@ def _log_prior_program(kind: tuple[str, bool, bool, bool], n_pad: int, r_pad: in
 
 
 def _scale_names(size_term: bool) -> tuple[str, ...]:
-    return ("sigma_run", "sigma_obs") + (("sigma_size",) if size_term else ())
+    """The scales after theta's level coordinates, in the sampler's order (:func:`dense_sites`)."""
+    return dense_sites(size_term)[1:]
 
 
 def _centre(x_n, x_d) -> tuple[float, float]:
@@ -113,7 +114,7 @@ def unconstrained_draws(post: CellPosterior, x_n, x_d) -> np.ndarray:
     theta in level coordinates at the data centre (five columns), then the log of
     ``sigma_run``, ``sigma_obs`` and, with a size term, ``sigma_size``."""
     level = np.asarray(to_level_coordinates(post.theta, *_centre(x_n, x_d)))
-    scales = [post.sigma_run, post.sigma_obs] + ([post.sigma_size] if post.sigma_size is not None else [])
+    scales = [getattr(post, name) for name in _scale_names(post.sigma_size is not None)]
     u = np.column_stack([level, *(np.log(s) for s in scales)])
     return post.by_chain(u)
 

@@ -63,6 +63,11 @@ MAX_CHECKPOINTS = 8
 MAX_RUNS = 64  # the cell model's run bucket; larger families would need a bigger compile
 N_OUTCOMES = 48
 COMPUTE_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+#: Cell and population fits of every state (``--chains``, ``--warmup``, ``--draws``).
+DEFAULT_SETTINGS = {"chains": 2, "warmup": 500, "draws": 500}
+DEFAULT_RUNS = HERE.parent / ".." / "shared" / "data" / "runs.csv.gz"
+#: Where the population priors are cached between runs (``--work``).
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "bayes_scaling_next_run"
 BAR_RATIO = 0.6
 
 
@@ -92,7 +97,7 @@ def population(runs_path, families, settings, seed, progress):
     return {f: pop.prior() for f, pop in priors.items()}, info
 
 
-def cached_priors(runs_path, families, settings, seed, work: Path, log):
+def cached_priors(runs_path, families, settings, seed, work: Path):
     """:func:`population`, pickled under ``work`` and read back on a rerun with the same settings.
 
     Returns (priors, info); info (the members' table) is None when the priors were read back.
@@ -276,6 +281,10 @@ def run_family(family, setup, prior, settings, seed, emit, log):
             step += 1
 
 
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def atomic_write_csv(df, path):
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -440,14 +449,14 @@ def report(results: pd.DataFrame, meta: dict, out: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(HERE.parent / ".." / "shared" / "data" / "runs.csv.gz"))
+    parser.add_argument("--runs", default=str(DEFAULT_RUNS))
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--work", default=None, help="directory for the cached population priors (default: a temp dir)")
     parser.add_argument("--families", nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chains", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=500)
+    parser.add_argument("--chains", type=int, default=DEFAULT_SETTINGS["chains"])
+    parser.add_argument("--warmup", type=int, default=DEFAULT_SETTINGS["warmup"])
+    parser.add_argument("--draws", type=int, default=DEFAULT_SETTINGS["draws"])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -455,8 +464,6 @@ def main(argv=None) -> int:
     csv_path, meta_path = out / "next_run.csv", out / "next_run_meta.json"
     settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws}
 
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     if args.report_only:
         results = pd.read_csv(csv_path)
@@ -491,10 +498,10 @@ def main(argv=None) -> int:
         done = set(finished[finished].index)
         results = results[results["family"].isin(done)]
         log(f"resuming: {len(done)} families already finished")
-    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "bayes_scaling_next_run"
+    work = Path(args.work) if args.work else DEFAULT_WORK
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    priors, info = cached_priors(args.runs, order, settings, args.seed, work, log)
+    priors, info = cached_priors(args.runs, order, settings, args.seed, work)
     if info is not None:
         atomic_write_csv(info, out / "next_run_population.csv")
     meta["population seconds"] = round(time.perf_counter() - start, 1)

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -139,7 +138,7 @@ def report(sets: pd.DataFrame, ladder: pd.DataFrame | None, meta: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=str(HERE.parent / ".." / "shared" / "data" / "runs.csv.gz"))
+    parser.add_argument("--runs", default=str(nr.DEFAULT_RUNS))
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--work", default=None, help="directory of next_run.py's cached population priors (default: its temp dir)")
     parser.add_argument("--workers", type=int, default=2)
@@ -155,23 +154,21 @@ def main(argv=None) -> int:
     if args.report_only:
         atomic_write_text(md_path, report(pd.read_csv(csv_path), same_seed_ladder, json.loads(meta_path.read_text())))
         return 0
-    settings = {"chains": 2, "warmup": 500, "draws": 500}  # next_run.py's defaults
+    settings = nr.DEFAULT_SETTINGS
 
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     table = nr.load_table(args.runs)
     families = sorted(ladder["family"].unique())
     setups = {f: nr.family_setup(table, f) for f in families}
-    work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "bayes_scaling_next_run"
+    work = Path(args.work) if args.work else nr.DEFAULT_WORK
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    priors, _ = nr.cached_priors(args.runs, sorted(setups, key=lambda f: (setups[f]["n_runs"], f)), settings, seed, work, log)
+    priors, _ = nr.cached_priors(args.runs, sorted(setups, key=lambda f: (setups[f]["n_runs"], f)), settings, seed, work)
     rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []  # a rerun resumes
     done_sets = {(r["family"], r["sizes"]) for r in rows}
     tasks = [(f, setups[f], priors[f], settings, seed, sizes, share) for f in families for sizes, share in sets_to_fit(setups[f])
              if (f, nr.sizes_label(sizes)) not in done_sets]
-    log(f"{len(tasks)} sets to fit over {len(families)} families ({len(rows)} already in {csv_path.name}), {args.workers} workers")
+    nr.log(f"{len(tasks)} sets to fit over {len(families)} families ({len(rows)} already in {csv_path.name}), {args.workers} workers")
 
     def write_sets():
         sets = pd.DataFrame(rows).sort_values(["family", "share"]).reset_index(drop=True)
@@ -184,9 +181,9 @@ def main(argv=None) -> int:
             rows.append(done.result())
             if n_done % 20 == 0 or n_done == len(tasks):
                 write_sets()
-                log(f"{n_done} / {len(tasks)} sets")
+                nr.log(f"{n_done} / {len(tasks)} sets")
     sets = write_sets()
-    before = json.loads(meta_path.read_text()) if meta_path.is_file() and len(rows) > len(tasks) else {}  # a resumed run adds up
+    before = json.loads(meta_path.read_text()) if done_sets and meta_path.is_file() else {}  # a resumed run adds up
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
         "states": f"next_run.fit_state: cellfit.fit_cell, {settings['chains']} chains x ({settings['warmup']} + {settings['draws']}), "
