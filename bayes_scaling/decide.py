@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 from scipy import optimize
 
-from bayes_scaling.errors import DataError, FitError
+from bayes_scaling.errors import DataError, DecisionWarning, FitError
 from bayes_scaling.laws import PARAM_NAMES, REFERENCE_PARAMS, REFERENCE_TOKENS
 
 #: Quantiles reported by every summary table (columns q05, q25, median, q75, q95).
@@ -217,7 +217,7 @@ def _optimum_numerical(p, flops, flops_fn, num_params_bounds=None, grid_size=241
         warnings.warn(
             f"compute-optimal N hits the search bound for {at_bound.mean():.1%} of draws at {flops:.3g} FLOPs; "
             "pass num_params_bounds to widen it",
-            RuntimeWarning,
+            DecisionWarning,
             stacklevel=3,
         )
     a = grid[np.clip(k - 1, 0, grid_size - 1)]
@@ -259,12 +259,12 @@ def _optimal_log_n(p, flops, flops_fn=None, num_params_bounds=None):
             warnings.warn(
                 f"{int(edge.sum())} of {edge.size} draws have alpha or beta <= 0 (loss does not fall with N or D): "
                 "no compute-optimal split; they take the edge of the search range of N",
-                RuntimeWarning,
+                DecisionWarning,
                 stacklevel=3,
             )
             sub = {k: v[edge] if np.ndim(v) == 1 and len(v) == len(edge) else v for k, v in p.items()}
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # "hits the search bound": said above
+                warnings.simplefilter("ignore", DecisionWarning)  # "hits the search bound": said above
                 log_n[edge] = np.stack([_optimum_numerical(sub, c, six_nd, num_params_bounds) for c in flops], axis=1)
         log_d = log_c[None, :] - np.log(6.0) - log_n
         return log_n, log_d

@@ -38,4 +38,9 @@ class ExtrapolationWarning(UserWarning):
     """A prediction lies far outside the model sizes or tokens the fit was trained on."""
 
 
-__all__ = ["BayesScalingError", "ConvergenceWarning", "DataError", "ExtrapolationWarning", "FitError", "OutputError", "SpecError"]
+class DecisionWarning(UserWarning):
+    """Part of a decision is not defined for some posterior draws (no compute-optimal split) or
+    rests on the edge of its search range."""
+
+
+__all__ = ["BayesScalingError", "ConvergenceWarning", "DataError", "DecisionWarning", "ExtrapolationWarning", "FitError", "OutputError", "PopulationError", "SpecError"]
