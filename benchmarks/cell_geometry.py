@@ -17,7 +17,7 @@ source group, the cell's seed, the shipped sampler) and reports per cell:
   ``slope_d = -beta * sigmoid(d_vs_rest)``, with its sd and its correlation with ``beta``.
   Where the data pin ``slope_d`` while ``beta`` and ``d_vs_rest`` trade off along a curve,
   coordinates ``(slope_d, beta)`` straighten that ridge (sampled so, the slow cells of seed 0
-  did not mix better: README, "Where the slow cells are slow").
+  did not mix better: benchmarks/EXPERIMENTS.md, "Where the slow cells are slow").
 
 Writes ``results/cell_geometry.md`` (``cell_geometry_seed<N>.md`` for another seed). A
 diagnostic: nothing here changes the method.
