@@ -71,6 +71,7 @@ from .cellfit import (
     effective_weights,
     family_r_hat,
     model_args,
+    needs_retry,
 )
 from .laws import to_level_coordinates
 
@@ -160,11 +161,21 @@ def _log_median(kind, a, b):
 
 @lru_cache(maxsize=None)
 def _program(
-    kind: tuple[str, bool, bool, bool], n_pad: int, r_pad: int, n_lanes: int, warmup: int, draws: int, target_accept: float, max_tree_depth: int
+    kind: tuple[str, bool, bool, bool],
+    n_pad: int,
+    r_pad: int,
+    n_lanes: int,
+    warmup: int,
+    draws: int,
+    target_accept: float,
+    max_tree_depth: int,
+    thinning: int = 1,
 ):
     """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
     num_steps, warmup_steps)`` over L lanes; ``kind`` = :attr:`CellPrior.kind` (scale prior
-    kind, marginal likelihood, size term, Student-t prior); sigma_size is 0 without a size term."""
+    kind, marginal likelihood, size term, Student-t prior); sigma_size is 0 without a size term.
+    Each kept draw is the last of ``thinning`` iterations (diverging: any of them; num_steps:
+    their sum)."""
     scale_kind, marginal, size_term, heavy_tailed = kind
     model = _model(*kind)
     shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf)
@@ -202,8 +213,12 @@ def _program(
             s = sample_kernel(s, model_args=args)
             return s, (s.z, s.diverging, s.num_steps)
 
+        def thinned(s, _):
+            s, (z, div, steps) = jax.lax.scan(step, s, None, length=thinning)
+            return s, (jax.tree_util.tree_map(lambda v: v[-1], z), div.any(), steps.sum())
+
         state, (_, _, warmup_steps) = jax.lax.scan(step, state, None, length=warmup)
-        _, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
+        _, (zs, diverging, num_steps) = jax.lax.scan(step if thinning == 1 else thinned, state, None, length=draws)
         constrained = jax.vmap(postprocess_gen(*args))(zs)
         sigma_size = constrained["sigma_size"] if size_term else jnp.zeros_like(constrained["sigma_run"])
         return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, diverging, num_steps, warmup_steps
@@ -228,6 +243,7 @@ def fit_cells_batched(
     target_accept: float = 0.9,
     max_tree_depth: int = 8,
     max_batch: int | None = None,
+    retry_thinning: int = 1,
 ) -> list[BatchedPosterior]:
     """Fit many independent single-family cell models in vectorised NUTS programs.
 
@@ -246,6 +262,10 @@ def fit_cells_batched(
         At most this many problems per compiled program call (default: all problems of a
         shape bucket at once). Chunks are taken in input order, so the same list gives the
         same chunks on any machine.
+    retry_thinning : int
+        Problems whose fit has r_hat above :data:`~bayes_scaling.convergence.MAX_R_HAT` are
+        fitted again, once, with this many times the iterations, every ``retry_thinning``-th
+        draw kept (as :func:`bayes_scaling.cellfit.fit_cell` does); 1: never.
 
     Returns
     -------
@@ -260,6 +280,18 @@ def fit_cells_batched(
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+    if int(retry_thinning) != retry_thinning or retry_thinning < 1:
+        raise ValueError(f"retry_thinning must be a positive integer, got {retry_thinning!r}")
+    nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
+    out = _fit_all(problems, nuts, max_batch, thinning=1)
+    again = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
+    for i, post in zip(again, _fit_all([problems[i] for i in again], nuts, max_batch, thinning=int(retry_thinning))):
+        out[i] = post
+    return out
+
+
+def _fit_all(problems: list, nuts: tuple, max_batch: int | None, thinning: int) -> list[BatchedPosterior]:
+    """Every problem fitted once, bucket by bucket, in chunks of at most ``max_batch``."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(problems):
         groups.setdefault(p.bucket(), []).append(i)
@@ -268,12 +300,12 @@ def fit_cells_batched(
         size = max_batch or len(idx)
         for start in range(0, len(idx), size):
             chunk = idx[start : start + size]
-            for i, post in zip(chunk, _fit_chunk([problems[i] for i in chunk], kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))):
+            for i, post in zip(chunk, _fit_chunk([problems[i] for i in chunk], kind, n_pad, r_pad, *nuts, thinning)):
                 out[i] = post
     return out  # type: ignore[return-value]
 
 
-def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth):
+def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth, thinning=1):
     n_cells = len(chunk)
     padded_cells = _cells_bucket(n_cells)
     n_lanes = padded_cells * chains
@@ -282,7 +314,7 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
     seeds = [p.seed for p in chunk] + [chunk[-1].seed] * (padded_cells - n_cells)
     keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
     args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
-    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth)
+    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth, thinning)
     theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = jax.block_until_ready(program(keys, args))
     theta = np.asarray(theta).reshape(padded_cells, chains, draws, N_PARAMS)
     sigma_run = np.asarray(sigma_run).reshape(padded_cells, chains, draws)
@@ -308,6 +340,7 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
             diverging=diverging[c].reshape(-1).astype(bool),
             num_steps=num_steps[c],
             warmup_steps=warmup_steps[c],
+            retried=thinning > 1,
         )
         for c in range(n_cells)
     ]
@@ -350,6 +383,7 @@ def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
         draws=int(settings["draws"]),
         target_accept=float(settings["target_accept"]),
         max_tree_depth=int(settings["max_tree_depth"]),
+        retry_thinning=int(settings.get("retry_thinning", 1)),
     )
     out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
     per_cell = (time.perf_counter() - start) / len(cells)

@@ -65,7 +65,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from .convergence import max_r_hat
+from .convergence import MAX_R_HAT, max_r_hat
 from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
 from .programs import traced
@@ -317,9 +317,11 @@ def _sampler(
     draws: int,
     target_accept: float,
     max_tree_depth: int,
+    thinning: int = 1,
 ):
     """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)``,
-    outputs with a leading axis of chains.
+    outputs with a leading axis of chains. ``draws`` are kept per chain, every ``thinning``-th
+    of ``draws x thinning`` iterations after warmup (as :func:`needs_retry`'s second fit).
 
     The whole NUTS run of one chain (init, warmup, sampling) is traced as one program with
     the model arguments as traced inputs, so a second call with arrays of the same shapes
@@ -341,16 +343,19 @@ def _sampler(
             max_tree_depth=max_tree_depth,
             init_strategy=init_to_median(num_samples=15),
         )
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws * thinning, num_chains=1, progress_bar=False)
         mcmc.run(rng_key, *args, extra_fields=("diverging",))
-        samples = mcmc.get_samples()
+        # every thinning-th draw kept; a kept draw counts as divergent if any iteration since
+        # the last kept one diverged (MCMC's own thinning would drop those from the count)
+        samples = {name: value[thinning - 1 :: thinning] for name, value in mcmc.get_samples().items()}
         sigma_size = samples["sigma_size"] if size_term else jnp.zeros_like(samples["sigma_run"])
         # integrated out under the Normal likelihood: no draws of the offsets (zeros)
         run_offset = jnp.zeros(samples["sigma_run"].shape + (n_runs,)) if kind[1] else samples["run_offset"]
-        diverging = mcmc.get_extra_fields()["diverging"]
+        diverging = mcmc.get_extra_fields()["diverging"].reshape(draws, thinning).any(axis=1)
         return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging
 
     settings = f"{'-'.join(map(str, kind))}-{n_points}-{n_runs}-{warmup}-{draws}-{target_accept}-{max_tree_depth}"
+    settings += f"-thin{thinning}" if thinning > 1 else ""  # the names of programs traced before thinning existed
     if chains > 1 and jax.local_device_count() >= chains:
         mapped = jax.pmap(traced(one_chain, f"cell-{settings}"), in_axes=(0, None), devices=jax.local_devices()[:chains])
     else:
@@ -386,6 +391,9 @@ class CellPosterior:
         Normal likelihood integrated them out).
     diverging : ndarray of bool (S,) or None
         Which draws ended in a divergent transition (None: not recorded).
+    retried : bool
+        The first fit's r_hat was too high and these draws are the longer, thinned second
+        fit's (``retry_thinning`` of :func:`fit_cell`).
     """
 
     theta: np.ndarray
@@ -399,6 +407,7 @@ class CellPosterior:
     chains: int = 1
     run_offset: np.ndarray | None = None
     diverging: np.ndarray | None = None
+    retried: bool = False
 
     def by_chain(self, values: np.ndarray) -> np.ndarray:
         """``values`` with leading axis S reshaped to (chains, draws, ...)."""
@@ -449,10 +458,15 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 
 
 #: Sampler settings of every single-family fit under a population (a user's ``fit`` with a
-#: population, the back-test's Bayesian cells, the population's own family fits). With 300 +
+#: population, the back-test's Bayesian cells; a population's member fits take their warmup
+#: and draws from ``population.BUILD_DEFAULTS`` and do not retry). With 300 +
 #: 300 draws per chain half of the back-test's cells had r_hat > 1.2 and their intervals
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
-SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8)
+#: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
+#: is sampled again, once, from the start (same seed and warmup) for ``retry_thinning`` times
+#: the iterations, keeping every ``retry_thinning``-th draw (1: never). Most cells with r_hat
+#: between 1.01 and 1.05 only need longer chains; a fit that mixes at once pays nothing.
+SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
 
 
 def effective_weights(x_n, x_d, run_idx, log_loss) -> np.ndarray:
@@ -590,6 +604,7 @@ def fit_cell(
     draws: int = SAMPLER_DEFAULTS["draws"],
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
+    retry_thinning: int = 1,
 ) -> CellPosterior:
     """NUTS fit of one family's checkpoints under ``prior``.
 
@@ -610,6 +625,12 @@ def fit_cell(
         Chains run one per device where there are enough, else vectorised; draws are kept per chain.
     target_accept, max_tree_depth
         NUTS settings.
+    retry_thinning : int
+        When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, sample
+        again from the start with this many times the iterations after warmup, keeping every
+        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); 1: never
+        (the default here; a user's ``fit`` and the back-test's cells take
+        ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
 
     Returns
     -------
@@ -630,11 +651,31 @@ def fit_cell(
     n_runs = int(run_idx.max()) + 1
     n_pad = _bucket(n, *POINTS_BUCKET)
     r_pad = _bucket(n_runs, *RUNS_BUCKET)
+    if int(retry_thinning) != retry_thinning or retry_thinning < 1:
+        raise ValueError(f"retry_thinning must be a positive integer, got {retry_thinning!r}")
     args = tuple(jnp.asarray(a) for a in model_args(x_n, x_d, run_idx, log_loss, weight, prior, n_pad, r_pad))
-    sampler = _sampler(
-        prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth)
-    )
-    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
+
+    def sample(thinning: int) -> CellPosterior:
+        sampler = _sampler(
+            prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth), thinning
+        )
+        out = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
+        return _cell_posterior(out, prior, x_n, n_runs, int(chains), retried=thinning > 1)
+
+    post = sample(1)
+    return sample(int(retry_thinning)) if needs_retry(post, retry_thinning) else post
+
+
+def needs_retry(post: "CellPosterior", retry_thinning: int) -> bool:
+    """Whether a fit is sampled again (``retry_thinning`` of :func:`fit_cell` and of the
+    batched program): its r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, or not
+    a number (stuck chains), with more than one chain and ``retry_thinning`` above 1."""
+    return retry_thinning > 1 and post.chains > 1 and not post.max_rhat <= MAX_R_HAT
+
+
+def _cell_posterior(out, prior: CellPrior, x_n, n_runs: int, chains: int, retried: bool) -> CellPosterior:
+    """A :class:`CellPosterior` from the compiled sampler's outputs."""
+    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = out
     theta = np.asarray(theta).reshape(-1, N_PARAMS)
     sigma_run, sigma_obs = np.asarray(sigma_run).reshape(-1), np.asarray(sigma_obs).reshape(-1)
     sigma_size = np.asarray(sigma_size).reshape(-1) if prior.size_term else None
@@ -645,12 +686,13 @@ def fit_cell(
         sigma_obs=sigma_obs,
         nu=float(prior.nu),
         divergences=int(diverging.sum()),
-        max_rhat=family_r_hat(int(chains), theta, sigma_run, sigma_obs, sigma_size),
+        max_rhat=family_r_hat(chains, theta, sigma_run, sigma_obs, sigma_size),
         sigma_size=sigma_size,
         size_anchor=float(x_n.max()),
-        chains=int(chains),
+        chains=chains,
         run_offset=np.asarray(run_offset).reshape(len(theta), -1)[:, :n_runs],
         diverging=diverging.reshape(-1).astype(bool),
+        retried=retried,
     )
 
 

@@ -416,6 +416,7 @@ def fit(
     seed: int = 0,
     target_accept: float | None = None,
     max_tree_depth: int | None = None,
+    retry_thinning: int | None = None,
     chain_method: str = "auto",
     init: str = "laplace",
     metric_adaptation: str = "auto",
@@ -460,6 +461,10 @@ def fit(
         time (688 vs 531 s), on the demo 3 instead of 25 for 20% more.
     max_tree_depth : int
         NUTS maximum tree depth.
+    retry_thinning : int
+        Population path only: a family whose fit has r_hat above 1.01 is sampled again, once,
+        for this many times the iterations, keeping every ``retry_thinning``-th draw (1:
+        never; default :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
     chain_method : {"auto", "parallel", "sequential", "vectorized"}
         ``auto`` runs chains in parallel when JAX has a device per chain (the CLI sets
         the host device count), else sequentially.
@@ -499,8 +504,10 @@ def fit(
         from .cellfit import SAMPLER_DEFAULTS
         from .popfit import fit_with_population
 
-        given = dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth)
+        given = dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth, retry_thinning=retry_thinning)
         return fit_with_population(runs, population, filters=filters, seed=seed, **{k: SAMPLER_DEFAULTS[k] if v is None else v for k, v in given.items()})
+    if retry_thinning is not None:
+        raise FitError("retry_thinning is a setting of the population path; the joint model samples once (population=None)")
     chains, warmup, draws, target_accept, max_tree_depth = (
         JOINT_SAMPLER_DEFAULTS[k] if v is None else v
         for k, v in dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth).items()

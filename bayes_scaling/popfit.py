@@ -86,6 +86,7 @@ def fit_with_population(
     seed: int = 0,
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
+    retry_thinning: int = SAMPLER_DEFAULTS["retry_thinning"],
     progress: Callable[[str], None] | None = None,
 ) -> Fit:
     """Fit every family of ``runs`` alone under the population prior.
@@ -101,9 +102,12 @@ def fit_with_population(
     filters : Filters, optional
         Default: the ``chinchilla_independent`` spec's data defaults (tokens >= 1e10, at most
         30 log-spaced checkpoints per run, primary curves).
-    chains, warmup, draws, seed, target_accept, max_tree_depth
+    chains, warmup, draws, seed, target_accept, max_tree_depth, retry_thinning
         NUTS settings of each family's fit (:data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`);
-        family f's sampler seed is a hash of its name and ``seed``.
+        family f's sampler seed is a hash of its name and ``seed``. A family whose fit has
+        r_hat above 1.01 is sampled again with ``retry_thinning`` times the iterations, every
+        ``retry_thinning``-th draw kept (same number of draws for every family); its name is
+        in the fit's settings under ``retried``.
     progress : callable, optional
         Called with each family's name when its fit finishes.
 
@@ -116,11 +120,13 @@ def fit_with_population(
     pop = resolve(population)
     spec = load_spec(POPULATION_SPEC)
     data = runs if isinstance(runs, RunsData) else prepare(runs, filters if filters is not None else Filters(**spec.data))
-    for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
+    for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws), ("retry_thinning", retry_thinning)):
         if int(value) != value or value < (0 if name == "warmup" else 1):
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
     prior = pop.without(families=data.families).prior()
-    sampler = dict(chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth))
+    sampler = dict(
+        chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth), retry_thinning=int(retry_thinning)
+    )
     posts = []
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)
@@ -133,7 +139,7 @@ def fit_with_population(
             ATTR_PREFIX + "spec": spec.to_json(),
             ATTR_PREFIX + "spec_source": f"{spec.source} likelihood under a population prior",
             ATTR_PREFIX + "filters": json.dumps(data.filters.to_dict()),
-            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source}),
+            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source, "retried": [f for f, (_, p) in zip(data.families, posts) if p.retried]}),
             ATTR_PREFIX + "versions": json.dumps(versions()),
             ATTR_PREFIX + "population_prior": _prior_to_json(prior),
             ATTR_PREFIX + "population_provenance": json.dumps({**pop.provenance, "members": list(pop.families), "settings": pop.settings}),

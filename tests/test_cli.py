@@ -73,6 +73,7 @@ def test_predict_formats(fitted, capsys):
         (["predict", "missing.nc", "--family", "a", "--params", "1e9", "--tokens", "1e11"], "not found"),
         (["fit", "missing.csv", "--out", "x.nc"], "not found"),
         (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--spec", "nope"], "unknown spec"),
+        (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--retry-thinning", "3"], "population path"),
         (["fit", "{runs}", "--out", "x.nc", "--families", "gpt"], "not in the runs table"),
         (["fit", "{runs}", "--out", "x.nc", "--min-tokens", "1e13"], "leaves no rows"),
     ],

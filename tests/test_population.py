@@ -265,6 +265,9 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert {"sigma_size", "run_offset"} <= set(post.data_vars)
     assert fit.idata.log_likelihood["log_loss"].shape[-1] == fit.idata.observed_data["log_loss"].size
     assert "left out" in fit.settings["population"]  # the family never borrows from itself
+    # a family whose first fit did not mix was sampled again, longer and thinned: same draws per chain
+    assert fit.settings["retry_thinning"] == 3 and set(fit.settings["retried"]) <= {family}
+    assert post.sizes["draw"] == TINY_FIT["draws"]
     report = diagnostics.convergence_report(fit)
     assert report.chains == 2 and report.divergences == int(fit.idata.sample_stats["diverging"].sum())
     assert set(diagnostics.ppc_coverage(fit).index) == {family}
@@ -294,6 +297,10 @@ def test_fit_refuses_a_spec_with_a_population(synthetic_runs):
     runs, _ = synthetic_runs
     with pytest.raises(FitError, match="population=None"):
         bs.fit(runs, "chinchilla_independent", population="public")
+    with pytest.raises(FitError, match="retry_thinning is a setting of the population path"):
+        bs.fit(runs, population=None, retry_thinning=3)
+    with pytest.raises(FitError, match="retry_thinning must be a positive integer"):
+        bs.fit(runs, population="public", retry_thinning=0)
 
 
 @pytest.mark.filterwarnings("default::bayes_scaling.errors.ConvergenceWarning")  # 60 draws: shown, checked below

@@ -119,6 +119,34 @@ def test_student_t_prior_gives_way_to_conflicting_data():
     assert miss(b_student) < 0.5 * miss(l_normal) and miss(l_student) < 0.5 * miss(l_normal)
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
+def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
+    """retry_thinning: a fit with r_hat above 1.01 is sampled again from the start with 3x the
+    iterations, every third draw kept, so its draws are exactly every third draw of the same
+    chains run 3x longer; with retry_thinning=1, or r_hat <= 1.01, the first fit stays."""
+    short = dict(SAMPLER, warmup=20, draws=20)  # too short to mix: r_hat well above 1.01
+    problems = [_problem(5), _problem(6)]
+
+    def fit(draws, retry_thinning):
+        settings = dict(short, draws=draws, retry_thinning=retry_thinning)
+        if batched:
+            return fit_cells_batched(problems, **settings)
+        return [fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings) for p in problems]
+
+    first, retried, longer = fit(20, 1), fit(20, 3), fit(60, 1)
+    for f, r, g in zip(first, retried, longer):
+        assert not f.retried and not g.retried
+        assert r.retried == (f.max_rhat > 1.01)
+        assert r.theta.shape == f.theta.shape == (2 * 20, 5)
+        if r.retried:
+            np.testing.assert_allclose(r.by_chain(r.theta), g.by_chain(g.theta)[:, 2::3], rtol=1e-9)
+        else:
+            np.testing.assert_array_equal(r.theta, f.theta)
+    assert any(r.retried for r in retried)  # the check above ran on at least one retried fit
+    with pytest.raises(ValueError, match="retry_thinning"):
+        fit(20, 0)
+
+
 def test_cells_bucket_and_bad_input():
     assert [_cells_bucket(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 104]
     with pytest.raises(ValueError, match="differ in length"):

@@ -23,6 +23,7 @@ from ..cellfit import SAMPLER_DEFAULTS
 from ..population import BUILD_DEFAULTS
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
+from .common import positive_int
 from ..outputs import atomic_path, atomic_write_text
 
 
@@ -53,6 +54,11 @@ def register(subparsers) -> None:
     p.add_argument("--chains", type=int, default=SAMPLER_DEFAULTS["chains"], help=f"NUTS chains per Bayesian cell (default {SAMPLER_DEFAULTS['chains']})")
     p.add_argument("--warmup", type=int, default=SAMPLER_DEFAULTS["warmup"], help=f"NUTS warmup per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['warmup']})")
     p.add_argument("--draws", type=int, default=SAMPLER_DEFAULTS["draws"], help=f"NUTS draws per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['draws']})")
+    p.add_argument(
+        "--retry-thinning", type=positive_int, default=SAMPLER_DEFAULTS["retry_thinning"],
+        help="a Bayesian cell whose fit has r_hat > 1.01 is sampled again for K times the iterations, every K-th draw kept "
+        f"(1: never; default {SAMPLER_DEFAULTS['retry_thinning']})",
+    )
     p.add_argument(
         "--population",
         default=None,
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             families=args.families,
             bayes_fractions=args.bayes_fractions,
             bayes_ks=args.bayes_k,
-            bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws},
+            bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "retry_thinning": args.retry_thinning},
             population=args.population,
             population_settings={
                 "warmup": args.population_warmup,
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "k": args.k or "all",
             "fractions": args.fractions,
             "min_tokens": args.min_tokens,
-            "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}; "
+            "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}, retry_thinning={args.retry_thinning}; "
             + (f"population {args.population} (each family without its source group)" if args.population else
                f"population built per cut: member fits warmup={args.population_warmup}, draws={args.population_draws}, size scale={args.population_size_scale}"),
             "seed": args.seed,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cellfit import SAMPLER_DEFAULTS
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..outputs import atomic_path, require_writable_dir, require_writable_file
@@ -46,8 +47,14 @@ def register(subparsers) -> None:
     fit.add_argument("--float32", action="store_true", help="sample in float32 (joint model; faster on large corpora, more divergences)")
     add_sampler_args(
         fit, chains=None, warmup=None, draws=None, target_accept=None,
-        default_note="defaults: 2 chains x (1000 warmup + 1000 draws) at target acceptance 0.9 per family with a population; "
+        default_note="defaults: 2 chains x (1000 warmup + 1000 draws) at target acceptance 0.9 per family with a population "
+        "(sampled again 3x as long, thinned by 3, when r_hat > 1.01: --retry-thinning); "
         "4 x (500 + 500) at 0.95 for the joint model",
+    )
+    fit.add_argument(
+        "--retry-thinning", type=positive_int, default=None,
+        help="with a population: a family whose fit has r_hat > 1.01 is sampled again for K times the iterations, "
+        f"every K-th draw kept (default {SAMPLER_DEFAULTS['retry_thinning']}; 1: never)",
     )
     fit.set_defaults(func=run_fit)
 
@@ -193,6 +200,8 @@ def run_fit(args: argparse.Namespace) -> int:
     joint = args.population.lower() == "none"
     if args.spec is not None and not joint:
         raise FitError("--spec chooses the joint model's spec; add --population none to fit it")
+    if args.retry_thinning is not None and joint:
+        raise FitError("--retry-thinning is a setting of the population path; the joint model (--population none) samples once")
     population = None if joint else resolve(args.population)  # a bad file fails before any sampling
     spec = load_spec((args.spec or "chinchilla_hierarchical") if joint else POPULATION_SPEC)
     defaults = Filters(**spec.data)
@@ -227,6 +236,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 print(f"  fitted {family} ({len(done) + 1}/{len(data.families)}, {time.perf_counter() - start:.0f} s)", file=sys.stderr)
                 done.append(family)
 
+            sampler["retry_thinning"] = args.retry_thinning
             result = fit_with_population(data, population, progress=None if args.no_progress else progress, **{k: v for k, v in sampler.items() if v is not None})
     elapsed = time.perf_counter() - start
     path = result.save(args.out)
