@@ -102,6 +102,15 @@ LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
 ROW_KEY_COLUMNS = ("min_tokens", "family", "target", "k", "fraction", "estimator")
 CELL_KEY_COLUMNS = ("min_tokens", "family", "k", "fraction", "estimator")
 ARE_CAP = 1.0
+#: Columns that hold observed losses of the runs table (the rest are scores and settings).
+OBSERVED_COLUMNS = ("loss_last",)
+
+
+def scores_only(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` without :data:`OBSERVED_COLUMNS`: what a results file may keep when the runs
+    table's losses must not travel with it (a repository, a shared report)."""
+    return rows.drop(columns=[c for c in OBSERVED_COLUMNS if c in rows.columns])
+
 
 #: Default sampler settings of the Bayesian cell fits: the library's (one definition) plus
 #: the predictive draws scored per target.

@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         meta["note"] = args.note
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "backtest.csv") as tmp:
-        results.to_csv(tmp, index=False)
+        bt.scores_only(results).to_csv(tmp, index=False)  # the corpus's losses stay out of the repository
     atomic_write_text(args.out / "backtest_meta.json", json.dumps(meta, indent=1))
     text = summarise(results, groups, meta)
     atomic_write_text(args.out / "backtest.md", text)

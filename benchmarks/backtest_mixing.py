@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         results = run(args)
         seconds = time.perf_counter() - started
-        results.to_csv(csv, index=False)
+        bt.scores_only(results).to_csv(csv, index=False)  # the corpus's losses stay out of the repository
     md = args.out / "backtest_mixing.md"
     # keep the hand-written reading below the generated tables
     notes = md.read_text().partition(READING)[2] if md.exists() else ""

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     rows = load(args.baseline, candidates)
     with atomic_path(args.out.with_suffix(".csv")) as tmp:
         # scores only: the observed target loss is the corpus's, not ours to publish again
-        rows[rows["version"] == "candidate"].drop(columns=["version", "loss_last"]).to_csv(tmp, index=False)
+        bt.scores_only(rows[rows["version"] == "candidate"].drop(columns="version")).to_csv(tmp, index=False)
     text = report(rows, args.label, args.baseline)
     atomic_write_text(args.out, text)
     print(text)

@@ -286,8 +286,9 @@ def log(msg):
 
 
 def atomic_write_csv(df, path):
+    bt, _ = backtest_tools()
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        bt.scores_only(df).to_csv(tmp, index=False)  # the corpus's losses stay out of the repository
 
 
 # --------------------------------------------------------------------------- report
