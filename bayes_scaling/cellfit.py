@@ -321,7 +321,7 @@ def _sampler(
 ):
     """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)``,
     outputs with a leading axis of chains. ``draws`` are kept per chain, every ``thinning``-th
-    of ``draws x thinning`` iterations after warmup (as :func:`needs_retry`'s second fit).
+    of ``draws x thinning`` iterations after warmup (the longer fit of :func:`fit_cell`'s retry).
 
     The whole NUTS run of one chain (init, warmup, sampling) is traced as one program with
     the model arguments as traced inputs, so a second call with arrays of the same shapes
@@ -355,7 +355,7 @@ def _sampler(
         return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging
 
     settings = f"{'-'.join(map(str, kind))}-{n_points}-{n_runs}-{warmup}-{draws}-{target_accept}-{max_tree_depth}"
-    settings += f"-thin{thinning}" if thinning > 1 else ""  # the names of programs traced before thinning existed
+    settings += f"-thin{thinning}" if thinning > 1 else ""  # unthinned programs keep their names
     if chains > 1 and jax.local_device_count() >= chains:
         mapped = jax.pmap(traced(one_chain, f"cell-{settings}"), in_axes=(0, None), devices=jax.local_devices()[:chains])
     else:
