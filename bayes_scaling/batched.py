@@ -273,15 +273,13 @@ def fit_cells_batched(
         In the order of ``problems``.
     """
     problems = list(problems)
-    for name, value in (("chains", chains), ("draws", draws)):
+    for name, value in (("chains", chains), ("draws", draws), ("retry_thinning", retry_thinning)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if int(warmup) != warmup or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-    if int(retry_thinning) != retry_thinning or retry_thinning < 1:
-        raise ValueError(f"retry_thinning must be a positive integer, got {retry_thinning!r}")
     nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
     out = _fit_all(problems, nuts, max_batch, thinning=1)
     again = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
