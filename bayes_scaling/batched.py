@@ -72,6 +72,7 @@ from .cellfit import (
     family_r_hat,
     model_args,
     needs_retry,
+    thinned,
 )
 from .laws import to_level_coordinates
 
@@ -169,13 +170,15 @@ def _program(
     draws: int,
     target_accept: float,
     max_tree_depth: int,
-    thinning: int = 1,
+    continued: bool = False,
 ):
     """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
-    num_steps, warmup_steps)`` over L lanes; ``kind`` = :attr:`CellPrior.kind` (scale prior
-    kind, marginal likelihood, size term, Student-t prior); sigma_size is 0 without a size term.
-    Each kept draw is the last of ``thinning`` iterations (diverging: any of them; num_steps:
-    their sum)."""
+    num_steps, warmup_steps), states`` over L lanes: every iteration after warmup, and each
+    lane's final sampler state; ``kind`` = :attr:`CellPrior.kind` (scale prior kind, marginal
+    likelihood, size term, Student-t prior); sigma_size is 0 without a size term. With
+    ``continued`` the program takes the states in place of the keys and runs ``draws`` more
+    iterations from them, no warmup (warmup_steps then has length 0): the iterations one
+    longer run would have made."""
     scale_kind, marginal, size_term, heavy_tailed = kind
     model = _model(*kind)
     shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf)
@@ -183,6 +186,31 @@ def _program(
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn
+
+    def kernels(z0, rng_key, args):
+        """The lane's initial state at ``z0`` and its NUTS step (hmc's init sets the step up)."""
+        init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+        state = init_kernel(
+            z0,
+            warmup,
+            dense_mass=[dense_sites(size_term)],
+            target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth,
+            model_args=args,
+            rng_key=rng_key,
+        )
+
+        def step(s, _):
+            s = sample_kernel(s, model_args=args)
+            return s, (s.z, s.diverging, s.num_steps)
+
+        return state, step
+
+    def draws_from(state, step, args, warmup_steps):
+        state, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
+        constrained = jax.vmap(postprocess_gen(*args))(zs)
+        sigma_size = constrained["sigma_size"] if size_term else jnp.zeros_like(constrained["sigma_run"])
+        return (constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, diverging, num_steps, warmup_steps), state
 
     def lane(key, args):
         key_init, key_run = jax.random.split(key)
@@ -198,32 +226,15 @@ def _program(
             z0["sigma_size"] = _log_median(scale_kind, args[12], args[13]) + scale_jitter[2]
         if not marginal:
             z0["run_z"] = jitter[N_PARAMS : N_PARAMS + r_pad]
-        init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
-        state = init_kernel(
-            z0,
-            warmup,
-            dense_mass=[dense_sites(size_term)],
-            target_accept_prob=target_accept,
-            max_tree_depth=max_tree_depth,
-            model_args=args,
-            rng_key=key_run,
-        )
-
-        def step(s, _):
-            s = sample_kernel(s, model_args=args)
-            return s, (s.z, s.diverging, s.num_steps)
-
-        def thinned(s, _):
-            s, (z, div, steps) = jax.lax.scan(step, s, None, length=thinning)
-            return s, (jax.tree_util.tree_map(lambda v: v[-1], z), div.any(), steps.sum())
-
+        state, step = kernels(z0, key_run, args)
         state, (_, _, warmup_steps) = jax.lax.scan(step, state, None, length=warmup)
-        _, (zs, diverging, num_steps) = jax.lax.scan(step if thinning == 1 else thinned, state, None, length=draws)
-        constrained = jax.vmap(postprocess_gen(*args))(zs)
-        sigma_size = constrained["sigma_size"] if size_term else jnp.zeros_like(constrained["sigma_run"])
-        return constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, diverging, num_steps, warmup_steps
+        return draws_from(state, step, args, warmup_steps)
 
-    return jax.jit(jax.vmap(lane))
+    def continued_lane(state, args):
+        _, step = kernels(state.z, state.rng_key, args)
+        return draws_from(state, step, args, jnp.zeros(0, int))
+
+    return jax.jit(jax.vmap(continued_lane if continued else lane))
 
 
 def _cells_bucket(n: int) -> int:
@@ -281,67 +292,96 @@ def fit_cells_batched(
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
     nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
-    out = _fit_all(problems, nuts, max_batch, thinning=1)
+    first = _fit_all(problems, nuts, max_batch)
+    out = [post for post, _ in first]
     again = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
-    for i, post in zip(again, _fit_all([problems[i] for i in again], nuts, max_batch, thinning=int(retry_thinning))):
-        out[i] = post
+    if again:
+        # the unmixed fits' chains carried on from where they stopped, as one longer run, then thinned
+        longer = (*nuts[:2], nuts[2] * (int(retry_thinning) - 1), *nuts[3:])
+        more = _fit_all([problems[i] for i in again], longer, max_batch, [first[i][1] for i in again])
+        for i, (post, _) in zip(again, more):
+            out[i] = _thinned(problems[i], first[i][0], post, int(retry_thinning))
     return out
 
 
-def _fit_all(problems: list, nuts: tuple, max_batch: int | None, thinning: int) -> list[BatchedPosterior]:
-    """Every problem fitted once, bucket by bucket, in chunks of at most ``max_batch``."""
+def _fit_all(problems: list, nuts: tuple, max_batch: int | None, states: list | None = None) -> list[tuple]:
+    """Every problem fitted once, bucket by bucket, in chunks of at most ``max_batch``:
+    ``[(BatchedPosterior of every iteration, final sampler state per chain), ...]``; with
+    ``states`` (one per problem), the fits carry on from them."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(problems):
         groups.setdefault(p.bucket(), []).append(i)
-    out: list[BatchedPosterior | None] = [None] * len(problems)
+    out: list[tuple | None] = [None] * len(problems)
     for (kind, n_pad, r_pad), idx in groups.items():
         size = max_batch or len(idx)
         for start in range(0, len(idx), size):
             chunk = idx[start : start + size]
-            for i, post in zip(chunk, _fit_chunk([problems[i] for i in chunk], kind, n_pad, r_pad, *nuts, thinning)):
-                out[i] = post
+            chunk_states = None if states is None else [states[i] for i in chunk]
+            for i, result in zip(chunk, _fit_chunk([problems[i] for i in chunk], kind, n_pad, r_pad, *nuts, states=chunk_states)):
+                out[i] = result
     return out  # type: ignore[return-value]
 
 
-def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth, thinning=1):
+def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth, states=None):
     n_cells = len(chunk)
     padded_cells = _cells_bucket(n_cells)
     n_lanes = padded_cells * chains
     cell_args = [_args(p, n_pad, r_pad) for p in chunk]
     cell_args += [cell_args[-1]] * (padded_cells - n_cells)  # filler lanes, discarded
-    seeds = [p.seed for p in chunk] + [chunk[-1].seed] * (padded_cells - n_cells)
-    keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
     args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
-    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth, thinning)
-    theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = jax.block_until_ready(program(keys, args))
-    theta = np.asarray(theta).reshape(padded_cells, chains, draws, N_PARAMS)
-    sigma_run = np.asarray(sigma_run).reshape(padded_cells, chains, draws)
-    sigma_obs = np.asarray(sigma_obs).reshape(padded_cells, chains, draws)
-    sigma_size = np.asarray(sigma_size).reshape(padded_cells, chains, draws)
-    diverging = np.asarray(diverging).reshape(padded_cells, chains, draws)
-    num_steps = np.asarray(num_steps).reshape(padded_cells, chains, draws)
-    warmup_steps = np.asarray(warmup_steps).reshape(padded_cells, chains, warmup)
+    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth, continued=states is not None)
+    if states is None:
+        seeds = [p.seed for p in chunk] + [chunk[-1].seed] * (padded_cells - n_cells)
+        start = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
+    else:  # each cell's state holds its chains on the leading axis
+        states = list(states) + [states[-1]] * (padded_cells - n_cells)
+        start = jax.tree.map(lambda *per_cell: jnp.concatenate(per_cell), *states)
+    outputs, final = jax.block_until_ready(program(start, args))
+    theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = (
+        np.asarray(a).reshape(padded_cells, chains, *a.shape[1:]) for a in outputs
+    )
     return [
-        BatchedPosterior(
-            theta=theta[c].reshape(-1, N_PARAMS),
-            sigma_run=sigma_run[c].reshape(-1),
-            sigma_obs=sigma_obs[c].reshape(-1),
-            nu=float(chunk[c].prior.nu),
-            divergences=int(diverging[c].sum()),
-            max_rhat=family_r_hat(
-                chains, theta[c].reshape(-1, N_PARAMS), sigma_run[c].reshape(-1), sigma_obs[c].reshape(-1),
-                sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
-            ),
-            sigma_size=sigma_size[c].reshape(-1) if chunk[c].prior.size_term else None,
-            size_anchor=float(chunk[c].x_n.max()),
-            chains=chains,
-            diverging=diverging[c].reshape(-1).astype(bool),
-            num_steps=num_steps[c],
-            warmup_steps=warmup_steps[c],
-            retried=thinning > 1,
+        (
+            _posterior(chunk[c], chains, theta[c], sigma_run[c], sigma_obs[c], sigma_size[c], diverging[c], num_steps[c], warmup_steps[c]),
+            jax.tree.map(lambda a: a[c * chains : (c + 1) * chains], final),
         )
         for c in range(n_cells)
     ]
+
+
+def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps, retried=False):
+    """A :class:`BatchedPosterior` from one cell's arrays, each with axes (chains, draws, ...)."""
+    size_term = problem.prior.size_term
+    theta, sigma_run, sigma_obs = theta.reshape(-1, N_PARAMS), sigma_run.reshape(-1), sigma_obs.reshape(-1)
+    sigma_size = sigma_size.reshape(-1) if size_term else None
+    return BatchedPosterior(
+        theta=theta,
+        sigma_run=sigma_run,
+        sigma_obs=sigma_obs,
+        nu=float(problem.prior.nu),
+        divergences=int(diverging.sum()),
+        max_rhat=family_r_hat(chains, theta, sigma_run, sigma_obs, sigma_size),
+        sigma_size=sigma_size,
+        size_anchor=float(problem.x_n.max()),
+        chains=chains,
+        diverging=diverging.reshape(-1).astype(bool),
+        num_steps=num_steps,
+        warmup_steps=warmup_steps,
+        retried=retried,
+    )
+
+
+def _thinned(problem, first: BatchedPosterior, more: BatchedPosterior, thinning: int) -> BatchedPosterior:
+    """The first fit and its continuation as one run, every ``thinning``-th iteration kept
+    (num_steps: the sum over the iterations a kept draw stands for)."""
+    def by_chain(p):
+        sigma_size = p.sigma_size if problem.prior.size_term else np.zeros_like(p.sigma_run)
+        return tuple(p.by_chain(a) for a in (p.theta, p.sigma_run, p.sigma_obs, sigma_size, p.diverging))
+
+    theta, sigma_run, sigma_obs, sigma_size, diverging = thinned(by_chain(first), by_chain(more), thinning)
+    steps = np.concatenate([first.num_steps, more.num_steps], axis=1)
+    num_steps = steps.reshape(first.chains, -1, thinning).sum(axis=2)
+    return _posterior(problem, first.chains, theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, first.warmup_steps, retried=True)
 
 
 def problems_from(items: Iterable[tuple]) -> list[CellProblem]:

@@ -53,6 +53,7 @@ Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)`
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -317,11 +318,14 @@ def _sampler(
     draws: int,
     target_accept: float,
     max_tree_depth: int,
-    thinning: int = 1,
+    continued: bool = False,
 ):
-    """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)``,
-    outputs with a leading axis of chains. ``draws`` are kept per chain, every ``thinning``-th
-    of ``draws x thinning`` iterations after warmup (the longer fit of :func:`fit_cell`'s retry).
+    """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)`` ->
+    ``(draws, state)``: every iteration's draws after warmup (theta, sigma_run, sigma_obs,
+    sigma_size, run_offset, diverging), with a leading axis of chains, and the chains' final
+    sampler states as a list of arrays. With ``continued`` the program is
+    ``f(state, *model_args)``: ``draws`` more iterations from such states, no warmup, which
+    are exactly the iterations one longer run would have made (:func:`fit_cell`'s retry).
 
     The whole NUTS run of one chain (init, warmup, sampling) is traced as one program with
     the model arguments as traced inputs, so a second call with arrays of the same shapes
@@ -334,37 +338,57 @@ def _sampler(
     """
 
     size_term = kind[2]
+    kernel = functools.partial(
+        NUTS,
+        _model(*kind),
+        dense_mass=[dense_sites(size_term)],
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        init_strategy=init_to_median(num_samples=15),
+    )
 
-    def one_chain(rng_key, args):
-        kernel = NUTS(
-            _model(*kind),
-            dense_mass=[dense_sites(size_term)],
-            target_accept_prob=target_accept,
-            max_tree_depth=max_tree_depth,
-            init_strategy=init_to_median(num_samples=15),
-        )
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws * thinning, num_chains=1, progress_bar=False)
+    def sample(nuts, rng_key, args, state=None):
+        mcmc = MCMC(nuts, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
+        mcmc.post_warmup_state = state  # None: init and warmup first
         mcmc.run(rng_key, *args, extra_fields=("diverging",))
-        # every thinning-th draw kept; a kept draw counts as divergent if any iteration since
-        # the last kept one diverged (MCMC's own thinning would drop those from the count)
-        samples = {name: value[thinning - 1 :: thinning] for name, value in mcmc.get_samples().items()}
+        samples = mcmc.get_samples()
         sigma_size = samples["sigma_size"] if size_term else jnp.zeros_like(samples["sigma_run"])
         # integrated out under the Normal likelihood: no draws of the offsets (zeros)
         run_offset = jnp.zeros(samples["sigma_run"].shape + (n_runs,)) if kind[1] else samples["run_offset"]
-        diverging = mcmc.get_extra_fields()["diverging"].reshape(draws, thinning).any(axis=1)
-        return samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging
+        diverging = mcmc.get_extra_fields()["diverging"]
+        return (samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging), jax.tree.leaves(mcmc.last_state)
+
+    def one_chain(rng_key, args):
+        return sample(kernel(), rng_key, args)
+
+    def continue_chain(state_leaves, args):
+        nuts = kernel()
+        # the kernel's init sets up its sampling step; of its state only the structure is used
+        structure = jax.tree.structure(nuts.init(jax.random.PRNGKey(0), warmup, None, model_args=args))
+        state = jax.tree.unflatten(structure, state_leaves)
+        return sample(nuts, state.rng_key, args, state)
 
     settings = f"{'-'.join(map(str, kind))}-{n_points}-{n_runs}-{warmup}-{draws}-{target_accept}-{max_tree_depth}"
-    settings += f"-thin{thinning}" if thinning > 1 else ""  # unthinned programs keep their names
+    fn, name = (continue_chain, f"cell-{settings}-continued") if continued else (one_chain, f"cell-{settings}")
     if chains > 1 and jax.local_device_count() >= chains:
-        mapped = jax.pmap(traced(one_chain, f"cell-{settings}"), in_axes=(0, None), devices=jax.local_devices()[:chains])
+        mapped = jax.pmap(traced(fn, name), in_axes=(0, None), devices=jax.local_devices()[:chains])
     else:
-        mapped = jax.jit(traced(jax.vmap(one_chain, in_axes=(0, None)), f"cell-{settings}-x{chains}"))
+        mapped = jax.jit(traced(jax.vmap(fn, in_axes=(0, None)), f"{name}-x{chains}"))
 
-    def run(rng_key, *args):
-        return mapped(jax.random.split(rng_key, chains), args)
+    def run(start, *args):
+        return mapped(start if continued else jax.random.split(start, chains), args)
 
     return run
+
+
+def thinned(first: tuple, more: tuple, thinning: int) -> tuple:
+    """Every ``thinning``-th iteration of a run and its continuation, ``(draws, diverging)``
+    arrays with axes (chains, iterations, ...): a kept draw counts as divergent if any
+    iteration since the previous kept one diverged (as NumPyro's own thinning would not)."""
+    *draws, diverging = (np.concatenate([np.asarray(a), np.asarray(b)], axis=1) for a, b in zip(first, more))
+    chains, iterations = diverging.shape
+    kept = [d[:, thinning - 1 :: thinning] for d in draws]
+    return (*kept, diverging.reshape(chains, iterations // thinning, thinning).any(axis=2))
 
 
 @dataclass(frozen=True)
@@ -463,8 +487,8 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 #: 300 draws per chain half of the back-test's cells had r_hat > 1.2 and their intervals
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
 #: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
-#: is sampled again, once, from the start (same seed and warmup) for ``retry_thinning`` times
-#: the iterations, keeping every ``retry_thinning``-th draw (1: never). Most cells with r_hat
+#: is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
+#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never). Most cells with r_hat
 #: between 1.01 and 1.05 only need longer chains; a fit that mixes at once pays nothing.
 SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
 
@@ -626,8 +650,8 @@ def fit_cell(
     target_accept, max_tree_depth
         NUTS settings.
     retry_thinning : int
-        When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, sample
-        again from the start with this many times the iterations after warmup, keeping every
+        When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, carry its
+        chains on to this many times the iterations after warmup, keeping every
         ``retry_thinning``-th draw, and return that fit (``retried`` is then True); 1: never
         (the default here; a user's ``fit`` and the back-test's cells take
         ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
@@ -655,15 +679,16 @@ def fit_cell(
         raise ValueError(f"retry_thinning must be a positive integer, got {retry_thinning!r}")
     args = tuple(jnp.asarray(a) for a in model_args(x_n, x_d, run_idx, log_loss, weight, prior, n_pad, r_pad))
 
-    def sample(thinning: int) -> CellPosterior:
-        sampler = _sampler(
-            prior.kind, n_pad, r_pad, int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth), thinning
-        )
-        out = sampler(jax.random.PRNGKey(int(seed) % (2**31)), *args)
-        return _cell_posterior(out, prior, x_n, n_runs, int(chains), retried=thinning > 1)
-
-    post = sample(1)
-    return sample(int(retry_thinning)) if needs_retry(post, retry_thinning) else post
+    sampler = functools.partial(
+        _sampler, prior.kind, n_pad, r_pad, int(chains), int(warmup), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth)
+    )
+    out, state = sampler(int(draws))(jax.random.PRNGKey(int(seed) % (2**31)), *args)
+    post = _cell_posterior(out, prior, x_n, n_runs, int(chains), retried=False)
+    if not needs_retry(post, retry_thinning):
+        return post
+    # the same chains carried on from where they stopped, as one longer run, then thinned
+    more, _ = sampler(int(draws) * (int(retry_thinning) - 1), continued=True)(state, *args)
+    return _cell_posterior(thinned(out, more, int(retry_thinning)), prior, x_n, n_runs, int(chains), retried=True)
 
 
 def needs_retry(post: "CellPosterior", retry_thinning: int) -> bool:

@@ -8,7 +8,12 @@ With ``--baseline REV`` the same commands also run from a git worktree of revisi
 interleaved with this checkout's (same repeat, same cache state), so the two are compared
 side by side on the same load. Writes ``benchmarks/results/user_speed.md``.
 
-    python benchmarks/user_speed.py [--repeats 3] [--baseline REV]
+With ``--runs RUNS --family NAME`` the family is one of a runs table's instead (its
+``--sizes`` smallest model sizes, the next size up predicted), for the cost of a family
+whose first fit does not mix; the table is read where it lies and written only to a
+temporary directory. Its results go to ``user_speed_<NAME>.md``.
+
+    python benchmarks/user_speed.py [--repeats 3] [--baseline REV] [--runs RUNS --family NAME [--sizes 3]]
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.cellfit import SAMPLER_DEFAULTS  # noqa: E402
+from bayes_scaling.data import load_runs  # noqa: E402
 from bayes_scaling.demo import demo_runs  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
 
-RESULT = ROOT / "benchmarks" / "results" / "user_speed.md"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def timed(cmd: list[str], env: dict, cwd: Path) -> float:
@@ -48,16 +56,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", metavar="REV", help="also time revision REV (a git worktree), interleaved")
+    parser.add_argument("--runs", type=Path, help="a runs table (e.g. ../shared/data/runs.csv.gz) to take --family from")
+    parser.add_argument("--family", help="family of --runs to fit (default: the shipped demo family)")
+    parser.add_argument("--sizes", type=int, default=3, help="smallest model sizes of --family fitted (default 3)")
     args = parser.parse_args()
+    if (args.runs is None) != (args.family is None):
+        parser.error("--runs and --family go together")
     exe = [sys.executable, "-m", "bayes_scaling"]  # run from each version's tree: its package comes first on sys.path
     rows = []
     with tempfile.TemporaryDirectory() as work, version_trees(ROOT, args.baseline, Path(work)) as trees:
         work = Path(work)
-        runs = demo_runs()
         one = work / "one-family.csv"
-        runs[runs["num_params"] < runs["num_params"].max()].to_csv(one, index=False)
+        if args.runs is None:
+            family, runs = "gemstones", demo_runs()
+            described = "Gemstones 48M + 52M"
+            runs[runs["num_params"] < runs["num_params"].max()].to_csv(one, index=False)
+            target = (2e9, 3.5e11)
+        else:
+            family, runs = args.family, load_runs(args.runs)
+            runs = runs[runs["family"] == family]
+            if runs.empty:
+                parser.error(f"no family {family!r} in {args.runs}")
+            sizes = np.sort(runs["num_params"].unique())
+            if len(sizes) <= args.sizes:
+                parser.error(f"{family} has {len(sizes)} model sizes; --sizes must leave one to predict")
+            runs[runs["num_params"] <= sizes[args.sizes - 1]].to_csv(one, index=False)
+            target = (sizes[args.sizes], runs.loc[runs["num_params"] == sizes[args.sizes], "tokens"].max())
+            described = f"{family}, its {args.sizes} smallest sizes ({', '.join(f'{n:.3g}' for n in sizes[: args.sizes])} parameters)"
         fit_cmd = [*exe, "fit", str(one), "--population", "public", "--out", str(work / "fit.nc"), "--no-progress"]
-        predict_cmd = [*exe, "predict", str(work / "fit.nc"), "--family", "gemstones", "--params", "2e9", "--tokens", "3.5e11", "--new-run"]
+        predict_cmd = [*exe, "predict", str(work / "fit.nc"), "--family", family, "--params", f"{target[0]:g}", "--tokens", f"{target[1]:g}", "--new-run"]
         for i in range(args.repeats):
             for label in ("cold", "warm"):
                 for version, tree in trees.items():
@@ -71,7 +98,7 @@ def main() -> int:
     lines = [
         "# Speed a user feels: one family under the public population",
         "",
-        f"`bayes-scaling fit one-family.csv --population public` (Gemstones 48M + 52M, default sampler of this "
+        f"`bayes-scaling fit one-family.csv --population public` ({described}; default sampler of this "
         f"checkout: {SAMPLER_DEFAULTS['chains']} chains x ({SAMPLER_DEFAULTS['warmup']} + {SAMPLER_DEFAULTS['draws']})) then `bayes-scaling predict ... --new-run`, each in a fresh process; "
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end. Bar (issue 17): cold <= 60 s, warm <= 15 s.",
         "",
@@ -91,8 +118,9 @@ def main() -> int:
             f"warm {_median(rows, 'this', 'warm') / _median(rows, 'baseline', 'warm'):.2f}.",
             "",
         ]
-    atomic_write_text(RESULT, "\n".join(lines))
-    print(f"wrote {RESULT}")
+    result = RESULTS / ("user_speed.md" if args.family is None else f"user_speed_{args.family}.md")
+    atomic_write_text(result, "\n".join(lines))
+    print(f"wrote {result}")
     return 0
 
 

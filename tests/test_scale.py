@@ -121,9 +121,10 @@ def test_student_t_prior_gives_way_to_conflicting_data():
 
 @pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
 def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
-    """retry_thinning: a fit with r_hat above 1.01 is sampled again from the start with 3x the
+    """retry_thinning: a fit with r_hat above 1.01 has its chains carried on to 3x the
     iterations, every third draw kept, so its draws are exactly every third draw of the same
-    chains run 3x longer; with retry_thinning=1, or r_hat <= 1.01, the first fit stays."""
+    chains run 3x longer (and, batched, its leapfrog steps those of the three iterations
+    each draw stands for); with retry_thinning=1, or r_hat <= 1.01, the first fit stays."""
     short = dict(SAMPLER, warmup=20, draws=20)  # too short to mix: r_hat well above 1.01
     problems = [_problem(5), _problem(6)]
 
@@ -140,6 +141,10 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
         assert r.theta.shape == f.theta.shape == (2 * 20, 5)
         if r.retried:
             np.testing.assert_allclose(r.by_chain(r.theta), g.by_chain(g.theta)[:, 2::3], rtol=1e-9)
+            np.testing.assert_array_equal(r.diverging, g.by_chain(g.diverging).reshape(2, 20, 3).any(axis=2).ravel())
+            if batched:
+                np.testing.assert_array_equal(r.num_steps, g.num_steps.reshape(2, 20, 3).sum(axis=2))
+                np.testing.assert_array_equal(r.warmup_steps, g.warmup_steps)
         else:
             np.testing.assert_array_equal(r.theta, f.theta)
     assert any(r.retried for r in retried)  # the check above ran on at least one retried fit
