@@ -632,7 +632,7 @@ def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_
     report = check_convergence(fit.idata)  # the verdict the user gets from this fit
     diag = {**diag, "divergences": report.divergences, "max_rhat": report.max_r_hat}
     if fit.settings.get("retried"):
-        diag["message"] = f"sampled again, {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} at first"
+        diag["message"] = f"chains carried on to {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} at first"
 
     def predictors(target, s):
         pred = predict_loss(fit, d.family, target.num_params, target.tokens, kind="new_run", observation_noise=True, seed=s)

@@ -416,8 +416,8 @@ class CellPosterior:
     diverging : ndarray of bool (S,) or None
         Which draws ended in a divergent transition (None: not recorded).
     retried : bool
-        The first fit's r_hat was too high and these draws are the longer, thinned second
-        fit's (``retry_thinning`` of :func:`fit_cell`).
+        The first fit's r_hat was too high and these draws are every ``retry_thinning``-th
+        iteration of its chains carried on (``retry_thinning`` of :func:`fit_cell`).
     """
 
     theta: np.ndarray
@@ -692,7 +692,7 @@ def fit_cell(
 
 
 def needs_retry(post: "CellPosterior", retry_thinning: int) -> bool:
-    """Whether a fit is sampled again (``retry_thinning`` of :func:`fit_cell` and of the
+    """Whether a fit is carried on (``retry_thinning`` of :func:`fit_cell` and of the
     batched program): its r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, or not
     a number (stuck chains), with more than one chain and ``retry_thinning`` above 1."""
     return retry_thinning > 1 and post.chains > 1 and not post.max_rhat <= MAX_R_HAT

@@ -462,9 +462,9 @@ def fit(
     max_tree_depth : int
         NUTS maximum tree depth.
     retry_thinning : int
-        Population path only: a family whose fit has r_hat above 1.01 is sampled again, once,
-        for this many times the iterations, keeping every ``retry_thinning``-th draw (1:
-        never; default :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
+        Population path only: a family whose fit has r_hat above 1.01 has its chains carried
+        on, once, to this many times the iterations, keeping every ``retry_thinning``-th draw
+        (1: never; default :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
     chain_method : {"auto", "parallel", "sequential", "vectorized"}
         ``auto`` runs chains in parallel when JAX has a device per chain (the CLI sets
         the host device count), else sequentially.

@@ -265,7 +265,7 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert {"sigma_size", "run_offset"} <= set(post.data_vars)
     assert fit.idata.log_likelihood["log_loss"].shape[-1] == fit.idata.observed_data["log_loss"].size
     assert "left out" in fit.settings["population"]  # the family never borrows from itself
-    # a family whose first fit did not mix was sampled again, longer and thinned: same draws per chain
+    # a family whose first fit did not mix was carried on, longer and thinned: same draws per chain
     assert fit.settings["retry_thinning"] == 3 and set(fit.settings["retried"]) <= {family}
     assert post.sizes["draw"] == TINY_FIT["draws"]
     report = diagnostics.convergence_report(fit)

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--draws", type=int, default=SAMPLER_DEFAULTS["draws"], help=f"NUTS draws per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['draws']})")
     p.add_argument(
         "--retry-thinning", type=positive_int, default=SAMPLER_DEFAULTS["retry_thinning"],
-        help="a Bayesian cell whose fit has r_hat > 1.01 is sampled again for K times the iterations, every K-th draw kept "
+        help="a Bayesian cell whose fit has r_hat > 1.01 has its chains carried on to K times the iterations, every K-th draw kept "
         f"(1: never; default {SAMPLER_DEFAULTS['retry_thinning']})",
     )
     p.add_argument(
