@@ -384,7 +384,7 @@ def _sampler(
 def thinned(first: tuple, more: tuple, thinning: int) -> tuple:
     """Every ``thinning``-th iteration of a run and its continuation, ``(draws, diverging)``
     arrays with axes (chains, iterations, ...): a kept draw counts as divergent if any
-    iteration since the previous kept one diverged (as NumPyro's own thinning would not)."""
+    iteration since the previous kept one diverged (NumPyro's own thinning drops those)."""
     *draws, diverging = (np.concatenate([np.asarray(a), np.asarray(b)], axis=1) for a, b in zip(first, more))
     chains, iterations = diverging.shape
     kept = [d[:, thinning - 1 :: thinning] for d in draws]
@@ -488,8 +488,9 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
 #: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
 #: is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
-#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never). Most cells with r_hat
-#: between 1.01 and 1.05 only need longer chains; a fit that mixes at once pays nothing.
+#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never).
+#: Most cells with r_hat between 1.01 and 1.05 only need longer chains; a fit that mixes at
+#: once pays nothing.
 SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
 
 
