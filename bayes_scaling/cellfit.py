@@ -330,7 +330,7 @@ def _sampler(
     The whole NUTS run of one chain (init, warmup, sampling) is traced as one program with
     the model arguments as traced inputs, so a second call with arrays of the same shapes
     reuses the compiled executable. (``MCMC(jit_model_args=True)`` re-compiled its sampling
-    loop on every ``run`` here: about 35 s of XLA compilation per cell.) The traced program
+    loop on every ``run`` here, a compilation per cell.) The traced program
     is kept on disk (:func:`bayes_scaling.programs.traced`). Chains run on one device each
     when there are enough (``numpyro.set_host_device_count`` on a CPU), else vectorised on
     one: a vectorised NUTS steps its chains in lockstep, each iteration as long as the

@@ -457,8 +457,8 @@ def fit(
         Seed of the sampler; same seed, same draws.
     target_accept : float
         Target acceptance probability of step-size adaptation, in (0, 1). 0.95 rather
-        than 0.9: side by side on the whole corpus 1 divergence instead of 20 for 30% more
-        time (688 vs 531 s), on the demo 3 instead of 25 for 20% more.
+        than 0.9 for the joint model: far fewer divergences for some more time, measured
+        side by side in ``benchmarks/results/fit_corpus.md``.
     max_tree_depth : int
         NUTS maximum tree depth.
     retry_thinning : int

@@ -248,9 +248,8 @@ def fit_classic_huber(
 
     Every combination of ``grid`` is scored by the objective (one vectorised evaluation);
     L-BFGS-B then runs from the ``n_starts`` best-scoring starts and the lowest optimum is
-    kept. Running L-BFGS from all 243 starts costs about 40 s per fit on a busy 2-core
-    machine and nearly all of them reach the same optimum; the screen keeps the cost near
-    one second. Pass ``n_starts=None`` to run from every start.
+    kept: nearly all starts reach the same optimum, and the screen saves running L-BFGS from
+    each of them. Pass ``n_starts=None`` to run from every start.
 
     Parameters
     ----------

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_scaling.cellfit import SAMPLER_DEFAULTS  # noqa: E402
 from bayes_scaling.data import load_runs  # noqa: E402
+from bayes_scaling.inference import Fit  # noqa: E402
 from bayes_scaling.demo import demo_runs  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
@@ -91,8 +92,10 @@ def main() -> int:
                     env = {**os.environ, "BAYES_SCALING_CACHE_DIR": str(work / f"cache-{version}-{i}")}
                     env.pop("JAX_COMPILATION_CACHE_DIR", None)
                     f, p = timed(fit_cmd, env, tree), timed(predict_cmd, env, tree)
-                    rows.append((version, i, label, f, p, f + p))
-                    print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s", file=sys.stderr)
+                    # whether the family's first fit had to be carried on (the retry), as the fit recorded it
+                    retried = "yes" if Fit.load(work / "fit.nc").settings.get("retried") else "no"
+                    rows.append((version, i, label, f, p, f + p, retried))
+                    print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s, retried {retried}", file=sys.stderr)
     load = os.getloadavg()[0]
     revision = checkout_revision(ROOT)
     lines = [
@@ -105,9 +108,9 @@ def main() -> int:
         f"Versions: this = the checkout (HEAD {revision})"
         + (f", baseline = {args.baseline}, run interleaved with it." if args.baseline else "."),
         "",
-        "| version | repeat | cache | fit s | predict s | total s |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {v} | {i} | {label} | {f:.1f} | {p:.1f} | {t:.1f} |" for v, i, label, f, p, t in rows],
+        "| version | repeat | cache | fit s | predict s | total s | retried |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[f"| {v} | {i} | {label} | {f:.1f} | {p:.1f} | {t:.1f} | {r} |" for v, i, label, f, p, t, r in rows],
         "",
         *[f"Median total, {v}: cold {_median(rows, v, 'cold'):.1f} s, warm {_median(rows, v, 'warm'):.1f} s." for v in trees],
         "",
