@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             "",
             f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
             f"- {args.n} replications per design, 2 chains x ({args.warmup} warmup + {args.draws} draws), other sampler settings "
-            f"the back-test's (a fit with r-hat above 1.01 sampled again for {bt.BAYES_SETTINGS['retry_thinning']}x the iterations, thinned); ranks among 99 evenly thinned draws; seed {args.seed}; wall time {elapsed / 60:.1f} min",
+            f"the back-test's (a fit with r-hat above 1.01 has its chains carried on to {bt.BAYES_SETTINGS['retry_thinning']}x the iterations, thinned); ranks among 99 evenly thinned draws; seed {args.seed}; wall time {elapsed / 60:.1f} min",
             f"- outside the 95% bands: {int((table['in 95% band'] != 'yes').sum())} of {n_checks}; "
             f"outside the Bonferroni bands: {int((table['in Bonferroni band'] != 'yes').sum())} of {n_checks}",
             "",
