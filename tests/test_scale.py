@@ -152,6 +152,38 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
         fit(20, 0)
 
 
+_ONE_DEVICE_PER_CHAIN = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import sys
+sys.path.insert(0, {tests!r})
+import jax
+import numpy as np
+from test_scale import SAMPLER, _problem
+from bayes_scaling.cellfit import fit_cell
+assert jax.local_device_count() == 2
+p = _problem(5)
+settings = dict(SAMPLER, warmup=20)
+retried = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, retry_thinning=3, **dict(settings, draws=20))
+longer = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **dict(settings, draws=60))
+assert retried.retried
+np.testing.assert_allclose(retried.by_chain(retried.theta), longer.by_chain(longer.theta)[:, 2::3], rtol=1e-9)
+print("exact")
+"""
+
+
+def test_a_retry_on_one_device_per_chain_is_exact_too():
+    """With a device per chain (what the CLI sets up), fit_cell maps chains over devices, a
+    second program; carrying a fit on there also gives every third draw of the longer run.
+    In a fresh process, since the device count is fixed when JAX starts."""
+    import subprocess
+    from pathlib import Path
+
+    script = _ONE_DEVICE_PER_CHAIN.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("exact"), done.stderr[-2000:]
+
+
 def test_cells_bucket_and_bad_input():
     assert [_cells_bucket(n) for n in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 104]
     with pytest.raises(ValueError, match="differ in length"):
