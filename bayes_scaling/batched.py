@@ -300,7 +300,7 @@ def fit_cells_batched(
         longer = (*nuts[:2], nuts[2] * (int(retry_thinning) - 1), *nuts[3:])
         more = _fit_all([problems[i] for i in again], longer, max_batch, [first[i][1] for i in again])
         for i, (post, _) in zip(again, more):
-            out[i] = _thinned(problems[i], first[i][0], post, int(retry_thinning))
+            out[i] = _carried_on(problems[i], first[i][0], post, int(retry_thinning))
     return out
 
 
@@ -335,8 +335,9 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
         start = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
     else:  # each cell's state holds its chains on the leading axis
         states = list(states) + [states[-1]] * (padded_cells - n_cells)
-        start = jax.tree.map(lambda *per_cell: jnp.concatenate(per_cell), *states)
-    outputs, final = jax.block_until_ready(program(start, args))
+        start = jax.tree.map(lambda *per_cell: np.concatenate(per_cell), *states)
+    outputs, final = program(start, args)
+    final = jax.device_get(final)  # on the host once: each cell's slice below is then a view
     theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = (
         np.asarray(a).reshape(padded_cells, chains, *a.shape[1:]) for a in outputs
     )
@@ -371,7 +372,7 @@ def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, divergi
     )
 
 
-def _thinned(problem, first: BatchedPosterior, more: BatchedPosterior, thinning: int) -> BatchedPosterior:
+def _carried_on(problem, first: BatchedPosterior, more: BatchedPosterior, thinning: int) -> BatchedPosterior:
     """The first fit and its continuation as one run, every ``thinning``-th iteration kept
     (num_steps: the sum over the iterations a kept draw stands for)."""
     def by_chain(p):

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from ..cellfit import SAMPLER_DEFAULTS
+from ..convergence import MAX_R_HAT
 from ..population import BUILD_DEFAULTS
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
@@ -56,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--draws", type=int, default=SAMPLER_DEFAULTS["draws"], help=f"NUTS draws per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['draws']})")
     p.add_argument(
         "--retry-thinning", type=positive_int, default=SAMPLER_DEFAULTS["retry_thinning"],
-        help="a Bayesian cell whose fit has r_hat > 1.01 has its chains carried on to K times the iterations, every K-th draw kept "
+        help=f"a Bayesian cell whose fit has r_hat > {MAX_R_HAT} has its chains carried on to K times the iterations, every K-th draw kept "
         f"(1: never; default {SAMPLER_DEFAULTS['retry_thinning']})",
     )
     p.add_argument(
