@@ -84,7 +84,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from .cellfit import SAMPLER_DEFAULTS
+from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
 from .convergence import MAX_R_HAT, MIXED_RHAT
 from .data import Filters, apply_filters, load_runs, thin_log_spaced
 from .errors import DataError
@@ -631,7 +631,9 @@ def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_
     fit = public_path_fit(cell, seed, **sampler)
     report = check_convergence(fit.idata)  # the verdict the user gets from this fit
     diag = {**diag, "divergences": report.divergences, "max_rhat": report.max_r_hat}
-    if fit.settings.get("retried"):
+    if fit.settings.get("tempered"):
+        diag["message"] = f"fitted again as a replica exchange over {len(TEMPERATURES)} temperatures: r_hat above {MIXED_RHAT} at first"
+    elif fit.settings.get("retried"):
         diag["message"] = f"chains carried on to {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} at first"
 
     def predictors(target, s):

@@ -45,6 +45,7 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -62,6 +63,7 @@ from .cellfit import (
     N_PARAMS,
     POINTS_BUCKET,
     RUNS_BUCKET,
+    TEMPERATURES,
     CellPosterior,
     CellPrior,
     _bucket,
@@ -72,6 +74,7 @@ from .cellfit import (
     family_r_hat,
     model_args,
     needs_retry,
+    needs_tempering,
     thinned,
 )
 from .laws import to_level_coordinates
@@ -171,14 +174,17 @@ def _program(
     target_accept: float,
     max_tree_depth: int,
     continued: bool = False,
+    temperatures: tuple = (1.0,),
 ):
-    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, diverging,
-    num_steps, warmup_steps), states`` over L lanes: every iteration after warmup, and each
+    """Jitted ``(keys[L], args[L, ...]) -> (theta, sigma_run, sigma_obs, sigma_size, run_offset,
+    diverging, num_steps, warmup_steps), states`` over L lanes: every iteration after warmup, and each
     lane's final sampler state; ``kind`` = :attr:`CellPrior.kind` (scale prior kind, marginal
     likelihood, size term, Student-t prior); sigma_size is 0 without a size term. With
     ``continued`` the program takes the states in place of the keys and runs ``draws`` more
     iterations from them, no warmup (warmup_steps then has length 0): the iterations one
-    longer run would have made."""
+    longer run would have made. With several ``temperatures`` each lane is a replica exchange
+    (parallel tempering) of ``len(temperatures)`` NUTS chains, the likelihood weights of each
+    multiplied by its temperature."""
     scale_kind, marginal, size_term, heavy_tailed = kind
     model = _model(*kind)
     shapes = dict(size_scale=(1.0, 1.0) if size_term else None, df=4.0 if heavy_tailed else math.inf)
@@ -186,6 +192,33 @@ def _program(
     example = _args(CellProblem(np.zeros(1), np.zeros(1), np.zeros(1, int), np.zeros(1), prior), n_pad, r_pad)
     info = initialize_model(jax.random.PRNGKey(0), model, model_args=tuple(jnp.asarray(a) for a in example), dynamic_args=True)
     potential_fn_gen, postprocess_gen = info.potential_fn, info.postprocess_fn
+
+    n_temps = len(temperatures)
+    tempered = n_temps > 1
+
+    def exchanged(state, args, iteration, swap_key):
+        """Swap states with the neighbouring temperature (pairs (0, 1), (2, 3), ... on even
+        iterations, (1, 2), (3, 4), ... on odd ones), accepted with the Metropolis ratio of the
+        two tempered posteriors; ``args`` carry this lane's tempered weights, ``swap_key`` is the
+        same for every temperature of a chain, so both lanes of a pair draw the same uniform."""
+        i = jax.lax.axis_index("temperature")
+        partner = jnp.where(i % 2 == iteration % 2, i + 1, i - 1)
+        paired = (partner >= 0) & (partner < n_temps)
+        partner = jnp.clip(partner, 0, n_temps - 1)
+        z_partner = jax.tree.map(lambda a: jax.lax.all_gather(a, "temperature")[partner], state.z)
+        cross, cross_grad = jax.value_and_grad(potential_fn_gen(*args))(z_partner)
+        own = jax.lax.all_gather(state.potential_energy, "temperature")
+        crosses = jax.lax.all_gather(cross, "temperature")
+        log_ratio = own[i] + own[partner] - crosses[i] - crosses[partner]
+        u = jax.random.uniform(jax.random.fold_in(swap_key, iteration), (n_temps,))
+        accept = paired & (jnp.log(u[jnp.minimum(i, partner)]) < log_ratio)
+        pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        state = state._replace(
+            z=jax.tree.map(pick, z_partner, state.z),
+            z_grad=jax.tree.map(pick, cross_grad, state.z_grad),
+            potential_energy=pick(cross, state.potential_energy),
+        )
+        return state
 
     def kernels(z0, rng_key, args):
         """The lane's initial state at ``z0`` and its NUTS step (hmc's init sets the step up)."""
@@ -196,21 +229,25 @@ def _program(
             dense_mass=[dense_sites(size_term)],
             target_accept_prob=target_accept,
             max_tree_depth=max_tree_depth,
-            model_args=args,
+            model_args=args[: len(example)],
             rng_key=rng_key,
         )
 
-        def step(s, _):
-            s = sample_kernel(s, model_args=args)
+        def step(s, iteration):
+            s = sample_kernel(s, model_args=args[: len(example)])
+            if tempered:  # the replica's swap key follows the model arguments
+                s = exchanged(s, args[: len(example)], iteration, args[len(example)])
             return s, (s.z, s.diverging, s.num_steps)
 
         return state, step
 
     def draws_from(state, step, args, warmup_steps):
-        state, (zs, diverging, num_steps) = jax.lax.scan(step, state, None, length=draws)
-        constrained = jax.vmap(postprocess_gen(*args))(zs)
+        state, (zs, diverging, num_steps) = jax.lax.scan(step, state, jnp.arange(warmup, warmup + draws))
+        constrained = jax.vmap(postprocess_gen(*args[: len(example)]))(zs)
         sigma_size = constrained["sigma_size"] if size_term else jnp.zeros_like(constrained["sigma_run"])
-        return (constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, diverging, num_steps, warmup_steps), state
+        # integrated out under the Normal likelihood: no draws of the offsets (zeros)
+        run_offset = jnp.zeros(sigma_size.shape + (r_pad,)) if marginal else constrained["run_offset"]
+        return (constrained["theta"], constrained["sigma_run"], constrained["sigma_obs"], sigma_size, run_offset, diverging, num_steps, warmup_steps), state
 
     def lane(key, args):
         key_init, key_run = jax.random.split(key)
@@ -227,8 +264,24 @@ def _program(
         if not marginal:
             z0["run_z"] = jitter[N_PARAMS : N_PARAMS + r_pad]
         state, step = kernels(z0, key_run, args)
-        state, (_, _, warmup_steps) = jax.lax.scan(step, state, None, length=warmup)
+        state, (_, _, warmup_steps) = jax.lax.scan(step, state, jnp.arange(warmup))
         return draws_from(state, step, args, warmup_steps)
+
+    def replicas(key, args):
+        """One chain as ``n_temps`` lanes, likelihood weights times each temperature, exchanging
+        states after every iteration (warmup too); the first lane's (temperature 1) is kept."""
+        key_lanes, swap_key = jax.random.split(key)
+        weight = len(example) - 2
+        temps = jnp.asarray(temperatures, args[weight].dtype)
+        lane_args = tuple(jnp.broadcast_to(a, (n_temps, *a.shape)) for a in args)
+        lane_args = (*lane_args[:weight], temps[:, None] * args[weight][None, :], *lane_args[weight + 1 :], jnp.broadcast_to(swap_key, (n_temps, *swap_key.shape)))
+        outputs, state = jax.vmap(lane, axis_name="temperature")(jax.random.split(key_lanes, n_temps), lane_args)
+        return jax.tree.map(lambda a: a[0], outputs), jax.tree.map(lambda a: a[0], state)
+
+    if tempered:
+        if continued:
+            raise ValueError("a tempered program starts afresh")
+        return jax.jit(jax.vmap(replicas))
 
     def continued_lane(state, args):
         _, step = kernels(state.z, state.rng_key, args)
@@ -255,6 +308,7 @@ def fit_cells_batched(
     max_tree_depth: int = 8,
     max_batch: int | None = None,
     retry_thinning: int = 1,
+    tempering: tuple = TEMPERATURES,
 ) -> list[BatchedPosterior]:
     """Fit many independent single-family cell models in vectorised NUTS programs.
 
@@ -274,9 +328,14 @@ def fit_cells_batched(
         shape bucket at once). Chunks are taken in input order, so the same list gives the
         same chunks on any machine.
     retry_thinning : int
-        Problems whose fit has r_hat above :data:`~bayes_scaling.convergence.MAX_R_HAT` are
-        fitted again, once, with this many times the iterations, every ``retry_thinning``-th
-        draw kept (as :func:`bayes_scaling.cellfit.fit_cell` does); 1: never.
+        Above 1, problems whose fit has r_hat above :data:`~bayes_scaling.convergence.MAX_R_HAT`
+        are fitted again, once, as :func:`bayes_scaling.cellfit.fit_cell` does: carried on to
+        this many times the iterations, every ``retry_thinning``-th draw kept, or, with r_hat
+        above :data:`~bayes_scaling.convergence.MIXED_RHAT`, a replica exchange over
+        ``tempering``; 1: never.
+    tempering : tuple of float
+        Likelihood powers of that replica exchange, the first 1 (whose draws are kept);
+        ``(1.0,)``: every retry is carried on.
 
     Returns
     -------
@@ -291,10 +350,18 @@ def fit_cells_batched(
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-    nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth))
+    tempering = _ladder(tempering)
+    nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth), (1.0,))
     first = _fit_all(problems, nuts, max_batch)
     out = [post for post, _ in first]
-    again = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
+    retry = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
+    tempered = [i for i in retry if len(tempering) > 1 and needs_tempering(out[i])]
+    if tempered:
+        # chains in different places: a replica exchange from the start (see cellfit.TEMPERATURES)
+        refits = _fit_all([problems[i] for i in tempered], (*nuts[:-1], tempering), max_batch)
+        for i, (post, _) in zip(tempered, refits):
+            out[i] = dataclasses.replace(post, retried=True, tempered=True)
+    again = [i for i in retry if i not in tempered]
     if again:
         # the unmixed fits' chains carried on from where they stopped, as one longer run, then thinned
         longer = (*nuts[:2], nuts[2] * (int(retry_thinning) - 1), *nuts[3:])
@@ -302,6 +369,23 @@ def fit_cells_batched(
         for i, (post, _) in zip(again, more):
             out[i] = _carried_on(problems[i], first[i][0], post, int(retry_thinning))
     return out
+
+
+def fit_tempered(problem: CellProblem, tempering: tuple = TEMPERATURES, **nuts) -> BatchedPosterior:
+    """One replica-exchange fit (``fit_cell``'s retry of an unmixed fit): each of the
+    ``chains`` is a ladder of NUTS chains at the likelihood powers ``tempering``, exchanging
+    states after every iteration; the draws at power 1 are kept (``tempered`` True).
+    ``nuts``: chains, warmup, draws, target_accept, max_tree_depth."""
+    settings = tuple(nuts[k] for k in ("chains", "warmup", "draws", "target_accept", "max_tree_depth"))
+    (post, _), = _fit_all([problem], (*settings, _ladder(tempering)), None)
+    return dataclasses.replace(post, tempered=True)
+
+
+def _ladder(tempering) -> tuple[float, ...]:
+    ladder = tuple(float(t) for t in tempering)
+    if not ladder or ladder[0] != 1.0 or not all(0 < t <= 1 for t in ladder):
+        raise ValueError(f"tempering must start at 1.0 and lie in (0, 1], got {tempering!r}")
+    return ladder
 
 
 def _fit_all(problems: list, nuts: tuple, max_batch: int | None, states: list | None = None) -> list[tuple]:
@@ -322,14 +406,14 @@ def _fit_all(problems: list, nuts: tuple, max_batch: int | None, states: list | 
     return out  # type: ignore[return-value]
 
 
-def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth, states=None):
+def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, max_tree_depth, temperatures=(1.0,), states=None):
     n_cells = len(chunk)
     padded_cells = _cells_bucket(n_cells)
     n_lanes = padded_cells * chains
     cell_args = [_args(p, n_pad, r_pad) for p in chunk]
     cell_args += [cell_args[-1]] * (padded_cells - n_cells)  # filler lanes, discarded
     args = tuple(jnp.asarray(np.repeat(np.stack([a[j] for a in cell_args]), chains, axis=0)) for j in range(len(cell_args[0])))
-    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth, continued=states is not None)
+    program = _program(kind, n_pad, r_pad, n_lanes, warmup, draws, target_accept, max_tree_depth, continued=states is not None, temperatures=temperatures)
     if states is None:
         seeds = [p.seed for p in chunk] + [chunk[-1].seed] * (padded_cells - n_cells)
         start = jnp.concatenate([jax.random.split(jax.random.PRNGKey(int(s) % (2**31)), chains) for s in seeds])
@@ -338,19 +422,21 @@ def _fit_chunk(chunk, kind, n_pad, r_pad, chains, warmup, draws, target_accept, 
         start = jax.tree.map(lambda *per_cell: np.concatenate(per_cell), *states)
     outputs, final = program(start, args)
     final = jax.device_get(final)  # on the host once: each cell's slice below is then a view
-    theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps = (
+    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging, num_steps, warmup_steps = (
         np.asarray(a).reshape(padded_cells, chains, *a.shape[1:]) for a in outputs
     )
     return [
         (
-            _posterior(chunk[c], chains, theta[c], sigma_run[c], sigma_obs[c], sigma_size[c], diverging[c], num_steps[c], warmup_steps[c]),
+            _posterior(
+                chunk[c], chains, theta[c], sigma_run[c], sigma_obs[c], sigma_size[c], run_offset[c], diverging[c], num_steps[c], warmup_steps[c]
+            ),
             jax.tree.map(lambda a: a[c * chains : (c + 1) * chains], final),
         )
         for c in range(n_cells)
     ]
 
 
-def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, warmup_steps, retried=False):
+def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging, num_steps, warmup_steps, retried=False, tempered=False):
     """A :class:`BatchedPosterior` from one cell's arrays, each with axes (chains, draws, ...)."""
     size_term = problem.prior.size_term
     theta, sigma_run, sigma_obs = theta.reshape(-1, N_PARAMS), sigma_run.reshape(-1), sigma_obs.reshape(-1)
@@ -365,10 +451,12 @@ def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, divergi
         sigma_size=sigma_size,
         size_anchor=float(problem.x_n.max()),
         chains=chains,
+        run_offset=run_offset.reshape(len(theta), -1)[:, : problem.n_runs],
         diverging=diverging.reshape(-1).astype(bool),
         num_steps=num_steps,
         warmup_steps=warmup_steps,
         retried=retried,
+        tempered=tempered,
     )
 
 
@@ -377,12 +465,12 @@ def _carried_on(problem, first: BatchedPosterior, more: BatchedPosterior, thinni
     (num_steps: the sum over the iterations a kept draw stands for)."""
     def by_chain(p):
         sigma_size = p.sigma_size if problem.prior.size_term else np.zeros_like(p.sigma_run)
-        return tuple(p.by_chain(a) for a in (p.theta, p.sigma_run, p.sigma_obs, sigma_size, p.diverging))
+        return tuple(p.by_chain(a) for a in (p.theta, p.sigma_run, p.sigma_obs, sigma_size, p.run_offset, p.diverging))
 
-    theta, sigma_run, sigma_obs, sigma_size, diverging = thinned(by_chain(first), by_chain(more), thinning)
+    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = thinned(by_chain(first), by_chain(more), thinning)
     steps = np.concatenate([first.num_steps, more.num_steps], axis=1)
     num_steps = steps.reshape(first.chains, -1, thinning).sum(axis=2)
-    return _posterior(problem, first.chains, theta, sigma_run, sigma_obs, sigma_size, diverging, num_steps, first.warmup_steps, retried=True)
+    return _posterior(problem, first.chains, theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging, num_steps, first.warmup_steps, retried=True)
 
 
 def problems_from(items: Iterable[tuple]) -> list[CellProblem]:

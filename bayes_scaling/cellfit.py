@@ -53,6 +53,7 @@ Units: covariates centred as in :mod:`bayes_scaling.laws` (``x_n = log(N / 1e9)`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import zlib
@@ -66,7 +67,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from .convergence import MAX_R_HAT, max_r_hat
+from .convergence import MAX_R_HAT, MIXED_RHAT, max_r_hat
 from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
 from .programs import traced
@@ -416,8 +417,11 @@ class CellPosterior:
     diverging : ndarray of bool (S,) or None
         Which draws ended in a divergent transition (None: not recorded).
     retried : bool
-        The first fit's r_hat was too high and these draws are every ``retry_thinning``-th
-        iteration of its chains carried on (``retry_thinning`` of :func:`fit_cell`).
+        The first fit's r_hat was too high and these draws come from its retry
+        (``retry_thinning`` of :func:`fit_cell`): every ``retry_thinning``-th iteration of its
+        chains carried on, or, when ``tempered``, a replica exchange.
+    tempered : bool
+        The draws are the temperature-1 chains of a replica exchange over :data:`TEMPERATURES`.
     """
 
     theta: np.ndarray
@@ -432,6 +436,7 @@ class CellPosterior:
     run_offset: np.ndarray | None = None
     diverging: np.ndarray | None = None
     retried: bool = False
+    tempered: bool = False
 
     def by_chain(self, values: np.ndarray) -> np.ndarray:
         """``values`` with leading axis S reshaped to (chains, draws, ...)."""
@@ -488,10 +493,20 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
 #: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
 #: is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
-#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never).
-#: Most cells with r_hat between 1.01 and 1.05 only need longer chains; a fit that mixes at
-#: once pays nothing.
+#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never);
+#: one above :data:`~bayes_scaling.convergence.MIXED_RHAT` is fitted again as a replica
+#: exchange (:data:`TEMPERATURES`). Most cells with r_hat between 1.01 and 1.05 only need
+#: longer chains; a fit that mixes at once pays nothing.
 SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
+
+#: Likelihood powers of the retry of a fit whose chains sit in different places (r_hat above
+#: :data:`~bayes_scaling.convergence.MIXED_RHAT`): a replica exchange (parallel tempering) of
+#: NUTS chains, each chain of the fit one ladder, the draws at power 1 kept. Such fits are
+#: mostly law parameters with two separate modes (an isoFLOP sweep's nearly constant D term
+#: against a steep one), which longer chains never join; at power 0.3 every unmixed back-test
+#: cell of seed 0 had one mode, and the rungs in between let states cross
+#: (``benchmarks/EXPERIMENTS.md``).
+TEMPERATURES = (1.0, 0.8, 0.64, 0.5, 0.4, 0.3)
 
 
 def effective_weights(x_n, x_d, run_idx, log_loss) -> np.ndarray:
@@ -630,6 +645,7 @@ def fit_cell(
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
     retry_thinning: int = 1,
+    tempering: tuple = TEMPERATURES,
 ) -> CellPosterior:
     """NUTS fit of one family's checkpoints under ``prior``.
 
@@ -653,9 +669,14 @@ def fit_cell(
     retry_thinning : int
         When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, carry its
         chains on to this many times the iterations after warmup, keeping every
-        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); 1: never
+        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); when it is
+        above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again instead as a replica
+        exchange over ``tempering`` (same chains, warmup and draws; ``tempered``); 1: never
         (the default here; a user's ``fit`` and the back-test's cells take
         ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
+    tempering : tuple of float
+        Likelihood powers of that replica exchange, starting at 1 (:data:`TEMPERATURES`);
+        ``(1.0,)``: every retry is carried on.
 
     Returns
     -------
@@ -687,6 +708,12 @@ def fit_cell(
     post = _cell_posterior(out, prior, x_n, n_runs, int(chains), retried=False)
     if not needs_retry(post, retry_thinning):
         return post
+    if len(tempering) > 1 and needs_tempering(post):
+        from .batched import CellProblem, fit_tempered  # batched builds on this module
+
+        problem = CellProblem(x_n, x_d, run_idx, log_loss, prior, seed=seed, weight=weight)
+        nuts = dict(chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth))
+        return dataclasses.replace(fit_tempered(problem, tempering, **nuts), retried=True)
     # the same chains carried on from where they stopped, as one longer run, then thinned
     more, _ = sampler(int(draws) * (int(retry_thinning) - 1), continued=True)(state, *args)
     return _cell_posterior(thinned(out, more, int(retry_thinning)), prior, x_n, n_runs, int(chains), retried=True)
@@ -697,6 +724,13 @@ def needs_retry(post: "CellPosterior", retry_thinning: int) -> bool:
     batched program): its r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, or not
     a number (stuck chains), with more than one chain and ``retry_thinning`` above 1."""
     return retry_thinning > 1 and post.chains > 1 and not post.max_rhat <= MAX_R_HAT
+
+
+def needs_tempering(post: "CellPosterior") -> bool:
+    """Whether a fit that :func:`needs_retry` is retried as a replica exchange over
+    :data:`TEMPERATURES` rather than carried on: its r_hat is above
+    :data:`~bayes_scaling.convergence.MIXED_RHAT` (chains in different places), or not a number."""
+    return not post.max_rhat <= MIXED_RHAT
 
 
 def _cell_posterior(out, prior: CellPrior, x_n, n_runs: int, chains: int, retried: bool) -> CellPosterior:

@@ -107,7 +107,8 @@ def fit_with_population(
         family f's sampler seed is a hash of its name and ``seed``. A family whose fit has
         r_hat above 1.01 has its chains carried on to ``retry_thinning`` times the iterations,
         every ``retry_thinning``-th draw kept (same number of draws for every family); its name is
-        in the fit's settings under ``retried``.
+        in the fit's settings under ``retried``. Above 1.05 the retry is a replica exchange
+        (:data:`bayes_scaling.cellfit.TEMPERATURES`) instead, and the name is under ``tempered`` too.
     progress : callable, optional
         Called with each family's name when its fit finishes.
 
@@ -139,7 +140,7 @@ def fit_with_population(
             ATTR_PREFIX + "spec": spec.to_json(),
             ATTR_PREFIX + "spec_source": f"{spec.source} likelihood under a population prior",
             ATTR_PREFIX + "filters": json.dumps(data.filters.to_dict()),
-            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source, "retried": [f for f, (_, p) in zip(data.families, posts) if p.retried]}),
+            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source, "retried": [f for f, (_, p) in zip(data.families, posts) if p.retried], "tempered": [f for f, (_, p) in zip(data.families, posts) if p.tempered]}),
             ATTR_PREFIX + "versions": json.dumps(versions()),
             ATTR_PREFIX + "population_prior": _prior_to_json(prior),
             ATTR_PREFIX + "population_provenance": json.dumps({**pop.provenance, "members": list(pop.families), "settings": pop.settings}),

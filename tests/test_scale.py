@@ -129,7 +129,7 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
     problems = [_problem(5), _problem(6)]
 
     def fit(draws, retry_thinning):
-        settings = dict(short, draws=draws, retry_thinning=retry_thinning)
+        settings = dict(short, draws=draws, retry_thinning=retry_thinning, tempering=(1.0,))  # every retry carried on
         if batched:
             return fit_cells_batched(problems, **settings)
         return [fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings) for p in problems]
@@ -152,6 +152,44 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
         fit(20, 0)
 
 
+def test_replica_exchange_keeps_the_posterior():
+    """The temperature-1 chains of a replica exchange sample the same posterior as plain NUTS:
+    on a one-mode cell, posterior means within 0.25 posterior sds and sds within 25% (2 x 300
+    draws each; swaps from the power-0.25 replica, whose sds are twice as wide, would show as
+    sds up to 2x). Swaps do happen: the draws differ from a plain fit with the same seed."""
+    from bayes_scaling.batched import fit_tempered
+
+    p = _problem(3)
+    settings = dict(SAMPLER, warmup=300, draws=300)
+    plain = fit_cells_batched([p], **settings)[0]
+    tempered = fit_tempered(p, (1.0, 0.5, 0.25), **settings)
+    assert tempered.tempered and not tempered.retried and plain.max_rhat < 1.05 and tempered.max_rhat < 1.05
+    assert tempered.theta.shape == plain.theta.shape and tempered.run_offset.shape == (600, 5)
+    sd = plain.theta.std(axis=0)
+    assert np.all(np.abs(tempered.theta.mean(axis=0) - plain.theta.mean(axis=0)) < 0.25 * sd)
+    np.testing.assert_allclose(tempered.theta.std(axis=0), sd, rtol=0.25)
+    assert not np.allclose(tempered.theta, plain.theta)
+    with pytest.raises(ValueError, match="tempering"):
+        fit_tempered(p, (0.5, 1.0), **settings)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
+def test_a_fit_whose_chains_sit_apart_is_retried_as_a_replica_exchange(batched):
+    """retry_thinning > 1 and r_hat above 1.05 (a fit far too short to mix): the retry is a
+    replica exchange over TEMPERATURES with the same chains and draws, not a carried-on run;
+    its run offsets are drawn too (a user's predictions of existing runs need them)."""
+    settings = dict(SAMPLER, warmup=20, draws=20)
+    p = _problem(5)
+    if batched:
+        first, retried = (fit_cells_batched([p], **settings, retry_thinning=r)[0] for r in (1, 3))
+    else:
+        first, retried = (fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings, retry_thinning=r) for r in (1, 3))
+    assert first.max_rhat > 1.05 and not first.tempered
+    assert retried.retried and retried.tempered
+    assert retried.theta.shape == first.theta.shape == (40, 5) and retried.run_offset.shape == (40, 5)
+    assert np.all(np.isfinite(retried.theta)) and np.isfinite(retried.max_rhat)
+
+
 _ONE_DEVICE_PER_CHAIN = """
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -164,7 +202,7 @@ from bayes_scaling.cellfit import fit_cell
 assert jax.local_device_count() == 2
 p = _problem(5)
 settings = dict(SAMPLER, warmup=20)
-retried = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, retry_thinning=3, **dict(settings, draws=20))
+retried = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, retry_thinning=3, tempering=(1.0,), **dict(settings, draws=20))
 longer = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **dict(settings, draws=60))
 assert retried.retried
 np.testing.assert_allclose(retried.by_chain(retried.theta), longer.by_chain(longer.theta)[:, 2::3], rtol=1e-9)
