@@ -308,7 +308,7 @@ def fit_cells_batched(
     max_tree_depth: int = 8,
     max_batch: int | None = None,
     retry_thinning: int = 1,
-    tempering: tuple = TEMPERATURES,
+    tempering: tuple = (1.0,),
 ) -> list[BatchedPosterior]:
     """Fit many independent single-family cell models in vectorised NUTS programs.
 
@@ -330,12 +330,13 @@ def fit_cells_batched(
     retry_thinning : int
         Above 1, problems whose fit has r_hat above :data:`~bayes_scaling.convergence.MAX_R_HAT`
         are fitted again, once, as :func:`bayes_scaling.cellfit.fit_cell` does: carried on to
-        this many times the iterations, every ``retry_thinning``-th draw kept, or, with r_hat
-        above :data:`~bayes_scaling.convergence.MIXED_RHAT`, a replica exchange over
-        ``tempering``; 1: never.
+        this many times the iterations, every ``retry_thinning``-th draw kept, or, with a
+        ``tempering`` ladder and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, a
+        replica exchange; 1: never.
     tempering : tuple of float
-        Likelihood powers of that replica exchange, the first 1 (whose draws are kept);
-        ``(1.0,)``: every retry is carried on.
+        Likelihood powers of that replica exchange, the first 1 (whose draws are kept; e.g.
+        :data:`~bayes_scaling.cellfit.TEMPERATURES`); ``(1.0,)`` (default): every retry is
+        carried on.
 
     Returns
     -------
@@ -371,7 +372,7 @@ def fit_cells_batched(
     return out
 
 
-def fit_tempered(problem: CellProblem, tempering: tuple = TEMPERATURES, **nuts) -> BatchedPosterior:
+def fit_tempered(problem: CellProblem, tempering: tuple, **nuts) -> BatchedPosterior:
     """One replica-exchange fit (``fit_cell``'s retry of an unmixed fit): each of the
     ``chains`` is a ladder of NUTS chains at the likelihood powers ``tempering``, exchanging
     states after every iteration; the draws at power 1 are kept (``tempered`` True).
@@ -511,6 +512,7 @@ def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
         target_accept=float(settings["target_accept"]),
         max_tree_depth=int(settings["max_tree_depth"]),
         retry_thinning=int(settings.get("retry_thinning", 1)),
+        tempering=TEMPERATURES if settings.get("tempering") else (1.0,),
     )
     out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
     per_cell = (time.perf_counter() - start) / len(cells)

@@ -493,18 +493,18 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
 #: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
 #: is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
-#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never);
-#: one above :data:`~bayes_scaling.convergence.MIXED_RHAT` is fitted again as a replica
-#: exchange (:data:`TEMPERATURES`). Most cells with r_hat between 1.01 and 1.05 only need
-#: longer chains; a fit that mixes at once pays nothing.
+#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never).
+#: Most cells with r_hat between 1.01 and 1.05 only need longer chains; a fit that mixes at
+#: once pays nothing.
 SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
 
-#: Likelihood powers of the retry of a fit whose chains sit in different places (r_hat above
-#: :data:`~bayes_scaling.convergence.MIXED_RHAT`): a replica exchange (parallel tempering) of
-#: NUTS chains, each chain of the fit one ladder, the draws at power 1 kept. Such fits are
-#: mostly law parameters with two separate modes (an isoFLOP sweep's nearly constant D term
-#: against a steep one), which longer chains never join; at power 0.3 every unmixed back-test
-#: cell of seed 0 had one mode, and the rungs in between let states cross
+#: Likelihood powers of the opt-in retry (``tempering``) of a fit whose chains sit in different
+#: places (r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`): a replica exchange
+#: (parallel tempering) of NUTS chains, each chain of the fit one ladder, the draws at power 1
+#: kept. Such fits are mostly law parameters with two separate modes (an isoFLOP sweep's
+#: nearly constant D term against a steep one), which longer chains never join; at power 0.3
+#: every unmixed back-test cell of seed 0 had one mode, and the rungs in between let states
+#: cross. Not the default: it mixed those cells but lowered the back-test's coverage
 #: (``benchmarks/EXPERIMENTS.md``).
 TEMPERATURES = (1.0, 0.8, 0.64, 0.5, 0.4, 0.3)
 
@@ -645,7 +645,7 @@ def fit_cell(
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
     retry_thinning: int = 1,
-    tempering: tuple = TEMPERATURES,
+    tempering: tuple = (1.0,),
 ) -> CellPosterior:
     """NUTS fit of one family's checkpoints under ``prior``.
 
@@ -669,14 +669,14 @@ def fit_cell(
     retry_thinning : int
         When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, carry its
         chains on to this many times the iterations after warmup, keeping every
-        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); when it is
-        above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again instead as a replica
-        exchange over ``tempering`` (same chains, warmup and draws; ``tempered``); 1: never
+        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); with a
+        ``tempering`` ladder and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit
+        again instead as a replica exchange (same chains, warmup and draws; ``tempered``); 1: never
         (the default here; a user's ``fit`` and the back-test's cells take
         ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
     tempering : tuple of float
-        Likelihood powers of that replica exchange, starting at 1 (:data:`TEMPERATURES`);
-        ``(1.0,)``: every retry is carried on.
+        Likelihood powers of that replica exchange, starting at 1 (e.g. :data:`TEMPERATURES`);
+        ``(1.0,)`` (default): every retry is carried on.
 
     Returns
     -------

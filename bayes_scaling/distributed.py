@@ -443,7 +443,7 @@ def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",
 
 #: Settings that change a cell's numbers; a resumed run must use the same ones.
 RESUME_SETTINGS = (
-    "seed", "chains", "warmup", "draws", "max_checkpoints", "batch_size",
+    "seed", "chains", "warmup", "draws", "retry_thinning", "tempering", "max_checkpoints", "batch_size",
     "population_warmup", "population_draws", "population_size_scale", "population_summary",
 )
 

@@ -417,6 +417,7 @@ def fit(
     target_accept: float | None = None,
     max_tree_depth: int | None = None,
     retry_thinning: int | None = None,
+    tempering: bool = False,
     chain_method: str = "auto",
     init: str = "laplace",
     metric_adaptation: str = "auto",
@@ -465,6 +466,10 @@ def fit(
         Population path only: a family whose fit has r_hat above 1.01 has its chains carried
         on, once, to this many times the iterations, keeping every ``retry_thinning``-th draw
         (1: never; default :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
+    tempering : bool
+        Population path only, opt-in: a family whose fit has r_hat above 1.05 is fitted
+        again as a replica exchange (parallel tempering) instead of being carried on
+        (:func:`bayes_scaling.popfit.fit_with_population`).
     chain_method : {"auto", "parallel", "sequential", "vectorized"}
         ``auto`` runs chains in parallel when JAX has a device per chain (the CLI sets
         the host device count), else sequentially.
@@ -505,9 +510,10 @@ def fit(
         from .popfit import fit_with_population
 
         given = dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth, retry_thinning=retry_thinning)
-        return fit_with_population(runs, population, filters=filters, seed=seed, **{k: SAMPLER_DEFAULTS[k] if v is None else v for k, v in given.items()})
-    if retry_thinning is not None:
-        raise FitError("retry_thinning is a setting of the population path; the joint model samples once (population=None)")
+        settings = {k: SAMPLER_DEFAULTS[k] if v is None else v for k, v in given.items()}
+        return fit_with_population(runs, population, filters=filters, seed=seed, tempering=tempering, **settings)
+    if retry_thinning is not None or tempering:
+        raise FitError("retry_thinning and tempering are settings of the population path; the joint model samples once (population=None)")
     chains, warmup, draws, target_accept, max_tree_depth = (
         JOINT_SAMPLER_DEFAULTS[k] if v is None else v
         for k, v in dict(chains=chains, warmup=warmup, draws=draws, target_accept=target_accept, max_tree_depth=max_tree_depth).items()

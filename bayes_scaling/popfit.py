@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from .cellfit import SAMPLER_DEFAULTS, CellPrior, FamilyArrays, stable_seed
+from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES, CellPrior, FamilyArrays, stable_seed
 from .data import Filters, RunsData, prepare
 from .errors import FitError
 from .inference import ATTR_PREFIX, Fit, versions
@@ -87,6 +87,7 @@ def fit_with_population(
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
     retry_thinning: int = SAMPLER_DEFAULTS["retry_thinning"],
+    tempering: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Fit:
     """Fit every family of ``runs`` alone under the population prior.
@@ -107,8 +108,14 @@ def fit_with_population(
         family f's sampler seed is a hash of its name and ``seed``. A family whose fit has
         r_hat above 1.01 has its chains carried on to ``retry_thinning`` times the iterations,
         every ``retry_thinning``-th draw kept (same number of draws for every family); its name is
-        in the fit's settings under ``retried``. Above 1.05 the retry is a replica exchange
-        (:data:`bayes_scaling.cellfit.TEMPERATURES`) instead, and the name is under ``tempered`` too.
+        in the fit's settings under ``retried``.
+    tempering : bool
+        Opt-in: a family whose fit has r_hat above 1.05 (chains in different places) is
+        fitted again as a replica exchange (parallel tempering over
+        :data:`bayes_scaling.cellfit.TEMPERATURES`) instead of being carried on; its name is
+        also under ``tempered``. It joins separate modes that longer chains do not, at about
+        six times a fit's cost; not the default, because on the back-test it lowered the
+        coverage (``benchmarks/EXPERIMENTS.md``).
     progress : callable, optional
         Called with each family's name when its fit finishes.
 
@@ -128,10 +135,12 @@ def fit_with_population(
     sampler = dict(
         chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth), retry_thinning=int(retry_thinning)
     )
+    sampler["tempering"] = bool(tempering)
+    ladder = TEMPERATURES if tempering else (1.0,)
     posts = []
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)
-        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **sampler)))
+        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **{**sampler, "tempering": ladder})))
         if progress is not None:
             progress(family)
     idata = _inference_data(data, posts, prior)

@@ -455,7 +455,7 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
     path = tmp_path / "runs.csv"
     path.write_text("family,model,num_params,tokens,loss\n")
     assert main(["backtest", str(path), "--out", str(tmp_path / "a"), "--no-progress"]) == 2
-    assert seen["bayes_settings"] == {k: SAMPLER_DEFAULTS[k] for k in ("chains", "warmup", "draws", "retry_thinning")}
+    assert seen["bayes_settings"] == {**{k: SAMPLER_DEFAULTS[k] for k in ("chains", "warmup", "draws", "retry_thinning")}, "tempering": False}
     assert seen["population_settings"] == {k: BUILD_DEFAULTS[k] for k in ("warmup", "draws", "size_scale")}
     assert seen["population"] is None
     args = ["backtest", str(path), "--out", str(tmp_path / "b"), "--no-progress", "--population-warmup", "50", "--population-draws", "60"]

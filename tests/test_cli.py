@@ -74,6 +74,7 @@ def test_predict_formats(fitted, capsys):
         (["fit", "missing.csv", "--out", "x.nc"], "not found"),
         (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--spec", "nope"], "unknown spec"),
         (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--retry-thinning", "3"], "population path"),
+        (["fit", "{runs}", "--out", "x.nc", "--population", "none", "--tempering"], "population path"),
         (["fit", "{runs}", "--out", "x.nc", "--families", "gpt"], "not in the runs table"),
         (["fit", "{runs}", "--out", "x.nc", "--min-tokens", "1e13"], "leaves no rows"),
     ],

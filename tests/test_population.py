@@ -293,12 +293,29 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert np.all(np.isfinite(new.values)) and np.all(new.values > 0)
 
 
+def test_tempering_is_the_retry_of_a_family_whose_chains_sit_apart(built):
+    """fit(..., tempering=True): a family whose fit is far too short to mix (r_hat above 1.05)
+    is fitted again as a replica exchange; the fit's settings say so, and the result is a Fit
+    like any other (run offsets drawn, predictions finite)."""
+    runs, truth, pop = built
+    family = truth.index[1]
+    train = runs[runs["family"] == family].drop(columns="true_loss")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bs.fit(train, population=pop, filters=bs.Filters(min_tokens=1e9), seed=0, chains=2, warmup=15, draws=15, tempering=True)
+    assert fit.settings["tempering"] is True and fit.settings["tempered"] == [family] == fit.settings["retried"]
+    assert fit.idata.posterior.sizes["draw"] == 15 and np.all(np.isfinite(fit.idata.posterior["run_offset"].values))
+    pred = bs.predict_loss(fit, family, 2 * train["num_params"].max(), 2e11, kind="new_run", seed=0)
+    assert np.all(np.isfinite(pred.values)) and np.all(pred.values > 0)
+
+
 def test_fit_refuses_a_spec_with_a_population(synthetic_runs):
     runs, _ = synthetic_runs
     with pytest.raises(FitError, match="population=None"):
         bs.fit(runs, "chinchilla_independent", population="public")
-    with pytest.raises(FitError, match="retry_thinning is a setting of the population path"):
-        bs.fit(runs, population=None, retry_thinning=3)
+    for setting in (dict(retry_thinning=3), dict(tempering=True)):
+        with pytest.raises(FitError, match="tempering are settings of the population path"):
+            bs.fit(runs, population=None, **setting)
     with pytest.raises(FitError, match="retry_thinning must be a positive integer"):
         bs.fit(runs, population="public", retry_thinning=0)
 

@@ -15,7 +15,7 @@ import pytest
 
 from bayes_scaling import backtest as bt
 from bayes_scaling.batched import CellProblem, _cells_bucket, fit_cells_batched
-from bayes_scaling.cellfit import CellPrior, fit_cell, independent_prior
+from bayes_scaling.cellfit import TEMPERATURES, CellPrior, fit_cell, independent_prior
 from bayes_scaling.distributed import ParquetSink, ResumeExecutor, check_run_config, frame_equal_numbers
 from bayes_scaling.errors import DataError
 from bayes_scaling.laws import chinchilla_log_loss
@@ -129,7 +129,7 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
     problems = [_problem(5), _problem(6)]
 
     def fit(draws, retry_thinning):
-        settings = dict(short, draws=draws, retry_thinning=retry_thinning, tempering=(1.0,))  # every retry carried on
+        settings = dict(short, draws=draws, retry_thinning=retry_thinning)
         if batched:
             return fit_cells_batched(problems, **settings)
         return [fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings) for p in problems]
@@ -175,16 +175,21 @@ def test_replica_exchange_keeps_the_posterior():
 
 @pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
 def test_a_fit_whose_chains_sit_apart_is_retried_as_a_replica_exchange(batched):
-    """retry_thinning > 1 and r_hat above 1.05 (a fit far too short to mix): the retry is a
-    replica exchange over TEMPERATURES with the same chains and draws, not a carried-on run;
-    its run offsets are drawn too (a user's predictions of existing runs need them)."""
+    """With a tempering ladder, retry_thinning > 1 and r_hat above 1.05 (a fit far too short
+    to mix), the retry is a replica exchange with the same chains and draws, not a carried-on
+    run; its run offsets are drawn too (a user's predictions of existing runs need them).
+    Without a ladder (the default) the same fit is carried on."""
     settings = dict(SAMPLER, warmup=20, draws=20)
     p = _problem(5)
-    if batched:
-        first, retried = (fit_cells_batched([p], **settings, retry_thinning=r)[0] for r in (1, 3))
-    else:
-        first, retried = (fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings, retry_thinning=r) for r in (1, 3))
-    assert first.max_rhat > 1.05 and not first.tempered
+
+    def fit(**retry):
+        if batched:
+            return fit_cells_batched([p], **settings, **retry)[0]
+        return fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings, **retry)
+
+    first, carried, retried = fit(retry_thinning=1, tempering=TEMPERATURES), fit(retry_thinning=3), fit(retry_thinning=3, tempering=TEMPERATURES)
+    assert first.max_rhat > 1.05 and not first.tempered and not first.retried
+    assert carried.retried and not carried.tempered
     assert retried.retried and retried.tempered
     assert retried.theta.shape == first.theta.shape == (40, 5) and retried.run_offset.shape == (40, 5)
     assert np.all(np.isfinite(retried.theta)) and np.isfinite(retried.max_rhat)
@@ -202,7 +207,7 @@ from bayes_scaling.cellfit import fit_cell
 assert jax.local_device_count() == 2
 p = _problem(5)
 settings = dict(SAMPLER, warmup=20)
-retried = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, retry_thinning=3, tempering=(1.0,), **dict(settings, draws=20))
+retried = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, retry_thinning=3, **dict(settings, draws=20))
 longer = fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **dict(settings, draws=60))
 assert retried.retried
 np.testing.assert_allclose(retried.by_chain(retried.theta), longer.by_chain(longer.theta)[:, 2::3], rtol=1e-9)

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from ..cellfit import SAMPLER_DEFAULTS
-from ..convergence import MAX_R_HAT
+from ..convergence import MAX_R_HAT, MIXED_RHAT
 from ..population import BUILD_DEFAULTS
 from ..distributed import CliRun, add_cli_arguments
 from ..errors import DataError
@@ -59,6 +59,10 @@ def register(subparsers) -> None:
         "--retry-thinning", type=positive_int, default=SAMPLER_DEFAULTS["retry_thinning"],
         help=f"a Bayesian cell whose fit has r_hat > {MAX_R_HAT} has its chains carried on to K times the iterations, every K-th draw kept "
         f"(1: never; default {SAMPLER_DEFAULTS['retry_thinning']})",
+    )
+    p.add_argument(
+        "--tempering", action="store_true",
+        help=f"a Bayesian cell whose fit has r_hat > {MIXED_RHAT} is fitted again as a replica exchange instead (what `fit --tempering` does)",
     )
     p.add_argument(
         "--population",
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             families=args.families,
             bayes_fractions=args.bayes_fractions,
             bayes_ks=args.bayes_k,
-            bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "retry_thinning": args.retry_thinning},
+            bayes_settings={"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "retry_thinning": args.retry_thinning, "tempering": args.tempering},
             population=args.population,
             population_settings={
                 "warmup": args.population_warmup,
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             "k": args.k or "all",
             "fractions": args.fractions,
             "min_tokens": args.min_tokens,
-            "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}, retry_thinning={args.retry_thinning}; "
+            "Bayesian sampler": f"chains={args.chains}, warmup={args.warmup}, draws={args.draws}, retry_thinning={args.retry_thinning}, tempering={args.tempering}; "
             + (f"population {args.population} (each family without its source group)" if args.population else
                f"population built per cut: member fits warmup={args.population_warmup}, draws={args.population_draws}, size scale={args.population_size_scale}"),
             "seed": args.seed,

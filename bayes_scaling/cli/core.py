@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cellfit import SAMPLER_DEFAULTS
-from ..convergence import MAX_R_HAT
+from ..cellfit import SAMPLER_DEFAULTS, TEMPERATURES
+from ..convergence import MAX_R_HAT, MIXED_RHAT
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..outputs import atomic_path, require_writable_dir, require_writable_file
@@ -56,6 +56,11 @@ def register(subparsers) -> None:
         "--retry-thinning", type=positive_int, default=None,
         help=f"with a population: a family whose fit has r_hat > {MAX_R_HAT} has its chains carried on to K times the iterations, "
         f"every K-th draw kept (default {SAMPLER_DEFAULTS['retry_thinning']}; 1: never)",
+    )
+    fit.add_argument(
+        "--tempering", action="store_true",
+        help=f"with a population: a family whose fit has r_hat > {MIXED_RHAT} (chains in different modes) is fitted again as a replica "
+        f"exchange over {len(TEMPERATURES)} temperatures instead of being carried on (about 6x a fit's time; not the default, see the README)",
     )
     fit.set_defaults(func=run_fit)
 
@@ -201,8 +206,8 @@ def run_fit(args: argparse.Namespace) -> int:
     joint = args.population.lower() == "none"
     if args.spec is not None and not joint:
         raise FitError("--spec chooses the joint model's spec; add --population none to fit it")
-    if args.retry_thinning is not None and joint:
-        raise FitError("--retry-thinning is a setting of the population path; the joint model (--population none) samples once")
+    if (args.retry_thinning is not None or args.tempering) and joint:
+        raise FitError("--retry-thinning and --tempering are settings of the population path; the joint model (--population none) samples once")
     population = None if joint else resolve(args.population)  # a bad file fails before any sampling
     spec = load_spec((args.spec or "chinchilla_hierarchical") if joint else POPULATION_SPEC)
     defaults = Filters(**spec.data)
@@ -237,7 +242,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 print(f"  fitted {family} ({len(done) + 1}/{len(data.families)}, {time.perf_counter() - start:.0f} s)", file=sys.stderr)
                 done.append(family)
 
-            sampler["retry_thinning"] = args.retry_thinning
+            sampler.update(retry_thinning=args.retry_thinning, tempering=args.tempering)
             result = fit_with_population(data, population, progress=None if args.no_progress else progress, **{k: v for k, v in sampler.items() if v is not None})
     elapsed = time.perf_counter() - start
     path = result.save(args.out)
