@@ -357,11 +357,10 @@ def fit_cells_batched(
     out = [post for post, _ in first]
     retry = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
     tempered = [i for i in retry if len(tempering) > 1 and needs_tempering(out[i])]
-    if tempered:
-        # chains in different places: a replica exchange from the start (see cellfit.TEMPERATURES)
-        refits = _fit_all([problems[i] for i in tempered], (*nuts[:-1], tempering), max_batch)
-        for i, (post, _) in zip(tempered, refits):
-            out[i] = dataclasses.replace(post, retried=True, tempered=True)
+    if tempered:  # chains in different places: a replica exchange from the start
+        settings = dict(zip(("chains", "warmup", "draws", "target_accept", "max_tree_depth"), nuts))
+        for i, post in zip(tempered, fit_tempered([problems[i] for i in tempered], tempering, max_batch=max_batch, **settings)):
+            out[i] = dataclasses.replace(post, retried=True)
     again = [i for i in retry if i not in tempered]
     if again:
         # the unmixed fits' chains carried on from where they stopped, as one longer run, then thinned
@@ -372,14 +371,13 @@ def fit_cells_batched(
     return out
 
 
-def fit_tempered(problem: CellProblem, tempering: tuple, **nuts) -> BatchedPosterior:
-    """One replica-exchange fit (``fit_cell``'s retry of an unmixed fit): each of the
+def fit_tempered(problems: Sequence[CellProblem], tempering: tuple, *, max_batch: int | None = None, **nuts) -> list[BatchedPosterior]:
+    """Replica-exchange fits (the opt-in retry of fits whose chains sit apart): each of the
     ``chains`` is a ladder of NUTS chains at the likelihood powers ``tempering``, exchanging
     states after every iteration; the draws at power 1 are kept (``tempered`` True).
     ``nuts``: chains, warmup, draws, target_accept, max_tree_depth."""
     settings = tuple(nuts[k] for k in ("chains", "warmup", "draws", "target_accept", "max_tree_depth"))
-    (post, _), = _fit_all([problem], (*settings, _ladder(tempering)), None)
-    return dataclasses.replace(post, tempered=True)
+    return [dataclasses.replace(post, tempered=True) for post, _ in _fit_all(list(problems), (*settings, _ladder(tempering)), max_batch)]
 
 
 def _ladder(tempering) -> tuple[float, ...]:

@@ -421,7 +421,7 @@ class CellPosterior:
         (``retry_thinning`` of :func:`fit_cell`): every ``retry_thinning``-th iteration of its
         chains carried on, or, when ``tempered``, a replica exchange.
     tempered : bool
-        The draws are the temperature-1 chains of a replica exchange over :data:`TEMPERATURES`.
+        The draws are the power-1 chains of a replica exchange (``tempering`` of :func:`fit_cell`).
     """
 
     theta: np.ndarray
@@ -713,7 +713,7 @@ def fit_cell(
 
         problem = CellProblem(x_n, x_d, run_idx, log_loss, prior, seed=seed, weight=weight)
         nuts = dict(chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth))
-        return dataclasses.replace(fit_tempered(problem, tempering, **nuts), retried=True)
+        return dataclasses.replace(fit_tempered([problem], tempering, **nuts)[0], retried=True)
     # the same chains carried on from where they stopped, as one longer run, then thinned
     more, _ = sampler(int(draws) * (int(retry_thinning) - 1), continued=True)(state, *args)
     return _cell_posterior(thinned(out, more, int(retry_thinning)), prior, x_n, n_runs, int(chains), retried=True)

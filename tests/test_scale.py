@@ -162,7 +162,7 @@ def test_replica_exchange_keeps_the_posterior():
     p = _problem(3)
     settings = dict(SAMPLER, warmup=300, draws=300)
     plain = fit_cells_batched([p], **settings)[0]
-    tempered = fit_tempered(p, (1.0, 0.5, 0.25), **settings)
+    tempered, = fit_tempered([p], (1.0, 0.5, 0.25), **settings)
     assert tempered.tempered and not tempered.retried and plain.max_rhat < 1.05 and tempered.max_rhat < 1.05
     assert tempered.theta.shape == plain.theta.shape and tempered.run_offset.shape == (600, 5)
     sd = plain.theta.std(axis=0)
@@ -170,7 +170,7 @@ def test_replica_exchange_keeps_the_posterior():
     np.testing.assert_allclose(tempered.theta.std(axis=0), sd, rtol=0.25)
     assert not np.allclose(tempered.theta, plain.theta)
     with pytest.raises(ValueError, match="tempering"):
-        fit_tempered(p, (0.5, 1.0), **settings)
+        fit_tempered([p], (0.5, 1.0), **settings)
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
