@@ -78,6 +78,7 @@ from .cellfit import (
     thinned,
 )
 from .laws import to_level_coordinates
+from .programs import traced
 
 
 @dataclass(frozen=True)
@@ -275,13 +276,15 @@ def _program(
         temps = jnp.asarray(temperatures, args[weight].dtype)
         lane_args = tuple(jnp.broadcast_to(a, (n_temps, *a.shape)) for a in args)
         lane_args = (*lane_args[:weight], temps[:, None] * args[weight][None, :], *lane_args[weight + 1 :], jnp.broadcast_to(swap_key, (n_temps, *swap_key.shape)))
-        outputs, state = jax.vmap(lane, axis_name="temperature")(jax.random.split(key_lanes, n_temps), lane_args)
-        return jax.tree.map(lambda a: a[0], outputs), jax.tree.map(lambda a: a[0], state)
+        outputs, _ = jax.vmap(lane, axis_name="temperature")(jax.random.split(key_lanes, n_temps), lane_args)
+        return jax.tree.map(lambda a: a[0], outputs), ()  # never carried on: no states
 
     if tempered:
         if continued:
             raise ValueError("a tempered program starts afresh")
-        return jax.jit(jax.vmap(replicas))
+        # kept on disk (a user's retry, in a new process each time, skips tracing it)
+        name = f"replicas-{'-'.join(map(str, kind))}-{n_pad}-{r_pad}-{n_lanes}-{warmup}-{draws}-{target_accept}-{max_tree_depth}-{'-'.join(map(str, temperatures))}"
+        return jax.jit(traced(jax.vmap(replicas), name))
 
     def continued_lane(state, args):
         _, step = kernels(state.z, state.rng_key, args)

@@ -13,7 +13,11 @@ With ``--runs RUNS --family NAME`` the family is one of a runs table's instead (
 whose first fit does not mix; the table is read where it lies and written only to a
 temporary directory. Its results go to ``user_speed_<NAME>.md``.
 
-    python benchmarks/user_speed.py [--repeats 3] [--baseline REV] [--runs RUNS --family NAME [--sizes 3]]
+With ``--tempering`` the checkout's ``fit --tempering`` (the opt-in replica-exchange retry)
+is timed beside its default ``fit``, interleaved, in place of a baseline revision; results
+go to ``user_speed_<NAME>_tempering.md``.
+
+    python benchmarks/user_speed.py [--repeats 3] [--baseline REV | --tempering] [--runs RUNS --family NAME [--sizes 3]]
 """
 
 from __future__ import annotations
@@ -60,9 +64,12 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, help="a runs table (e.g. ../shared/data/runs.csv.gz) to take --family from")
     parser.add_argument("--family", help="family of --runs to fit (default: the shipped demo family)")
     parser.add_argument("--sizes", type=int, default=3, help="smallest model sizes of --family fitted (default 3)")
+    parser.add_argument("--tempering", action="store_true", help="time fit --tempering beside the default fit (no --baseline)")
     args = parser.parse_args()
     if (args.runs is None) != (args.family is None):
         parser.error("--runs and --family go together")
+    if args.tempering and args.baseline:
+        parser.error("--tempering compares two settings of this checkout; it takes no --baseline")
     exe = [sys.executable, "-m", "bayes_scaling"]  # run from each version's tree: its package comes first on sys.path
     rows = []
     with tempfile.TemporaryDirectory() as work, version_trees(ROOT, args.baseline, Path(work)) as trees:
@@ -86,14 +93,17 @@ def main() -> int:
             described = f"{family}, its {args.sizes} smallest sizes ({', '.join(f'{n:.3g}' for n in sizes[: args.sizes])} parameters)"
         fit_cmd = [*exe, "fit", str(one), "--population", "public", "--out", str(work / "fit.nc"), "--no-progress"]
         predict_cmd = [*exe, "predict", str(work / "fit.nc"), "--family", family, "--params", f"{target[0]:g}", "--tokens", f"{target[1]:g}", "--new-run"]
+        # (name, tree, extra fit arguments) of each version timed
+        versions = [("this", ROOT, []), ("tempering", ROOT, ["--tempering"])] if args.tempering else [(v, tree, []) for v, tree in trees.items()]
         for i in range(args.repeats):
             for label in ("cold", "warm"):
-                for version, tree in trees.items():
+                for version, tree, extra in versions:
                     env = {**os.environ, "BAYES_SCALING_CACHE_DIR": str(work / f"cache-{version}-{i}")}
                     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-                    f, p = timed(fit_cmd, env, tree), timed(predict_cmd, env, tree)
-                    # whether the family's first fit had to be carried on (the retry), as the fit recorded it
-                    retried = "yes" if Fit.load(work / "fit.nc").settings.get("retried") else "no"
+                    f, p = timed(fit_cmd + extra, env, tree), timed(predict_cmd, env, tree)
+                    # how the family's first fit was retried, if it was, as the fit recorded it
+                    settings = Fit.load(work / "fit.nc").settings
+                    retried = "tempered" if settings.get("tempered") else "carried on" if settings.get("retried") else "no"
                     rows.append((version, i, label, f, p, f + p, retried))
                     print(f"{version} repeat {i} {label}: fit {f:.1f} s, predict {p:.1f} s, retried {retried}", file=sys.stderr)
     load = os.getloadavg()[0]
@@ -106,22 +116,25 @@ def main() -> int:
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end. Bar (issue 17): cold <= 60 s, warm <= 15 s.",
         "",
         f"Versions: this = the checkout (HEAD {revision})"
-        + (f", baseline = {args.baseline}, run interleaved with it." if args.baseline else "."),
+        + (f", baseline = {args.baseline}, run interleaved with it." if args.baseline else "")
+        + (", tempering = the same with `fit --tempering`, run interleaved with it." if args.tempering else "."),
         "",
         "| version | repeat | cache | fit s | predict s | total s | retried |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *[f"| {v} | {i} | {label} | {f:.1f} | {p:.1f} | {t:.1f} | {r} |" for v, i, label, f, p, t, r in rows],
         "",
-        *[f"Median total, {v}: cold {_median(rows, v, 'cold'):.1f} s, warm {_median(rows, v, 'warm'):.1f} s." for v in trees],
+        *[f"Median total, {v}: cold {_median(rows, v, 'cold'):.1f} s, warm {_median(rows, v, 'warm'):.1f} s." for v, _, _ in versions],
         "",
     ]
-    if args.baseline:
+    if len(versions) == 2:
+        other = versions[1][0]
         lines += [
-            f"Ratio this / baseline of the median totals: cold {_median(rows, 'this', 'cold') / _median(rows, 'baseline', 'cold'):.2f}, "
-            f"warm {_median(rows, 'this', 'warm') / _median(rows, 'baseline', 'warm'):.2f}.",
+            f"Ratio this / {other} of the median totals: cold {_median(rows, 'this', 'cold') / _median(rows, other, 'cold'):.2f}, "
+            f"warm {_median(rows, 'this', 'warm') / _median(rows, other, 'warm'):.2f}.",
             "",
         ]
-    result = RESULTS / ("user_speed.md" if args.family is None else f"user_speed_{args.family}.md")
+    name = "user_speed" if args.family is None else f"user_speed_{args.family}"
+    result = RESULTS / (name + ("_tempering" if args.tempering else "") + ".md")
     atomic_write_text(result, "\n".join(lines))
     print(f"wrote {result}")
     return 0
