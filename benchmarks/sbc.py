@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling import sbc  # noqa: E402
+from bayes_scaling.cellfit import TEMPERATURES  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from bayes_scaling.population import resolve  # noqa: E402
 
@@ -47,13 +48,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), help=f"designs' families (default {' '.join(FAMILIES)})")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3], help="designs' k (default 1 3)")
+    parser.add_argument("--tempering", action="store_true", help="fits with r-hat above 1.05 retried as a replica exchange (fit --tempering)")
     args = parser.parse_args(argv)
+    retry = {"tempering": TEMPERATURES} if args.tempering else {}
     protocol = bt.protocol_cells(args.runs, ks=args.ks, fractions=[1.0], min_tokens=[1e10], families=args.families)
     designs = [sbc.Design.of_cell(c) for c in protocol.cells]
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = sbc.run_sbc(resolve("public").prior(), designs, args.n, seed=args.seed, warmup=args.warmup, draws=args.draws)
+        results = sbc.run_sbc(resolve("public").prior(), designs, args.n, seed=args.seed, warmup=args.warmup, draws=args.draws, **retry)
     elapsed = time.perf_counter() - started
     n_checks = len(results) * len(sbc.QUANTITIES)
     rows = []
@@ -79,7 +82,9 @@ def main(argv=None) -> int:
             "",
             f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
             f"- {args.n} replications per design, 2 chains x ({args.warmup} warmup + {args.draws} draws), other sampler settings "
-            f"the back-test's (a fit with r-hat above 1.01 has its chains carried on to {bt.BAYES_SETTINGS['retry_thinning']}x the iterations, thinned); ranks among 99 evenly thinned draws; seed {args.seed}; wall time {elapsed / 60:.1f} min",
+            f"the back-test's (a fit with r-hat above 1.01 has its chains carried on to {bt.BAYES_SETTINGS['retry_thinning']}x the iterations, thinned"
+            + (f"; above 1.05 refitted instead as a replica exchange over likelihood powers {', '.join(map(str, TEMPERATURES))}" if args.tempering else "")
+            + f"); ranks among 99 evenly thinned draws; seed {args.seed}; wall time {elapsed / 60:.1f} min",
             f"- outside the 95% bands: {int((table['in 95% band'] != 'yes').sum())} of {n_checks}; "
             f"outside the Bonferroni bands: {int((table['in Bonferroni band'] != 'yes').sum())} of {n_checks}",
             "",
