@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, POPULATION_VARS, Convergence, check_convergence
+from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, POPULATION_VARS, Convergence, check_convergence
 from .errors import FitError
 
 #: Variables of the convergence table, in display order (those absent are skipped).
@@ -195,9 +195,13 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
     if not table.empty:
         r_hat = table["r_hat"].dropna()
         if chains > 1 and len(r_hat) and r_hat.max() > MAX_R_HAT:
+            apart = (
+                f"; above {MIXED_RHAT} they likely are, which a replica exchange can join (a population fit's "
+                "`tempering=True`, `fit --tempering`)" if r_hat.max() > MIXED_RHAT else ""
+            )
             failures.append(
                 f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {_fmt_r_hat(r_hat.max())} at {r_hat.idxmax()}); "
-                "longer chains (more draws) settle an r_hat that is Monte Carlo noise, not chains in separate modes"
+                "longer chains (more draws) settle an r_hat that is Monte Carlo noise, not chains in separate modes" + apart
             )
         for column, name in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
             low = table[column] < min_ess

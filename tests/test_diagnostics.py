@@ -74,6 +74,7 @@ def test_chains_apart_fail_r_hat_with_advice():
     assert report.verdict == "fail"
     (failure,) = [f for f in report.failures if f.startswith("r_hat >")]
     assert "theta[a" in failure and "longer chains" in failure and "separate modes" in failure
+    assert "--tempering" in failure  # r_hat far above 1.05: the remedy for chains apart
 
 
 def test_single_chain_warns():
