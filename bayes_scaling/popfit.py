@@ -113,9 +113,9 @@ def fit_with_population(
         Opt-in: a family whose fit has r_hat above 1.05 (chains in different places) is
         fitted again as a replica exchange (parallel tempering over
         :data:`bayes_scaling.cellfit.TEMPERATURES`) instead of being carried on; its name is
-        also under ``tempered``. It joins separate modes that longer chains do not, at about
-        six times a fit's cost; not the default, because on the back-test it lowered the
-        coverage (``benchmarks/EXPERIMENTS.md``).
+        also under ``tempered``. It joins separate modes that longer chains do not, running
+        six NUTS chains for each chain; not the default, because on the back-test it lowered
+        the coverage (``benchmarks/EXPERIMENTS.md``).
     progress : callable, optional
         Called with each family's name when its fit finishes.
 

@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     fit.add_argument(
         "--tempering", action="store_true",
         help=f"with a population: a family whose fit has r_hat > {MIXED_RHAT} (chains in different modes) is fitted again as a replica "
-        f"exchange over {len(TEMPERATURES)} temperatures instead of being carried on (about 6x a fit's time; not the default, see the README)",
+        f"exchange over {len(TEMPERATURES)} temperatures instead of being carried on (six NUTS chains for each chain; its cost and why it is not the default: see the README)",
     )
     fit.set_defaults(func=run_fit)
 
