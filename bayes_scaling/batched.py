@@ -311,7 +311,7 @@ def fit_cells_batched(
     max_tree_depth: int = 8,
     max_batch: int | None = None,
     retry_thinning: int = 1,
-    tempering: tuple = (1.0,),
+    tempering: bool = False,
 ) -> list[BatchedPosterior]:
     """Fit many independent single-family cell models in vectorised NUTS programs.
 
@@ -333,13 +333,11 @@ def fit_cells_batched(
     retry_thinning : int
         Above 1, problems whose fit has r_hat above :data:`~bayes_scaling.convergence.MAX_R_HAT`
         are fitted again, once, as :func:`bayes_scaling.cellfit.fit_cell` does: carried on to
-        this many times the iterations, every ``retry_thinning``-th draw kept, or, with a
-        ``tempering`` ladder and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, a
-        replica exchange; 1: never.
-    tempering : tuple of float
-        Likelihood powers of that replica exchange, the first 1 (whose draws are kept; e.g.
-        :data:`~bayes_scaling.cellfit.TEMPERATURES`); ``(1.0,)`` (default): every retry is
-        carried on.
+        this many times the iterations, every ``retry_thinning``-th draw kept, or, with
+        ``tempering`` and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, a replica
+        exchange over :data:`~bayes_scaling.cellfit.TEMPERATURES`; 1: never.
+    tempering : bool
+        Opt-in, as for ``fit_cell``; False (default): every retry is carried on.
 
     Returns
     -------
@@ -354,15 +352,14 @@ def fit_cells_batched(
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-    tempering = _ladder(tempering)
     nuts = (int(chains), int(warmup), int(draws), float(target_accept), int(max_tree_depth), (1.0,))
     first = _fit_all(problems, nuts, max_batch)
     out = [post for post, _ in first]
     retry = [i for i, post in enumerate(out) if needs_retry(post, retry_thinning)]
-    tempered = [i for i in retry if len(tempering) > 1 and needs_tempering(out[i])]
+    tempered = [i for i in retry if tempering and needs_tempering(out[i])]
     if tempered:  # chains in different places: a replica exchange from the start
         settings = dict(zip(("chains", "warmup", "draws", "target_accept", "max_tree_depth"), nuts))
-        for i, post in zip(tempered, fit_tempered([problems[i] for i in tempered], tempering, max_batch=max_batch, **settings)):
+        for i, post in zip(tempered, fit_tempered([problems[i] for i in tempered], TEMPERATURES, max_batch=max_batch, **settings)):
             out[i] = dataclasses.replace(post, retried=True)
     again = [i for i in retry if i not in tempered]
     if again:
@@ -513,7 +510,7 @@ def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
         target_accept=float(settings["target_accept"]),
         max_tree_depth=int(settings["max_tree_depth"]),
         retry_thinning=int(settings.get("retry_thinning", 1)),
-        tempering=TEMPERATURES if settings.get("tempering") else (1.0,),
+        tempering=bool(settings.get("tempering", False)),
     )
     out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
     per_cell = (time.perf_counter() - start) / len(cells)

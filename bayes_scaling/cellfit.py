@@ -421,7 +421,8 @@ class CellPosterior:
         (``retry_thinning`` of :func:`fit_cell`): every ``retry_thinning``-th iteration of its
         chains carried on, or, when ``tempered``, a replica exchange.
     tempered : bool
-        The draws are the power-1 chains of a replica exchange (``tempering`` of :func:`fit_cell`).
+        The draws are the power-1 chains of a replica exchange (``tempering`` of :func:`fit_cell`,
+        :func:`bayes_scaling.batched.fit_tempered`).
     """
 
     theta: np.ndarray
@@ -645,7 +646,7 @@ def fit_cell(
     target_accept: float = SAMPLER_DEFAULTS["target_accept"],
     max_tree_depth: int = SAMPLER_DEFAULTS["max_tree_depth"],
     retry_thinning: int = 1,
-    tempering: tuple = (1.0,),
+    tempering: bool = False,
 ) -> CellPosterior:
     """NUTS fit of one family's checkpoints under ``prior``.
 
@@ -669,14 +670,14 @@ def fit_cell(
     retry_thinning : int
         When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, carry its
         chains on to this many times the iterations after warmup, keeping every
-        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); with a
-        ``tempering`` ladder and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit
-        again instead as a replica exchange (same chains, warmup and draws; ``tempered``); 1: never
+        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); with
+        ``tempering`` and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again
+        instead as a replica exchange (same chains, warmup and draws; ``tempered``); 1: never
         (the default here; a user's ``fit`` and the back-test's cells take
         ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
-    tempering : tuple of float
-        Likelihood powers of that replica exchange, starting at 1 (e.g. :data:`TEMPERATURES`);
-        ``(1.0,)`` (default): every retry is carried on.
+    tempering : bool
+        Opt-in: that replica exchange over :data:`TEMPERATURES`; False (default): every retry
+        is carried on.
 
     Returns
     -------
@@ -708,12 +709,12 @@ def fit_cell(
     post = _cell_posterior(out, prior, x_n, n_runs, int(chains), retried=False)
     if not needs_retry(post, retry_thinning):
         return post
-    if len(tempering) > 1 and needs_tempering(post):
+    if tempering and needs_tempering(post):
         from .batched import CellProblem, fit_tempered  # batched builds on this module
 
         problem = CellProblem(x_n, x_d, run_idx, log_loss, prior, seed=seed, weight=weight)
         nuts = dict(chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth))
-        return dataclasses.replace(fit_tempered([problem], tempering, **nuts)[0], retried=True)
+        return dataclasses.replace(fit_tempered([problem], TEMPERATURES, **nuts)[0], retried=True)
     # the same chains carried on from where they stopped, as one longer run, then thinned
     more, _ = sampler(int(draws) * (int(retry_thinning) - 1), continued=True)(state, *args)
     return _cell_posterior(thinned(out, more, int(retry_thinning)), prior, x_n, n_runs, int(chains), retried=True)

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES, CellPrior, FamilyArrays, stable_seed
+from .cellfit import SAMPLER_DEFAULTS, CellPrior, FamilyArrays, stable_seed
 from .data import Filters, RunsData, prepare
 from .errors import FitError
 from .inference import ATTR_PREFIX, Fit, versions
@@ -136,11 +136,10 @@ def fit_with_population(
         chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth), retry_thinning=int(retry_thinning)
     )
     sampler["tempering"] = bool(tempering)
-    ladder = TEMPERATURES if tempering else (1.0,)
     posts = []
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)
-        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **{**sampler, "tempering": ladder})))
+        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **sampler)))
         if progress is not None:
             progress(family)
     idata = _inference_data(data, posts, prior)

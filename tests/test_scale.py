@@ -15,7 +15,7 @@ import pytest
 
 from bayes_scaling import backtest as bt
 from bayes_scaling.batched import CellProblem, _cells_bucket, fit_cells_batched
-from bayes_scaling.cellfit import TEMPERATURES, CellPrior, fit_cell, independent_prior
+from bayes_scaling.cellfit import CellPrior, fit_cell, independent_prior
 from bayes_scaling.distributed import ParquetSink, ResumeExecutor, check_run_config, frame_equal_numbers
 from bayes_scaling.errors import DataError
 from bayes_scaling.laws import chinchilla_log_loss
@@ -175,10 +175,10 @@ def test_replica_exchange_keeps_the_posterior():
 
 @pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
 def test_a_fit_whose_chains_sit_apart_is_retried_as_a_replica_exchange(batched):
-    """With a tempering ladder, retry_thinning > 1 and r_hat above 1.05 (a fit far too short
+    """With tempering, retry_thinning > 1 and r_hat above 1.05 (a fit far too short
     to mix), the retry is a replica exchange with the same chains and draws, not a carried-on
     run; its run offsets are drawn too (a user's predictions of existing runs need them).
-    Without a ladder (the default) the same fit is carried on."""
+    Without (the default) the same fit is carried on."""
     settings = dict(SAMPLER, warmup=20, draws=20)
     p = _problem(5)
 
@@ -187,7 +187,7 @@ def test_a_fit_whose_chains_sit_apart_is_retried_as_a_replica_exchange(batched):
             return fit_cells_batched([p], **settings, **retry)[0]
         return fit_cell(p.x_n, p.x_d, p.run_idx, p.log_loss, p.prior, seed=p.seed, **settings, **retry)
 
-    first, carried, retried = fit(retry_thinning=1, tempering=TEMPERATURES), fit(retry_thinning=3), fit(retry_thinning=3, tempering=TEMPERATURES)
+    first, carried, retried = fit(retry_thinning=1, tempering=True), fit(retry_thinning=3), fit(retry_thinning=3, tempering=True)
     assert first.max_rhat > 1.05 and not first.tempered and not first.retried
     assert carried.retried and not carried.tempered
     assert retried.retried and retried.tempered
