@@ -9,6 +9,14 @@ Typical use::
     bs.summarize(pred)
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # arviz 0.23 prints a notice of its 1.0 refactor once a day at import: not our users'
+    # concern (pyproject pins arviz below 1); scoped, so no filter outlives the import
+    warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import arviz  # noqa: F401
+
 from . import data, datasets, io, laws, spec
 from .data import Filters, load_runs, prepare
 from .errors import (
