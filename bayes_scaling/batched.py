@@ -46,12 +46,10 @@ Units: as in :mod:`bayes_scaling.cellfit` (centred log covariates, log loss in n
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +68,6 @@ from .cellfit import (
     _model,
     data_centre,
     dense_sites,
-    effective_weights,
     family_r_hat,
     model_args,
     needs_retry,
@@ -475,108 +472,3 @@ def _carried_on(problem, first: BatchedPosterior, more: BatchedPosterior, thinni
 def problems_from(items: Iterable[tuple]) -> list[CellProblem]:
     """``[(x_n, x_d, run_idx, log_loss, prior, seed), ...]`` -> list of :class:`CellProblem`."""
     return [CellProblem(*item) for item in items]
-
-
-# --------------------------------------------------------------------------- back-test executor
-
-
-def _problem_of(cell, seed: int) -> CellProblem:
-    from .backtest import cell_seed
-    from .laws import centre
-
-    d = cell.data
-    x_n, x_d = centre(d.train_num_params, d.train_tokens)
-    x_n, x_d, log_loss = np.asarray(x_n), np.asarray(x_d), np.log(d.train_loss)
-    weight = effective_weights(x_n, x_d, d.train_run, log_loss)
-    return CellProblem(x_n, x_d, d.train_run, log_loss, cell.prior, cell_seed(cell.key, seed), weight)
-
-
-def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
-    """Fit a chunk of Bayesian back-test cells in one batched program, then score each
-    with :func:`bayes_scaling.backtest.evaluate_cell`; returns ``[(cell, rows), ...]``.
-
-    All cells of a chunk must share sampler settings. ``fit_seconds`` of each row is the
-    chunk's wall time divided by its number of cells.
-    """
-    from .backtest import evaluate_cell
-
-    start = time.perf_counter()
-    settings = dict(cells[0].settings)
-    posts = fit_cells_batched(
-        [_problem_of(c, seed) for c in cells],
-        chains=int(settings["chains"]),
-        warmup=int(settings["warmup"]),
-        draws=int(settings["draws"]),
-        target_accept=float(settings["target_accept"]),
-        max_tree_depth=int(settings["max_tree_depth"]),
-        retry_thinning=int(settings.get("retry_thinning", 1)),
-        tempering=bool(settings.get("tempering", False)),
-    )
-    out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
-    per_cell = (time.perf_counter() - start) / len(cells)
-    for _, rows in out:
-        for row in rows:
-            row["fit_seconds"] = per_cell
-    return out
-
-
-class BatchedExecutor:
-    """Back-test executor that fits Bayesian cells in vectorised chunks.
-
-    Point-fit cells run one by one; Bayesian cells (those with a prior) are sorted by
-    (settings, shape bucket, key), cut into chunks of ``batch_size`` and each chunk is one
-    :func:`evaluate_chunk` call, through ``inner`` (default in this process; a
-    :class:`~bayes_scaling.distributed.RayExecutor` runs chunks as Ray tasks). Chunks
-    depend only on the cell list, so every inner executor gives the same numbers.
-
-    Only understands ``fn = functools.partial(evaluate_cell, seed=...)`` (what
-    :func:`bayes_scaling.backtest.run_cells` passes); any other ``fn`` is mapped by ``inner``.
-    """
-
-    def __init__(self, inner=None, batch_size: int = 64):
-        from .backtest import LocalExecutor
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.inner = inner or LocalExecutor()
-        self.batch_size = int(batch_size)
-
-    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
-        from .backtest import evaluate_cell
-
-        if not (isinstance(fn, functools.partial) and fn.func is evaluate_cell and not fn.args):
-            yield from self.inner.map_unordered(fn, items)
-            return
-        seed = int(fn.keywords.get("seed", 0))
-        items = list(items)
-        bayes = [c for c in items if c.prior is not None]
-        point = [c for c in items if c.prior is None]
-
-        # one sort key per cell: (settings, shape bucket) must match within a chunk
-        keyed = sorted((((repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key)), c) for c in bayes), key=lambda kc: kc[0])
-        chunks, current, group = [], [], None
-        for key, c in keyed:
-            if current and (len(current) == self.batch_size or key[:2] != group):
-                chunks.append(current)
-                current = []
-            group = key[:2]
-            current.append(c)
-        if current:
-            chunks.append(current)
-        work = [("chunk", ch) for ch in chunks] + [("cell", c) for c in point]
-        for (kind, _), result in self.inner.map_unordered(functools.partial(_run_work, seed=seed), work):
-            yield from result
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
-
-
-def _run_work(work, seed: int = 0):
-    from .backtest import evaluate_cell
-
-    kind, payload = work
-    if kind == "chunk":
-        return evaluate_chunk(payload, seed)
-    return [(payload, evaluate_cell(payload, seed))]

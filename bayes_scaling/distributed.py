@@ -16,6 +16,8 @@ order) and hands each finished cell's rows to a *sink*. This module adds:
   interrupted run never leaves a half-written file), and knows which cells are done.
 * :class:`ResumeExecutor` - wraps any executor; cells already in the sink are not run
   again, their stored rows are yielded instead, so a resumed run returns every row.
+* :class:`BatchedExecutor` - wraps any executor; Bayesian cells are fitted in chunks, each
+  chunk one vectorised program (:func:`bayes_scaling.batched.fit_cells_batched`).
 
 Ray is optional (``pip install 'bayes-scaling[ray]'``); nothing here imports it until a
 :class:`RayExecutor` is made.
@@ -23,11 +25,13 @@ Ray is optional (``pip install 'bayes-scaling[ray]'``); nothing here imports it 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, OutputError
-from .outputs import atomic_write_text, require_writable_dir
+from .outputs import atomic_write_text
 
 RAY_HINT = "pip install 'bayes-scaling[ray]'"
 
@@ -439,111 +443,109 @@ def frame_equal_numbers(a: pd.DataFrame, b: pd.DataFrame, ignore=("fit_seconds",
     return True
 
 
-# --------------------------------------------------------------------------- CLI glue
-
-#: Settings that change a cell's numbers; a resumed run must use the same ones.
-RESUME_SETTINGS = (
-    "seed", "chains", "warmup", "draws", "retry_thinning", "tempering", "max_checkpoints", "batch_size",
-    "population_warmup", "population_draws", "population_size_scale", "population_summary",
-)
+# --------------------------------------------------------------------------- batched cells
 
 
-def add_cli_arguments(parser) -> None:
-    """``--executor``, ``--address``, ``--num-cpus`` and ``--restart`` of ``bayes-scaling backtest``."""
-    parser.add_argument(
-        "--executor",
-        choices=EXECUTORS,
-        default="local",
-        help=f"where cells run: this process (local), --num-cpus worker processes (process) or Ray tasks (ray; needs {RAY_HINT})",
+def _problem_of(cell, seed: int):
+    from .backtest import cell_seed
+    from .batched import CellProblem
+    from .cellfit import effective_weights
+    from .laws import centre
+
+    d = cell.data
+    x_n, x_d = centre(d.train_num_params, d.train_tokens)
+    x_n, x_d, log_loss = np.asarray(x_n), np.asarray(x_d), np.log(d.train_loss)
+    weight = effective_weights(x_n, x_d, d.train_run, log_loss)
+    return CellProblem(x_n, x_d, d.train_run, log_loss, cell.prior, cell_seed(cell.key, seed), weight)
+
+
+def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
+    """Fit a chunk of Bayesian back-test cells in one batched program, then score each
+    with :func:`bayes_scaling.backtest.evaluate_cell`; returns ``[(cell, rows), ...]``.
+
+    All cells of a chunk must share sampler settings. ``fit_seconds`` of each row is the
+    chunk's wall time divided by its number of cells.
+    """
+    from .backtest import evaluate_cell
+    from .batched import fit_cells_batched
+
+    start = time.perf_counter()
+    settings = dict(cells[0].settings)
+    posts = fit_cells_batched(
+        [_problem_of(c, seed) for c in cells],
+        chains=int(settings["chains"]),
+        warmup=int(settings["warmup"]),
+        draws=int(settings["draws"]),
+        target_accept=float(settings["target_accept"]),
+        max_tree_depth=int(settings["max_tree_depth"]),
+        retry_thinning=int(settings.get("retry_thinning", 1)),
+        tempering=bool(settings.get("tempering", False)),
     )
-    parser.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster to join (default: start a local Ray on 127.0.0.1)")
-    parser.add_argument("--num-cpus", type=int, default=2, help="worker processes, or CPUs of the local Ray (default 2)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=0,
-        help="fit Bayesian cells in vectorised chunks of this many (one JAX program per chunk; 0: one by one)",
-    )
-    parser.add_argument(
-        "--restart", action="store_true", help="discard finished cells in OUT/cells instead of resuming from them"
-    )
+    out = [(cell, evaluate_cell(cell, seed, posterior=post)) for cell, post in zip(cells, posts)]
+    per_cell = (time.perf_counter() - start) / len(cells)
+    for _, rows in out:
+        for row in rows:
+            row["fit_seconds"] = per_cell
+    return out
 
 
-class CliRun:
-    """Executor, resumable sink, lock and progress of one ``bayes-scaling backtest`` call.
+class BatchedExecutor:
+    """Back-test executor that fits Bayesian cells in vectorised chunks.
 
-    Takes ``OUT/.lock`` (a second run on the same ``--out`` is refused while this one
-    lives), checks settings and the runs table's content hash against ``OUT/cells/run.json``,
-    sets damaged cell files aside (:attr:`damaged`) and resumes from the intact ones; all
-    before anything in ``OUT`` is changed. Finished cells go to ``OUT/cells/*.parquet`` as
-    they complete; cells already there are skipped. The progress bar counts only cells
-    run now, so its rate and ETA are those of this run.
+    Point-fit cells run one by one; Bayesian cells (those with a prior) are sorted by
+    (settings, shape bucket, key), cut into chunks of ``batch_size`` and each chunk is one
+    :func:`evaluate_chunk` call, through ``inner`` (default in this process; a
+    :class:`~bayes_scaling.distributed.RayExecutor` runs chunks as Ray tasks). Chunks
+    depend only on the cell list, so every inner executor gives the same numbers.
+
+    Only understands ``fn = functools.partial(evaluate_cell, seed=...)`` (what
+    :func:`bayes_scaling.backtest.run_cells` passes); any other ``fn`` is mapped by ``inner``.
     """
 
-    def __init__(self, args, out: Path):
-        if args.executor != "ray" and args.address is not None:
-            raise DataError("--address only applies to --executor ray")
-        if args.num_cpus < 1:
-            raise DataError("--num-cpus must be >= 1")
-        if args.batch_size < 0:
-            raise DataError("--batch-size must be >= 0")
-        fingerprint = input_fingerprint(args.runs)
-        out = require_writable_dir(out, "--out")
-        self.lock = OutputLock(out).acquire()
-        try:
-            self._open(args, out, fingerprint)
-        except BaseException:
-            self.lock.release()
-            raise
+    def __init__(self, inner=None, batch_size: int = 64):
+        from .backtest import LocalExecutor
 
-    def _open(self, args, out: Path, fingerprint: str) -> None:
-        from tqdm import tqdm
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.inner = inner or LocalExecutor()
+        self.batch_size = int(batch_size)
 
-        cells_dir = out / "cells"
-        if args.restart and cells_dir.exists():
-            for p in [*cells_dir.glob("cell-*.parquet"), *cells_dir.glob("cell-*.parquet.damaged"), cells_dir / "run.json"]:
-                p.unlink(missing_ok=True)
-        config = {k: getattr(args, k, None) for k in RESUME_SETTINGS}
-        config["runs_sha256"] = fingerprint
-        check_run_config(cells_dir, config)
-        self.parquet = ParquetSink(cells_dir)
-        stored = self.parquet.stored()
-        self.damaged = list(self.parquet.damaged)
-        self.n_stored = len(stored)
-        inner = make_executor(args.executor, address=args.address, num_cpus=args.num_cpus)
-        if args.batch_size:
-            from .batched import BatchedExecutor
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        from .backtest import evaluate_cell
 
-            inner = BatchedExecutor(inner, batch_size=args.batch_size)
-        self.executor = ResumeExecutor(inner, stored)
-        self.bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
+        if not (isinstance(fn, functools.partial) and fn.func is evaluate_cell and not fn.args):
+            yield from self.inner.map_unordered(fn, items)
+            return
+        seed = int(fn.keywords.get("seed", 0))
+        items = list(items)
+        bayes = [c for c in items if c.prior is not None]
+        point = [c for c in items if c.prior is None]
 
-    def sink(self, rows: list[dict]) -> None:
-        self.parquet(rows)
+        # one sort key per cell: (settings, shape bucket) must match within a chunk
+        keyed = sorted((((repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key)), c) for c in bayes), key=lambda kc: kc[0])
+        chunks, current, group = [], [], None
+        for key, c in keyed:
+            if current and (len(current) == self.batch_size or key[:2] != group):
+                chunks.append(current)
+                current = []
+            group = key[:2]
+            current.append(c)
+        if current:
+            chunks.append(current)
+        work = [("chunk", ch) for ch in chunks] + [("cell", c) for c in point]
+        for (kind, _), result in self.inner.map_unordered(functools.partial(_run_work, seed=seed), work):
+            yield from result
 
-    def on_cells(self, cells) -> None:
-        done = sum(1 for c in cells if self.executor.is_stored(c))
-        self.bar.reset(total=len(cells) - done)
-        if done:
-            self.bar.set_postfix_str(f"{done} resumed from cells/")
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
-    def progress(self, cell) -> None:
-        if not self.executor.is_stored(cell):
-            self.bar.update()
 
-    def __enter__(self):
-        return self
+def _run_work(work, seed: int = 0):
+    from .backtest import evaluate_cell
 
-    def __exit__(self, exc_type, *exc):
-        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-        try:
-            inner = self.executor.inner
-            while inner is not None and not hasattr(inner, "close"):  # e.g. a BatchedExecutor's pool
-                inner = getattr(inner, "inner", None)
-            if isinstance(inner, ProcessExecutor):
-                inner.close(terminate=interrupted)
-            elif inner is not None:
-                inner.close()
-        finally:
-            self.bar.close()
-            self.lock.release()
+    kind, payload = work
+    if kind == "chunk":
+        return evaluate_chunk(payload, seed)
+    return [(payload, evaluate_cell(payload, seed))]

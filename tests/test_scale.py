@@ -404,7 +404,7 @@ class _Reversed:
 def test_batched_executor_scores_bayes_cells(table):
     """Bayesian cells through BatchedExecutor: every row scored, same numbers whatever the
     inner executor's order (one tiny compilation)."""
-    from bayes_scaling.batched import BatchedExecutor
+    from bayes_scaling.distributed import BatchedExecutor
 
     proto = bt.protocol_cells(table, fractions=[1.0], max_checkpoints=None)
     tiny = dict(chains=1, warmup=30, draws=30, max_tree_depth=3, n_pred_draws=30)

@@ -22,10 +22,127 @@ from pathlib import Path
 from ..cellfit import SAMPLER_DEFAULTS
 from ..convergence import MAX_R_HAT, MIXED_RHAT
 from ..population import BUILD_DEFAULTS
-from ..distributed import CliRun, add_cli_arguments
+from ..distributed import (
+    EXECUTORS,
+    RAY_HINT,
+    BatchedExecutor,
+    OutputLock,
+    ParquetSink,
+    ProcessExecutor,
+    ResumeExecutor,
+    check_run_config,
+    input_fingerprint,
+    make_executor,
+)
 from ..errors import DataError
 from .common import positive_int
-from ..outputs import atomic_path, atomic_write_text
+from ..outputs import atomic_path, atomic_write_text, require_writable_dir
+
+
+#: Settings that change a cell's numbers; a resumed run must use the same ones.
+RESUME_SETTINGS = (
+    "seed", "chains", "warmup", "draws", "retry_thinning", "tempering", "max_checkpoints", "batch_size",
+    "population_warmup", "population_draws", "population_size_scale", "population_summary",
+)
+
+
+def add_executor_arguments(parser) -> None:
+    """``--executor``, ``--address``, ``--num-cpus`` and ``--restart`` of ``bayes-scaling backtest``."""
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help=f"where cells run: this process (local), --num-cpus worker processes (process) or Ray tasks (ray; needs {RAY_HINT})",
+    )
+    parser.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster to join (default: start a local Ray on 127.0.0.1)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="worker processes, or CPUs of the local Ray (default 2)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="fit Bayesian cells in vectorised chunks of this many (one JAX program per chunk; 0: one by one)",
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="discard finished cells in OUT/cells instead of resuming from them"
+    )
+
+
+class CliRun:
+    """Executor, resumable sink, lock and progress of one ``bayes-scaling backtest`` call.
+
+    Takes ``OUT/.lock`` (a second run on the same ``--out`` is refused while this one
+    lives), checks settings and the runs table's content hash against ``OUT/cells/run.json``,
+    sets damaged cell files aside (:attr:`damaged`) and resumes from the intact ones; all
+    before anything in ``OUT`` is changed. Finished cells go to ``OUT/cells/*.parquet`` as
+    they complete; cells already there are skipped. The progress bar counts only cells
+    run now, so its rate and ETA are those of this run.
+    """
+
+    def __init__(self, args, out: Path):
+        if args.executor != "ray" and args.address is not None:
+            raise DataError("--address only applies to --executor ray")
+        if args.num_cpus < 1:
+            raise DataError("--num-cpus must be >= 1")
+        if args.batch_size < 0:
+            raise DataError("--batch-size must be >= 0")
+        fingerprint = input_fingerprint(args.runs)
+        out = require_writable_dir(out, "--out")
+        self.lock = OutputLock(out).acquire()
+        try:
+            self._open(args, out, fingerprint)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, args, out: Path, fingerprint: str) -> None:
+        from tqdm import tqdm
+
+        cells_dir = out / "cells"
+        if args.restart and cells_dir.exists():
+            for p in [*cells_dir.glob("cell-*.parquet"), *cells_dir.glob("cell-*.parquet.damaged"), cells_dir / "run.json"]:
+                p.unlink(missing_ok=True)
+        config = {k: getattr(args, k, None) for k in RESUME_SETTINGS}
+        config["runs_sha256"] = fingerprint
+        check_run_config(cells_dir, config)
+        self.parquet = ParquetSink(cells_dir)
+        stored = self.parquet.stored()
+        self.damaged = list(self.parquet.damaged)
+        self.n_stored = len(stored)
+        inner = make_executor(args.executor, address=args.address, num_cpus=args.num_cpus)
+        if args.batch_size:
+            inner = BatchedExecutor(inner, batch_size=args.batch_size)
+        self.executor = ResumeExecutor(inner, stored)
+        self.bar = tqdm(total=0, desc="cells", unit="cell", disable=args.no_progress)
+
+    def sink(self, rows: list[dict]) -> None:
+        self.parquet(rows)
+
+    def on_cells(self, cells) -> None:
+        done = sum(1 for c in cells if self.executor.is_stored(c))
+        self.bar.reset(total=len(cells) - done)
+        if done:
+            self.bar.set_postfix_str(f"{done} resumed from cells/")
+
+    def progress(self, cell) -> None:
+        if not self.executor.is_stored(cell):
+            self.bar.update()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        try:
+            inner = self.executor.inner
+            while inner is not None and not hasattr(inner, "close"):  # e.g. a BatchedExecutor's pool
+                inner = getattr(inner, "inner", None)
+            if isinstance(inner, ProcessExecutor):
+                inner.close(terminate=interrupted)
+            elif inner is not None:
+                inner.close()
+        finally:
+            self.bar.close()
+            self.lock.release()
 
 
 def register(subparsers) -> None:
@@ -82,7 +199,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_cli_arguments(p)
+    add_executor_arguments(p)
     p.set_defaults(func=run)
 
 
