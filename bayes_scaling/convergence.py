@@ -27,6 +27,18 @@ POPULATION_VARS = ("mu", "tau")
 FAMILY_VARS = ("theta", "sigma_obs", "sigma_run", "sigma_size")
 
 
+def format_r_hat(value: float) -> str:
+    """r_hat as text: 3 decimals, more where 3 would print a failing value as the threshold
+    itself (1.0104 as "1.010" beside "needs <= 1.01"), 2 significant digits when huge."""
+    if not value < 100:
+        return f"{value:.1e}"
+    for digits in (3, 4, 5, 6):
+        text = f"{value:.{digits}f}"
+        if not (value > MAX_R_HAT and float(text) <= MAX_R_HAT):
+            break
+    return text
+
+
 @dataclass(frozen=True)
 class Convergence:
     """Worst-case convergence numbers over the checked variables."""
@@ -47,7 +59,7 @@ class Convergence:
         """Human-readable list of failed checks; empty when all pass."""
         out = []
         if self.n_chains > 1 and not self.max_r_hat <= MAX_R_HAT:
-            out.append(f"max r_hat {self.max_r_hat:.3f} > {MAX_R_HAT}")
+            out.append(f"max r_hat {format_r_hat(self.max_r_hat)} > {MAX_R_HAT}")
         if not self.min_ess_bulk >= self.min_ess:
             out.append(f"min bulk ESS {self.min_ess_bulk:.0f} < {self.min_ess:.0f}")
         if not self.min_ess_tail >= self.min_ess:

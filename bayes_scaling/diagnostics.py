@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, POPULATION_VARS, Convergence, check_convergence
+from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, POPULATION_VARS, Convergence, check_convergence, format_r_hat
 from .errors import FitError
 
 #: Variables of the convergence table, in display order (those absent are skipped).
@@ -200,7 +200,7 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
                 "`tempering=True`, `fit --tempering`)" if r_hat.max() > MIXED_RHAT else ""
             )
             failures.append(
-                f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {_fmt_r_hat(r_hat.max())} at {r_hat.idxmax()}); "
+                f"r_hat > {MAX_R_HAT} for {int((r_hat > MAX_R_HAT).sum())} quantities (max {format_r_hat(r_hat.max())} at {r_hat.idxmax()}); "
                 "longer chains (more draws) settle an r_hat that is Monte Carlo noise, not chains in separate modes" + apart
             )
         for column, name in (("ess_bulk", "bulk"), ("ess_tail", "tail")):
@@ -698,10 +698,6 @@ _VERDICT_LINES = {
 }
 
 
-def _fmt_r_hat(value: float) -> str:
-    return f"{value:.3f}" if value < 100 else f"{value:.1e}"
-
-
 def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> str:
     """One screen of text summarising a :class:`ConvergenceReport`, verdict first.
 
@@ -728,7 +724,7 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
         return col[label], label
 
     value, where = extreme("r_hat", True)
-    r_hat_text = f"{_fmt_r_hat(value)} at {where}" if where else "n/a (one chain)"
+    r_hat_text = f"{format_r_hat(value)} at {where}" if where else "n/a (one chain)"
     lines.append(f"  max r_hat      {r_hat_text:<44} (needs <= {MAX_R_HAT})")
     for column, name in (("ess_bulk", "bulk ESS"), ("ess_tail", "tail ESS")):
         value, where = extreme(column, False)
@@ -751,5 +747,5 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
     if len(flagged):
         lines.append(f"  worst quantities ({len(flagged)} flagged):")
         for label, row in flagged.head(max_rows).iterrows():
-            lines.append(f"    {label:<32} r_hat {_fmt_r_hat(row['r_hat'])}  bulk ESS {row['ess_bulk']:6.0f}  tail ESS {row['ess_tail']:6.0f}")
+            lines.append(f"    {label:<32} r_hat {format_r_hat(row['r_hat'])}  bulk ESS {row['ess_bulk']:6.0f}  tail ESS {row['ess_tail']:6.0f}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import pytest
 from bayes_scaling import datasets, diagnostics
 from bayes_scaling.cli import main
 from bayes_scaling.cli.diagnose import write_report
+from bayes_scaling.convergence import Convergence, format_r_hat
 from bayes_scaling.data import Filters
 from bayes_scaling.errors import ConvergenceWarning, FitError
 from bayes_scaling.inference import fit
@@ -75,6 +76,16 @@ def test_chains_apart_fail_r_hat_with_advice():
     (failure,) = [f for f in report.failures if f.startswith("r_hat >")]
     assert "theta[a" in failure and "longer chains" in failure and "separate modes" in failure
     assert "--tempering" in failure  # r_hat far above 1.05: the remedy for chains apart
+
+
+def test_r_hat_text_shows_which_side_of_the_threshold():
+    # 1.0104 fails r_hat <= 1.01; three decimals would print it as "1.010", the threshold itself
+    assert format_r_hat(1.0104) == "1.0104"
+    assert format_r_hat(1.01004) == "1.01004"
+    assert format_r_hat(1.003) == "1.003" and format_r_hat(1.01) == "1.010"
+    assert format_r_hat(250.0) == "2.5e+02"
+    failing = Convergence(1.0104, 500.0, 500.0, 0, 2, 1000, ("theta",))
+    assert failing.problems() == ["max r_hat 1.0104 > 1.01"]
 
 
 def test_single_chain_warns():
