@@ -139,3 +139,11 @@ def test_real_demo_samples_its_own_draws_unless_told(monkeypatch):
     with pytest.raises(RuntimeError):
         demo.run_real_demo(draws=300, warmup=200)
     assert seen["draws"] == 300 and seen["warmup"] == 200
+
+
+def test_counts_read_as_english():
+    from bayes_scaling.cli.common import counted
+
+    assert counted(1, "family", "families") == "1 family"
+    assert counted(22, "family", "families") == "22 families"
+    assert counted(1, "run") == "1 run" and counted(0, "checkpoint") == "0 checkpoints"

@@ -9,6 +9,11 @@ import sys
 import pandas as pd
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``counted(1, "family", "families")`` -> "1 family"; ``counted(7, "run")`` -> "7 runs"."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -17,7 +17,7 @@ from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..outputs import atomic_path, require_writable_dir, require_writable_file
 from ..spec import load_spec
-from .common import add_sampler_args, positive_float, positive_int, write_table
+from .common import add_sampler_args, counted, positive_float, positive_int, write_table
 
 
 def register(subparsers) -> None:
@@ -221,7 +221,8 @@ def run_fit(args: argparse.Namespace) -> int:
     data = prepare(args.runs, filters, spec.reference_params, spec.reference_tokens)
     model = f"joint model {spec.name}" if joint else f"each family under the population of {len(population.families)} families ({args.population})"
     print(
-        f"fit: {model}; {len(data.families)} families, {len(data.runs)} runs, {data.n_checkpoints} checkpoints "
+        f"fit: {model}; {counted(len(data.families), 'family', 'families')}, {counted(len(data.runs), 'run')}, "
+        f"{counted(data.n_checkpoints, 'checkpoint')} "
         f"(min_tokens={filters.min_tokens:g}, max_checkpoints={filters.max_checkpoints})",
         file=sys.stderr,
     )

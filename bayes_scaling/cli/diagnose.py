@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..outputs import atomic_path, atomic_write_text, require_writable_dir
-from .common import positive_int
+from .common import counted, positive_int
 
 REPORT_NAME = "report.md"
 
@@ -117,7 +117,8 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
         f"# Diagnostics of {source or 'a fit'}",
         "",
         f"Spec `{spec.name}` (pooling {spec.pooling}, likelihood {spec.likelihood}); "
-        f"{len(fit.families)} families, {len(fit.runs)} runs, {fit.idata.observed_data.sizes['checkpoint']} checkpoints; "
+        f"{counted(len(fit.families), 'family', 'families')}, {counted(len(fit.runs), 'run')}, "
+        f"{counted(fit.idata.observed_data.sizes['checkpoint'], 'checkpoint')}; "
         f"{settings.get('chains')} chains x {settings.get('draws')} draws after {settings.get('warmup')} warmup, seed {settings.get('seed')}.",
         "",
         f"## Verdict: {conv.verdict.upper()}",
