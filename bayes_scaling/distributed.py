@@ -492,9 +492,11 @@ def evaluate_chunk(cells: list, seed: int = 0) -> list[tuple]:
 class BatchedExecutor:
     """Back-test executor that fits Bayesian cells in vectorised chunks.
 
-    Point-fit cells run one by one; Bayesian cells (those with a prior) are sorted by
-    (settings, shape bucket, key), cut into chunks of ``batch_size`` and each chunk is one
-    :func:`evaluate_chunk` call, through ``inner`` (default in this process; a
+    Cells with a fixed prior (``bayes_independent``: a :class:`~bayes_scaling.cellfit.CellPrior`)
+    are sorted by (settings, shape bucket, key), cut into chunks of ``batch_size`` and each
+    chunk is one :func:`evaluate_chunk` call; point-fit cells and cells under a population
+    (``bayes_hierarchical``, scored through ``bs.fit`` itself, the path users run) run one
+    by one. All go through ``inner`` (default in this process; a
     :class:`~bayes_scaling.distributed.RayExecutor` runs chunks as Ray tasks). Chunks
     depend only on the cell list, so every inner executor gives the same numbers.
 
@@ -512,14 +514,15 @@ class BatchedExecutor:
 
     def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
         from .backtest import evaluate_cell
+        from .cellfit import CellPrior
 
         if not (isinstance(fn, functools.partial) and fn.func is evaluate_cell and not fn.args):
             yield from self.inner.map_unordered(fn, items)
             return
         seed = int(fn.keywords.get("seed", 0))
         items = list(items)
-        bayes = [c for c in items if c.prior is not None]
-        point = [c for c in items if c.prior is None]
+        bayes = [c for c in items if isinstance(c.prior, CellPrior)]
+        one_by_one = [c for c in items if not isinstance(c.prior, CellPrior)]
 
         # one sort key per cell: (settings, shape bucket) must match within a chunk
         keyed = sorted((((repr(c.settings), _problem_of(c, seed).bucket(), repr(c.key)), c) for c in bayes), key=lambda kc: kc[0])
@@ -532,7 +535,7 @@ class BatchedExecutor:
             current.append(c)
         if current:
             chunks.append(current)
-        work = [("chunk", ch) for ch in chunks] + [("cell", c) for c in point]
+        work = [("chunk", ch) for ch in chunks] + [("cell", c) for c in one_by_one]
         for (kind, _), result in self.inner.map_unordered(functools.partial(_run_work, seed=seed), work):
             yield from result
 

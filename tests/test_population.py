@@ -152,6 +152,28 @@ def test_backtest_serves_a_given_population_without_each_source_group(tiny_backt
     assert cell.data.family == "f00" and not {"f00", "f01"} & set(cell.prior.families) and len(cell.prior.families) == 22
 
 
+def test_batched_executor_runs_a_population_cell_one_by_one(tiny_backtest_table, monkeypatch):
+    # `backtest --batch-size` once crashed on bayes_hierarchical cells (their prior is a
+    # Population, scored through bs.fit, not a CellPrior the batched program takes)
+    import functools
+
+    from bayes_scaling import backtest as bt
+    from bayes_scaling.distributed import BatchedExecutor
+
+    pop, _, _ = _hand_population()
+    seen = []
+    monkeypatch.setattr(bt, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
+    bt.backtest(tiny_backtest_table, estimators=("bayes_hierarchical",), ks=[1], fractions=[1.0], population=pop)
+
+    class Recorder:  # stands in for the inner executor: records the work, fits nothing
+        def map_unordered(self, fn, items):
+            for item in items:
+                yield item, [(item[1], [])]
+
+    run = BatchedExecutor(Recorder(), batch_size=4).map_unordered(functools.partial(bt.evaluate_cell, seed=0), seen)
+    assert [cell for cell, _ in run] == seen
+
+
 def test_backtest_summary_lists_the_population_members():
     # the CLI's backtest.md once failed (KeyError) on a population's members table
     from bayes_scaling import backtest as bt

@@ -60,7 +60,8 @@ def add_executor_arguments(parser) -> None:
         "--batch-size",
         type=int,
         default=0,
-        help="fit Bayesian cells in vectorised chunks of this many (one JAX program per chunk; 0: one by one)",
+        help="fit bayes_independent cells in vectorised chunks of this many (one JAX program per chunk; 0: one by one); "
+        "bayes_hierarchical cells are always fitted one by one, through bs.fit, the path users run",
     )
     parser.add_argument(
         "--restart", action="store_true", help="discard finished cells in OUT/cells instead of resuming from them"
