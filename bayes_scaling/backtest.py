@@ -77,6 +77,7 @@ from __future__ import annotations
 import csv
 import functools
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -87,7 +88,7 @@ import pandas as pd
 from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
 from .convergence import MAX_R_HAT, MIXED_RHAT
 from .data import Filters, apply_filters, load_runs, thin_log_spaced
-from .errors import DataError
+from .errors import ConvergenceWarning, DataError, ExtrapolationWarning
 from .laws import centre
 
 ESTIMATORS = ("classic", "classic_huber", "bayes_independent", "bayes_hierarchical")
@@ -515,6 +516,9 @@ def evaluate_cell(cell: Cell, seed: int = 0, posterior=None) -> list[dict]:
     """Fit one estimator on one cell and score every target: a pure function.
 
     Never raises for a failed fit: the rows then have ``status="failed"`` and the message.
+    Silent on the warnings a user's fit and prediction print (convergence, extrapolation):
+    a cell extrapolates by design and its rows carry r-hat and divergences, so a run in
+    worker processes, which do not share the caller's warning filters, prints none per cell.
     ``posterior`` (Bayesian estimators only): a :class:`~bayes_scaling.cellfit.CellPosterior`
     of this cell already fitted elsewhere (e.g. :mod:`bayes_scaling.batched`), used instead
     of fitting.
@@ -524,6 +528,13 @@ def evaluate_cell(cell: Cell, seed: int = 0, posterior=None) -> list[dict]:
     list of dict
         One row per target (columns :data:`ROW_KEY_COLUMNS` plus scores and diagnostics).
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        return _evaluate_cell(cell, seed, posterior)
+
+
+def _evaluate_cell(cell: Cell, seed: int, posterior) -> list[dict]:
     data = cell.data
     settings = dict(cell.settings)
     s = cell_seed(cell.key, seed)

@@ -24,7 +24,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
     independent_prior,
     random_effects,
 )
-from bayes_scaling.errors import DataError  # noqa: E402
+from bayes_scaling.errors import ConvergenceWarning, DataError, ExtrapolationWarning  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
 
@@ -506,3 +506,20 @@ def test_classic_fit_has_the_papers_evaluation_budget(shared_runs_path):
     pf = fit_classic(cell.train_num_params, cell.train_tokens, cell.train_loss)
     assert pf.ok, pf.message
     assert np.all(np.isfinite(pf.params))
+
+
+def test_a_cell_is_silent_on_the_warnings_its_rows_record(monkeypatch):
+    # worker processes do not share the CLI's warning filters: a cell once printed an
+    # ExtrapolationWarning per prediction there; its rows already carry r-hat and divergences
+    def noisy(cell, seed, posterior):
+        warnings.warn("far", ExtrapolationWarning)
+        warnings.warn("unmixed", ConvergenceWarning)
+        return [{"cell": cell}]
+
+    monkeypatch.setattr(bt, "_evaluate_cell", noisy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bt.evaluate_cell("c") == [{"cell": "c"}]
+    monkeypatch.setattr(bt, "_evaluate_cell", lambda *a: warnings.warn("other", RuntimeWarning))
+    with pytest.warns(RuntimeWarning, match="other"):  # anything else still reaches the caller
+        bt.evaluate_cell("c")
