@@ -399,10 +399,13 @@ def _first_value(table: pd.DataFrame, column: str) -> str:
 
 def source_groups(table: pd.DataFrame) -> dict[str, str]:
     """Family -> source group: the ``source`` column (families sharing data, code and
-    units), or the family itself where the table has none."""
+    units), or the family itself where the table has none or the family's is empty (an
+    empty source is no evidence of siblings; pandas 3 keeps it NaN through ``astype(str)``,
+    which left the group NaN and a population file holding it unreadable)."""
     if "source" not in table.columns:
         return {f: f for f in table["family"].unique()}
-    return table.groupby("family")["source"].first().astype(str).to_dict()
+    first = table.groupby("family")["source"].first()  # first non-empty value
+    return {str(f): str(s) if pd.notna(s) and str(s).strip() else str(f) for f, s in first.items()}
 
 
 def build(

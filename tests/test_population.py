@@ -82,6 +82,19 @@ def test_without_drops_whole_source_groups():
         pop.without(families=pop.families[1:]).prior()
 
 
+def test_a_family_without_a_source_is_its_own_group(tmp_path):
+    # an empty source once left the group NaN under pandas 3 (astype(str) keeps NaN): the
+    # family's population prior then kept nothing out by group, and a population file that
+    # held the NaN failed its own checksum when read back ("corrupted")
+    table = pd.DataFrame({"family": ["a", "a", "b", "c", "d"], "source": ["s", "s", np.nan, " ", None]})
+    assert P.source_groups(table) == {"a": "s", "b": "b", "c": "c", "d": "d"}
+    assert P.source_groups(table.drop(columns="source")) == {"a": "a", "b": "b", "c": "c", "d": "d"}
+    pop, _, _ = _hand_population()
+    members = pop.members.assign(group=[P.source_groups(table)["b"], *pop.members["group"][1:]])
+    path = P.Population(members, pop.theta_mean, pop.theta_cov, pop.log_scales, pop.nu, pop.settings, pop.provenance).save(tmp_path / "p.nc")
+    assert P.load(path).group_of("f00") == "b"
+
+
 def test_file_round_trip_is_exact_and_damage_is_refused(tmp_path):
     pop, _, _ = _hand_population()
     path = pop.save(tmp_path / "pop.nc")
