@@ -47,7 +47,7 @@ RESUME_SETTINGS = (
 
 
 def add_executor_arguments(parser) -> None:
-    """``--executor``, ``--address``, ``--num-cpus`` and ``--restart`` of ``bayes-scaling backtest``."""
+    """``--executor``, ``--address``, ``--num-cpus``, ``--batch-size`` and ``--restart`` of ``bayes-scaling backtest``."""
     parser.add_argument(
         "--executor",
         choices=EXECUTORS,
