@@ -26,6 +26,7 @@ import xarray as xr
 
 from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, POPULATION_VARS, Convergence, check_convergence, format_r_hat
 from .errors import FitError
+from .laws import PARAM_NAMES
 
 #: Variables of the convergence table, in display order (those absent are skipped).
 TABLE_VARS = (*POPULATION_VARS, "corr", *FAMILY_VARS, "run_offset")
@@ -46,6 +47,7 @@ __all__ = [
     "compare",
     "convergence_report",
     "family_parameter_correlations",
+    "family_parameters",
     "format_convergence_summary",
     "loo",
     "loo_pit",
@@ -497,6 +499,16 @@ def loo_pit(fit, predictive: xr.DataArray | None = None, *, seed: int = 0) -> xr
 # ----------------------------------------------------------------------------- parameters
 
 
+def family_parameters(fit) -> dict[str, xr.DataArray]:
+    """Draws of each family's law parameters, ``{name: DataArray (chain, draw, family)}``
+    for ``log_e, log_a, log_b, alpha, beta`` (centred units, see ``bayes_scaling.laws``).
+
+    Read from ``theta[family, param]``, which every fit holds; a fit under a population has
+    no per-parameter variables (the joint model's deterministic copies of theta)."""
+    theta = _idata(fit).posterior["theta"]
+    return {name: theta.sel(param=name, drop=True) for name in PARAM_NAMES}
+
+
 def family_parameter_correlations(fit, pairs=(("log_a", "alpha"), ("log_b", "beta"))) -> pd.DataFrame:
     """How family parameters move together across families, per pair.
 
@@ -516,22 +528,23 @@ def family_parameter_correlations(fit, pairs=(("log_a", "alpha"), ("log_b", "bet
 
     idata = _idata(fit)
     post = idata.posterior
+    law = family_parameters(fit)
     spec = getattr(fit, "spec", None)
     ref_n = getattr(spec, "reference_params", None)
     ref_d = getattr(spec, "reference_tokens", None)
     raw = {}
     if ref_n is not None:
-        raw["log_a"], raw["log_b"] = to_raw(post["log_a"], post["log_b"], post["alpha"], post["beta"], ref_n, ref_d)
+        raw["log_a"], raw["log_b"] = to_raw(law["log_a"], law["log_b"], law["alpha"], law["beta"], ref_n, ref_d)
     rows = {}
     n_families = post.sizes.get("family", 0)
     for x, y in pairs:
         row = {}
         if n_families >= 3:
-            corr = xr.corr(post[x], post[y], dim="family")
+            corr = xr.corr(law[x], law[y], dim="family")
             row["across_families"], row["across_families_q05"], row["across_families_q95"] = (
                 float(corr.median()), float(corr.quantile(0.05)), float(corr.quantile(0.95)))
             if x in raw or y in raw:
-                row["raw_units"] = float(xr.corr(raw.get(x, post[x]), raw.get(y, post[y]), dim="family").median())
+                row["raw_units"] = float(xr.corr(raw.get(x, law[x]), raw.get(y, law[y]), dim="family").median())
         if "corr" in post:
             pc = post["corr"].sel(param=x, param_=y)
             row["population"], row["population_q05"], row["population_q95"] = (

@@ -291,6 +291,22 @@ def test_extrapolation_check_measures_a_bend_at_the_largest_size():
         P.extrapolation_check(FamilyArrays.from_arrays(x_n[:12], x_d[:12], run_idx[:12], exact[:12]), prior, **TINY_FIT)
 
 
+def test_diagnose_reports_a_fit_under_a_population(one_family_fit, tmp_path):
+    # `bayes-scaling diagnose` once failed on such a fit (KeyError 'log_a': it read the joint
+    # model's per-parameter variables; every fit holds the law as theta)
+    from bayes_scaling import diagnostics
+    from bayes_scaling.cli.diagnose import write_report
+
+    family, _, fit = one_family_fit
+    law = diagnostics.family_parameters(fit)
+    assert set(law) == {"log_e", "log_a", "log_b", "alpha", "beta"}
+    np.testing.assert_array_equal(law["alpha"].sel(family=family).values, fit.idata.posterior["theta"].sel(family=family, param="alpha").values)
+    path, _ = write_report(fit, tmp_path, source="fit.nc")
+    text = path.read_text()
+    assert "under the prior of a population" in text and "(pooling" not in text
+    assert (tmp_path / "parameters.png").is_file()
+
+
 def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path):
     from bayes_scaling import decide, diagnostics, plan
 

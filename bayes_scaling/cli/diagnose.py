@@ -113,10 +113,15 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
         files["loo"] = _save(axes, out / "loo.png", dpi)
 
     population = conv.table[conv.table["variable"].isin(["mu", "tau", "sigma_run"])]
+    under = settings.get("population")  # a fit under a population prior (bs.fit(population=...))
+    model = (
+        f"Each family fitted alone under the prior of a {under} (likelihood {spec.likelihood})" if under
+        else f"Spec `{spec.name}` (pooling {spec.pooling}, likelihood {spec.likelihood})"
+    )
     lines = [
         f"# Diagnostics of {source or 'a fit'}",
         "",
-        f"Spec `{spec.name}` (pooling {spec.pooling}, likelihood {spec.likelihood}); "
+        f"{model}; "
         f"{counted(len(fit.families), 'family', 'families')}, {counted(len(fit.runs), 'run')}, "
         f"{counted(fit.idata.observed_data.sizes['checkpoint'], 'checkpoint')}; "
         f"{settings.get('chains')} chains x {settings.get('draws')} draws after {settings.get('warmup')} warmup, seed {settings.get('seed')}.",
@@ -129,7 +134,7 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
         "",
         "## Convergence",
         "",
-        f"Population parameters (the full table of {len(conv.table)} quantities is in `convergence.csv`):",
+        f"{'Run scales' if under else 'Population parameters'} (the full table of {len(conv.table)} quantities is in `convergence.csv`):",
         "",
         _md_table(population[["mean", "sd", "mcse_mean", "ess_bulk", "ess_tail", "r_hat"]]) if len(population) else "(this spec has no population parameters)",
         "",

@@ -151,7 +151,8 @@ def plot_family_parameters(fit, x: str = "log_a", y: str = "alpha", *, ax=None, 
     post = diagnostics._idata(fit).posterior
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 3.8))
-    px, py = post[x], post[y]
+    law = diagnostics.family_parameters(fit)
+    px, py = law[x], law[y]
     mx, my = px.mean(("chain", "draw")).values, py.mean(("chain", "draw")).values
     qx = px.quantile([0.05, 0.95], dim=("chain", "draw")).values
     qy = py.quantile([0.05, 0.95], dim=("chain", "draw")).values
