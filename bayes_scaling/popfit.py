@@ -133,9 +133,9 @@ def fit_with_population(
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
     prior = pop.without(families=data.families).prior()
     sampler = dict(
-        chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth), retry_thinning=int(retry_thinning)
+        chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth),
+        retry_thinning=int(retry_thinning), tempering=bool(tempering),
     )
-    sampler["tempering"] = bool(tempering)
     posts = []
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)

@@ -50,13 +50,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 3], help="designs' k (default 1 3)")
     parser.add_argument("--tempering", action="store_true", help="fits with r-hat above 1.05 retried as a replica exchange (fit --tempering)")
     args = parser.parse_args(argv)
-    retry = {"tempering": True} if args.tempering else {}
     protocol = bt.protocol_cells(args.runs, ks=args.ks, fractions=[1.0], min_tokens=[1e10], families=args.families)
     designs = [sbc.Design.of_cell(c) for c in protocol.cells]
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = sbc.run_sbc(resolve("public").prior(), designs, args.n, seed=args.seed, warmup=args.warmup, draws=args.draws, **retry)
+        results = sbc.run_sbc(resolve("public").prior(), designs, args.n, seed=args.seed, warmup=args.warmup, draws=args.draws, tempering=args.tempering)
     elapsed = time.perf_counter() - started
     n_checks = len(results) * len(sbc.QUANTITIES)
     rows = []
