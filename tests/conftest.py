@@ -7,14 +7,19 @@ import tempfile
 import warnings
 from pathlib import Path
 
-# One JAX compilation cache for the whole session, shared with the notebook kernels (they
-# inherit the environment). NumPyro runs a model eagerly while it initialises, which compiles
-# hundreds of small ops one by one, ~50 s per fresh process here; with the cache a second
-# process with the same shapes skips most of it. A user's own cache setting wins.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="bayes-scaling-jax-cache-")
+# One JAX compilation cache per test process, shared with the CLI subprocesses and notebook
+# kernels it starts (they inherit the environment). NumPyro runs a model eagerly while it
+# initialises, which compiles hundreds of small ops one by one, ~50 s per fresh process here;
+# with the cache a second process with the same shapes skips most of it.
+# Each xdist worker gets its own: JAX writes a cache entry without a lock, so a worker that
+# read an entry the other was still writing failed on a truncated file (CI, 6 errors).
+# A user's own cache setting wins (and is shared by the workers).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+if os.environ.get("JAX_COMPILATION_CACHE_DIR") in (None, os.environ.get("BAYES_SCALING_TEST_JAX_CACHE")):
+    _cache = tempfile.mkdtemp(prefix=f"bayes-scaling-jax-cache-{WORKER}-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    # the marker tells a worker that the inherited directory is its controller's, not the user's
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["BAYES_SCALING_TEST_JAX_CACHE"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -1,5 +1,8 @@
 """Traced programs kept on disk (bayes_scaling.programs): reused without tracing, same numbers."""
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,3 +78,13 @@ def test_under_pmap_each_device_runs_the_kept_program(program_dir):
     out = mapped(jnp.stack([jnp.arange(5.0), -jnp.arange(5.0)]), (jnp.float32(2.0), jnp.ones(5)))
     np.testing.assert_array_equal(np.asarray(out[1]), [10.0, -10.0])
     assert len(list(program_dir.glob("toy-*.jaxexport"))) == 1  # traced with the per-device shapes
+
+
+def test_each_test_process_compiles_into_its_own_cache():
+    # two xdist workers sharing one cache read each other's half-written entries (CI failure)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if cache != os.environ.get("BAYES_SCALING_TEST_JAX_CACHE"):
+        pytest.skip("the user's own JAX_COMPILATION_CACHE_DIR is in use")
+    assert Path(cache).name.startswith(f"bayes-scaling-jax-cache-{worker}-")
+    assert jax.config.jax_compilation_cache_dir == cache
