@@ -24,6 +24,7 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR") in (None, os.environ.get("BAYES_S
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpyro  # noqa: E402
+from filelock import FileLock  # noqa: E402
 import pytest  # noqa: E402
 
 # Two host devices so that two chains run in parallel; must precede any JAX computation.
@@ -31,7 +32,7 @@ numpyro.set_host_device_count(2)
 
 from bayes_scaling import datasets  # noqa: E402
 from bayes_scaling.errors import ConvergenceWarning  # noqa: E402
-from bayes_scaling.inference import fit  # noqa: E402
+from bayes_scaling.inference import Fit, fit  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("BAYES_SCALING_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -43,12 +44,30 @@ def synthetic_runs():
 
 
 @pytest.fixture(scope="session")
-def small_fit(synthetic_runs):
-    """A small hierarchical NUTS fit of ``synthetic_runs`` (2 chains x 200 draws, seed 0)."""
+def small_fit(synthetic_runs, tmp_path_factory):
+    """A small hierarchical NUTS fit of ``synthetic_runs`` (2 chains x 200 draws, seed 0).
+
+    The suite's costliest fixture, so under xdist it is fitted once per run: the first
+    worker to ask fits and saves it, the other waits on the lock and loads it (the save/load
+    round trip is exact, tests/test_inference.py). The directory above a worker's base
+    temp is this run's own.
+    """
     runs, _ = synthetic_runs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return fit(runs, population=None, chains=2, warmup=200, draws=200, seed=0)
+
+    def small():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return fit(runs, population=None, chains=2, warmup=200, draws=200, seed=0)
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return small()
+    path = tmp_path_factory.getbasetemp().parent / "small_fit.nc"
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            return Fit.load(path)
+        result = small()
+        result.save(path)
+        return result
 
 
 @pytest.fixture(scope="session")

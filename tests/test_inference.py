@@ -44,6 +44,7 @@ def test_recovers_family_parameters(small_fit, synthetic_runs):
     assert np.mean(hits) >= 0.8, f"only {np.mean(hits):.0%} of family parameters inside 94% intervals"
 
 
+@pytest.mark.slow  # 80-105 s; the hybrid prior itself is checked by default below
 def test_hybrid_family_effects_fit_end_to_end():
     # A small fit under family_effects = "hybrid" (3 synthetic families, 2 chains x 150
     # draws, seed 0): its sites get their dims and start values, and the family parameters

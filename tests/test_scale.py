@@ -152,6 +152,7 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
         fit(20, 0)
 
 
+@pytest.mark.slow  # 60 s; the opt-in replica exchange's path is in the default suite below
 def test_replica_exchange_keeps_the_posterior():
     """The temperature-1 chains of a replica exchange sample the same posterior as plain NUTS:
     on a one-mode cell, posterior means within 0.25 posterior sds and sds within 25% (2 x 300
