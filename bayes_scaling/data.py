@@ -319,7 +319,17 @@ def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFr
                 f"{len(several)} runs have several (metric, eval_set) curves (first: family={fam} model={model}); "
                 "keep one per run (set is_primary or filter the table)"
             )
-    df = _drop_emptied(df, df["tokens"] >= filters.min_tokens, f"min_tokens={filters.min_tokens:g}", filters.drop_emptied, dropped)
+    most = df.groupby("family")["tokens"].max()
+    df = _drop_emptied(
+        df,
+        df["tokens"] >= filters.min_tokens,
+        f"min_tokens={filters.min_tokens:g}",
+        filters.drop_emptied,
+        dropped,
+        # a small-scale family: say how far below the cut it stops, and how to lower it
+        lambda emptied: f" (largest checkpoint: {', '.join(f'{most[f]:.3g}' for f in emptied)} tokens)"
+        "; lower the cut (min_tokens, CLI --min-tokens) or drop the family (drop_emptied, CLI --drop-emptied)",
+    )
     if filters.max_checkpoints is not None:
         keep = []
         for _, group in df.groupby(["family", "model"], sort=False):
@@ -331,14 +341,14 @@ def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFr
     return out
 
 
-def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str, allowed: bool, dropped: dict) -> pd.DataFrame:
+def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str, allowed: bool, dropped: dict, advice=None) -> pd.DataFrame:
+    """Rows of ``keep_mask``; a family left without rows is dropped if ``allowed``, else
+    refused, with ``advice(emptied)`` (default: drop the family) ending the message."""
     kept = df[np.asarray(keep_mask)]
     emptied = sorted(set(df["family"]) - set(kept["family"]))
     if emptied and not allowed:
-        raise DataError(
-            f"filter {filter_name} leaves no rows for famil{'y' if len(emptied) == 1 else 'ies'} {emptied}; "
-            "lower the cut or drop the family"
-        )
+        tail = advice(emptied) if advice else "; drop the family (drop_emptied, CLI --drop-emptied)"
+        raise DataError(f"filter {filter_name} leaves no rows for famil{'y' if len(emptied) == 1 else 'ies'} {emptied}{tail}")
     dropped.update({family: filter_name for family in emptied})
     return kept
 

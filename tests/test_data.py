@@ -1,5 +1,7 @@
 """Tier 1: data validation (every DataError case) and filters."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,7 +53,9 @@ def test_bad_input_raises_data_error_naming_the_culprit(mutate, message):
 
 def test_family_emptied_by_token_cut_is_named():
     runs = pd.concat([make_runs(), make_runs(family="tiny").assign(tokens=lambda d: d["tokens"] / 100)])
-    with pytest.raises(DataError, match=r"min_tokens=1e\+10.*\['tiny'\]"):
+    largest = runs.loc[runs["family"] == "tiny", "tokens"].max()
+    # a small-scale family is told how far below the cut it stops and how to lower the cut
+    with pytest.raises(DataError, match=rf"min_tokens=1e\+10.*\['tiny'\] \(largest checkpoint: {re.escape(f'{largest:.3g}')} tokens\); lower the cut .*--min-tokens"):
         prepare(runs, Filters(min_tokens=1e10))
 
 
