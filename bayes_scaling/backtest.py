@@ -87,16 +87,14 @@ import pandas as pd
 
 from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
 from .convergence import MAX_R_HAT, MIXED_RHAT
-from .data import Filters, apply_filters, load_runs, thin_log_spaced
-from .errors import ConvergenceWarning, DataError, ExtrapolationWarning
+from .data import Filters, apply_filters, late_window, load_runs, loss_rise, thin_log_spaced
+from .errors import ConvergenceWarning, DataError, DataWarning, ExtrapolationWarning
 from .laws import centre
 
 ESTIMATORS = ("classic", "classic_huber", "bayes_independent", "bayes_hierarchical")
 BAYES_ESTIMATORS = ("bayes_independent", "bayes_hierarchical")
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 1.0)
-TARGET_START = 0.7
 MIN_SIZES = 3
-DIVERGENCE_RISE = 0.02
 #: Central interval levels scored (coverage columns ``cov_20`` ... ``cov_95``).
 LEVELS = (0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
 #: Columns that identify a row (the rest are scores and diagnostics).
@@ -187,29 +185,6 @@ def primary_table(runs) -> pd.DataFrame:
     return apply_filters(load_runs(runs), Filters(min_tokens=0.0, max_checkpoints=None, primary_only=True))
 
 
-def target_window(tokens, loss, start=TARGET_START):
-    """Sorted (tokens, loss) of the checkpoints with ``tokens >= start * max(tokens)``."""
-    tokens = np.asarray(tokens, float)
-    loss = np.asarray(loss, float)
-    order = np.argsort(tokens)
-    tokens, loss = tokens[order], loss[order]
-    keep = tokens >= start * tokens.max()
-    return tokens[keep], loss[keep]
-
-
-def diverged(loss) -> tuple[bool, float]:
-    """Whether a target window's loss rises: mean of last third vs first third.
-
-    Returns ``(diverged, relative rise)``; windows of fewer than 3 points never diverge.
-    """
-    loss = np.asarray(loss, float)
-    if len(loss) < 3:
-        return False, 0.0
-    third = max(1, len(loss) // 3)
-    rise = float(loss[-third:].mean() / loss[:third].mean() - 1.0)
-    return rise > DIVERGENCE_RISE, rise
-
-
 def _check_values(ks, fractions, min_tokens_list, max_checkpoints):
     for k in ks or ():
         if int(k) != k or k < 1:
@@ -274,8 +249,8 @@ def protocol_cells(
             continue
         targets = []
         for model, run in g[g["num_params"] == sizes[-1]].groupby("model", sort=True):
-            tok, loss = target_window(run["tokens"], run["loss"])
-            is_div, rise = diverged(loss)
+            tok, loss = late_window(run["tokens"], run["loss"])
+            is_div, rise = loss_rise(loss)
             if is_div:
                 div_rows.append({"family": family, "target": model, "rise": rise, "n_points": len(loss)})
                 continue
@@ -516,8 +491,9 @@ def evaluate_cell(cell: Cell, seed: int = 0, posterior=None) -> list[dict]:
     """Fit one estimator on one cell and score every target: a pure function.
 
     Never raises for a failed fit: the rows then have ``status="failed"`` and the message.
-    Silent on the warnings a user's fit and prediction print (convergence, extrapolation):
-    a cell extrapolates by design and its rows carry r-hat and divergences, so a run in
+    Silent on the warnings a user's fit and prediction print (convergence, extrapolation,
+    rising training runs): a cell extrapolates by design, its rows carry r-hat and
+    divergences, and it trains on whatever the family's small runs did, so a run in
     worker processes, which do not share the caller's warning filters, prints none per cell.
     ``posterior`` (Bayesian estimators only): a :class:`~bayes_scaling.cellfit.CellPosterior`
     of this cell already fitted elsewhere (e.g. :mod:`bayes_scaling.batched`), used instead
@@ -531,6 +507,7 @@ def evaluate_cell(cell: Cell, seed: int = 0, posterior=None) -> list[dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", ExtrapolationWarning)
+        warnings.simplefilter("ignore", DataWarning)
         return _evaluate_cell(cell, seed, posterior)
 
 

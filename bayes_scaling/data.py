@@ -10,6 +10,7 @@ centred covariates the model needs. The caller's DataFrame is never mutated.
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .laws import REFERENCE_PARAMS, REFERENCE_TOKENS, centre
 
 REQUIRED_COLUMNS = ("family", "model", "num_params", "tokens", "loss")
@@ -286,6 +287,66 @@ def thin_log_spaced(tokens: np.ndarray, max_points: int) -> np.ndarray:
     picked = np.unique(np.searchsorted(log_t, targets).clip(0, len(log_t) - 1))
     # searchsorted picks the checkpoint at or after each target; the last is always included
     return order[np.union1d(picked, [0, len(log_t) - 1])]
+
+
+#: A run's late window: its checkpoints past this share of its tokens (the last 30% of
+#: training; the back-test's targets).
+LATE_START = 0.7
+#: A late window "rises" when the mean loss of its last third exceeds that of its first third
+#: by more than this (2%: well above checkpoint noise).
+RISE_LIMIT = 0.02
+
+
+def late_window(tokens, loss, start: float = LATE_START) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (tokens, loss) of the checkpoints with ``tokens >= start * max(tokens)``."""
+    tokens = np.asarray(tokens, float)
+    loss = np.asarray(loss, float)
+    order = np.argsort(tokens)
+    tokens, loss = tokens[order], loss[order]
+    keep = tokens >= start * tokens.max()
+    return tokens[keep], loss[keep]
+
+
+def loss_rise(loss) -> tuple[bool, float]:
+    """Whether a window's loss (in token order) rises: ``(rises, relative rise)``, the rise
+    being the mean of the last third over the mean of the first, minus 1. Windows of fewer
+    than 3 points never rise."""
+    loss = np.asarray(loss, float)
+    if len(loss) < 3:
+        return False, 0.0
+    third = max(1, len(loss) // 3)
+    rise = float(loss[-third:].mean() / loss[:third].mean() - 1.0)
+    return rise > RISE_LIMIT, rise
+
+
+def rising_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs of a runs table whose loss rises over their late window (:func:`loss_rise`):
+    columns ``family``, ``model``, ``rise``, ``n_points``."""
+    rows = []
+    for (family, model), run in table.groupby(["family", "model"], sort=True):
+        _, loss = late_window(run["tokens"], run["loss"])
+        rises, rise = loss_rise(loss)
+        if rises:
+            rows.append({"family": family, "model": model, "rise": rise, "n_points": len(loss)})
+    return pd.DataFrame(rows, columns=["family", "model", "rise", "n_points"])
+
+
+def warn_rising_runs(data: RunsData) -> None:
+    """Warn (:class:`~bayes_scaling.errors.DataWarning`) about the runs a fit is about to
+    read whose loss rises late in training: the law has loss fall with tokens, so a run that
+    turned (repeated data, overfitting, a divergence) pulls what is extrapolated from it."""
+    rising = rising_runs(data.table)
+    if len(rising):
+        runs = ", ".join(f"{r.family}/{r.model} {r.rise:+.1%}" for r in rising.itertuples())
+        warnings.warn(
+            DataWarning(
+                f"the loss of {len(rising)} run{'s' if len(rising) > 1 else ''} rises over the last {1 - LATE_START:.0%} of training "
+                f"(the mean of those checkpoints' last third against their first): {runs}. The law has loss fall with tokens, so a run that turned "
+                "(repeated data, overfitting, a divergence) pulls the extrapolation; drop its late checkpoints or the run "
+                "unless that turn is what you mean to predict"
+            ),
+            stacklevel=3,
+        )
 
 
 def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFrame:

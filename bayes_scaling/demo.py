@@ -76,15 +76,14 @@ def run_real_demo(*, seed: int = 0, population="public", **sampler) -> RealDemoR
     """Fit the demo family's smallest sizes under ``population`` without its source group and
     predict its largest run (see module docstring). ``sampler``: NUTS settings (default
     :data:`REAL_DEMO_SETTINGS` over the library's, :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`)."""
-    from .backtest import target_window
-    from .data import Filters
+    from .data import Filters, late_window
     from .population import resolve
 
     runs = demo_runs()
     sizes = np.sort(runs["num_params"].unique())
     train = runs[runs["num_params"] <= sizes[REAL_DEMO["k"] - 1]]
     largest = runs[runs["num_params"] == sizes[-1]]
-    tokens, loss = target_window(largest["tokens"], largest["loss"])
+    tokens, loss = late_window(largest["tokens"], largest["loss"])
     target = pd.DataFrame({"model": largest["model"].iloc[0], "num_params": sizes[-1], "tokens": tokens, "loss": loss})
     pop = resolve(population).without(groups=[REAL_DEMO["group"]])
     result = fit(train, population=pop, filters=Filters(), seed=seed, **{**REAL_DEMO_SETTINGS, **sampler})

@@ -38,9 +38,14 @@ class ExtrapolationWarning(UserWarning):
     """A prediction lies far outside the model sizes or tokens the fit was trained on."""
 
 
+class DataWarning(UserWarning):
+    """The data break an assumption of the law (a run whose loss rises late in training): the
+    fit runs, but what it extrapolates may be off."""
+
+
 class DecisionWarning(UserWarning):
     """Part of a decision is not defined for some posterior draws (no compute-optimal split) or
     rests on the edge of its search range."""
 
 
-__all__ = ["BayesScalingError", "ConvergenceWarning", "DataError", "DecisionWarning", "ExtrapolationWarning", "FitError", "OutputError", "PopulationError", "SpecError"]
+__all__ = ["BayesScalingError", "ConvergenceWarning", "DataError", "DataWarning", "DecisionWarning", "ExtrapolationWarning", "FitError", "OutputError", "PopulationError", "SpecError"]

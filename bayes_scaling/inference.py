@@ -24,7 +24,7 @@ import xarray as xr
 from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
 from .convergence import check_convergence
-from .data import Filters, RunsData, prepare
+from .data import Filters, RunsData, prepare, warn_rising_runs
 from .errors import ConvergenceWarning, FitError
 from .laws import LEVEL_NAMES, PARAM_NAMES, chinchilla_log_loss, to_level_coordinates
 from .model import (
@@ -502,6 +502,9 @@ def fit(
     -----
     ConvergenceWarning
         When r_hat > 1.01, ESS is low or there are divergences; the message has the numbers.
+    DataWarning
+        When a run's loss rises over its last 30% of training
+        (:func:`bayes_scaling.data.rising_runs`); the message names the runs.
     """
     if population is not None:
         if spec is not None:
@@ -523,6 +526,7 @@ def fit(
         data = runs
     else:
         data = prepare(runs, filters if filters is not None else Filters(**spec.data), spec.reference_params, spec.reference_tokens)
+    warn_rising_runs(data)
     for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws)):
         if int(value) != value or value < (0 if name == "warmup" else 1):
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")

@@ -27,7 +27,7 @@ import xarray as xr
 from scipy import stats
 
 from .cellfit import SAMPLER_DEFAULTS, CellPrior, FamilyArrays, stable_seed
-from .data import Filters, RunsData, prepare
+from .data import Filters, RunsData, prepare, warn_rising_runs
 from .errors import FitError
 from .inference import ATTR_PREFIX, Fit, versions
 from .laws import PARAM_NAMES, chinchilla_log_loss
@@ -128,6 +128,7 @@ def fit_with_population(
     pop = resolve(population)
     spec = load_spec(POPULATION_SPEC)
     data = runs if isinstance(runs, RunsData) else prepare(runs, filters if filters is not None else Filters(**spec.data))
+    warn_rising_runs(data)
     for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws), ("retry_thinning", retry_thinning)):
         if int(value) != value or value < (0 if name == "warmup" else 1):
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from bayes_scaling import plan
-from bayes_scaling.data import thin_log_spaced
+from bayes_scaling.data import late_window, loss_rise, thin_log_spaced
 from bayes_scaling.laws import centre
 from bayes_scaling.outputs import atomic_path, atomic_write_text
 
@@ -144,8 +144,8 @@ def target_run(family_table):
     largest = family_table["num_params"].max()
     best = None
     for model, run in family_table[family_table["num_params"] == largest].groupby("model", sort=True):
-        tok, loss = bt.target_window(run["tokens"], run["loss"])
-        if bt.diverged(loss)[0]:
+        tok, loss = late_window(run["tokens"], run["loss"])
+        if loss_rise(loss)[0]:
             continue
         if best is None or tok.max() > best[2].max():
             best = (str(model), float(largest), tok, loss)

@@ -24,6 +24,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
     independent_prior,
     random_effects,
 )
+from bayes_scaling.data import loss_rise  # noqa: E402
 from bayes_scaling.errors import ConvergenceWarning, DataError, ExtrapolationWarning  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
@@ -105,9 +106,9 @@ def test_protocol_rejects_bad_arguments(tiny):
 
 
 def test_diverged_rule():
-    assert bt.diverged([2.0, 1.99, 1.98])[0] is False
-    assert bt.diverged([2.0, 2.1, 2.3])[0] is True
-    assert bt.diverged([2.0, 3.0])[0] is False  # too few points to call
+    assert loss_rise([2.0, 1.99, 1.98])[0] is False
+    assert loss_rise([2.0, 2.1, 2.3])[0] is True
+    assert loss_rise([2.0, 3.0])[0] is False  # too few points to call
 
 
 # --------------------------------------------------------------------------- point fits

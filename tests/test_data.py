@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayes_scaling.data import Filters, apply_filters, load_runs, prepare, thin_log_spaced
-from bayes_scaling.errors import DataError
+from bayes_scaling.data import Filters, apply_filters, load_runs, prepare, rising_runs, thin_log_spaced, warn_rising_runs
+from bayes_scaling.errors import DataError, DataWarning, FitError
+from bayes_scaling.inference import fit
 
 
 def make_runs(n_runs=3, n_ckpt=8, family="fam"):
@@ -129,3 +130,30 @@ def test_shared_corpus_loads_as_is(shared_runs_path):
     assert len(data.families) >= 25
     assert data.table.groupby(["family", "model"]).size().max() <= 31
     assert (data.table["tokens"] >= 1e10).all()
+
+
+def _turned(runs, model="m1", rise=0.06):
+    """``runs`` with ``model``'s loss bent upward over its last 30% of tokens, by up to ``rise``."""
+    runs = runs.copy()
+    rows = runs["model"] == model
+    top = runs.loc[rows, "tokens"].max()
+    late = rows & (runs["tokens"] >= 0.7 * top)
+    runs.loc[late, "loss"] *= 1 + rise * (runs.loc[late, "tokens"] - 0.7 * top) / (0.3 * top)
+    return runs
+
+
+def test_a_run_whose_loss_turns_up_late_is_named():
+    runs = make_runs(n_ckpt=40)
+    assert rising_runs(runs).empty  # falling curves
+    rising = rising_runs(_turned(runs))
+    assert rising["model"].tolist() == ["m1"] and 0.02 < rising["rise"].iloc[0] < 0.06
+    assert rising_runs(_turned(runs, rise=0.01)).empty  # within the 2% allowance
+    with pytest.warns(DataWarning, match=r"the loss of 1 run rises .*fam/m1 \+\d\.\d%"):
+        warn_rising_runs(prepare(_turned(runs), Filters(min_tokens=1e10)))
+
+
+@pytest.mark.parametrize("population", ["public", None], ids=["population", "joint"])
+def test_both_fit_paths_warn_of_a_run_that_turned(population):
+    # chains=0 is refused after the data are read, so nothing is sampled
+    with pytest.warns(DataWarning, match="fam/m1"), pytest.raises(FitError, match="chains"):
+        fit(_turned(make_runs(n_ckpt=40)), population=population, chains=0)

@@ -77,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line_warnings(command: str, fallback):
     """A ``warnings.showwarning`` that prints this package's warnings as ``COMMAND: warning:
     MESSAGE`` (not the source line); other warnings go to ``fallback``."""
-    from ..errors import ConvergenceWarning, DecisionWarning, ExtrapolationWarning
+    from ..errors import ConvergenceWarning, DataWarning, DecisionWarning, ExtrapolationWarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (ConvergenceWarning, DecisionWarning, ExtrapolationWarning)):
+        if issubclass(category, (ConvergenceWarning, DataWarning, DecisionWarning, ExtrapolationWarning)):
             print(f"{command}: warning: {message}", file=sys.stderr)
         else:
             fallback(message, category, filename, lineno, file, line)
