@@ -147,3 +147,19 @@ def test_counts_read_as_english():
     assert counted(1, "family", "families") == "1 family"
     assert counted(22, "family", "families") == "22 families"
     assert counted(1, "run") == "1 run" and counted(0, "checkpoint") == "0 checkpoints"
+
+
+def test_json_output_writes_a_missing_value_as_null():
+    # a new family's mean is NaN; Python's json would write a bare NaN, which is not JSON
+    import io
+
+    import numpy as np
+
+    from bayes_scaling.cli.common import write_table
+
+    out = io.StringIO()
+    write_table(pd.DataFrame({"kind": ["new_family", "family"], "mean": [np.nan, 2.5], "q05": [np.float64(0.5), 2.0]}), "json", out)
+    assert json.loads(out.getvalue(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}")) == [
+        {"kind": "new_family", "mean": None, "q05": 0.5},
+        {"kind": "family", "mean": 2.5, "q05": 2.0},
+    ]

@@ -58,12 +58,14 @@ def add_sampler_args(parser: argparse.ArgumentParser, chains=4, warmup=500, draw
 
 
 def write_table(df: pd.DataFrame, fmt: str, stream=None) -> None:
-    """Print a DataFrame as an aligned table, CSV or JSON records."""
+    """Print a DataFrame as an aligned table, CSV or JSON records (a missing value as null:
+    JSON has no NaN, and strict readers refuse the bare ``NaN`` Python would write)."""
     stream = stream or sys.stdout
     if fmt == "csv":
         df.to_csv(stream, index=False)
     elif fmt == "json":
-        json.dump(df.to_dict(orient="records"), stream, indent=2, default=float)
+        records = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+        json.dump(records, stream, indent=2, default=float, allow_nan=False)
         stream.write("\n")
     else:
         stream.write(df.to_string(index=False, float_format=lambda v: f"{v:.4g}") + "\n")
