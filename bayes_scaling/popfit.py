@@ -28,7 +28,7 @@ from scipy import stats
 
 from .cellfit import SAMPLER_DEFAULTS, CellPrior, FamilyArrays, stable_seed
 from .data import Filters, RunsData, prepare, warn_rising_runs
-from .errors import FitError
+from .errors import FitError, PopulationError
 from .inference import ATTR_PREFIX, Fit, versions
 from .laws import PARAM_NAMES, chinchilla_log_loss
 from .spec import load_spec
@@ -97,9 +97,11 @@ def fit_with_population(
     runs : path, DataFrame or RunsData
         The runs table (:mod:`bayes_scaling.data`).
     population : "public", path or Population
-        What the families borrow (:func:`bayes_scaling.population.resolve`). Members that
-        share a family name with the table are left out of its prior (a family never borrows
-        from itself).
+        What the families borrow (:func:`bayes_scaling.population.resolve`). A member that
+        shares a family's name is left out of that family's prior (a family never borrows
+        from itself), not of the others': each family's fit is the same alone as in a table.
+        The fit keeps the whole population's prior for new families (``predict`` kind
+        ``new_family``).
     filters : Filters, optional
         Default: the ``chinchilla_independent`` spec's data defaults (tokens >= 1e10, at most
         30 log-spaced checkpoints per run, primary curves).
@@ -132,15 +134,17 @@ def fit_with_population(
     for name, value in (("chains", chains), ("warmup", warmup), ("draws", draws), ("retry_thinning", retry_thinning)):
         if int(value) != value or value < (0 if name == "warmup" else 1):
             raise FitError(f"{name} must be a {'non-negative' if name == 'warmup' else 'positive'} integer, got {value!r}")
-    prior = pop.without(families=data.families).prior()
+    prior = pop.prior()  # a new family's: the whole population
     sampler = dict(
         chains=int(chains), warmup=int(warmup), draws=int(draws), target_accept=float(target_accept), max_tree_depth=int(max_tree_depth),
         retry_thinning=int(retry_thinning), tempering=bool(tempering),
     )
-    posts = []
+    posts, sources = [], {}
     for f, family in enumerate(data.families):
         arrays = FamilyArrays.of(data, f)
-        posts.append((arrays, arrays.fit(prior, seed=stable_seed((family,), seed), **sampler)))
+        own = _own_prior(pop, family, prior)
+        sources[family] = own.source
+        posts.append((arrays, arrays.fit(own, seed=stable_seed((family,), seed), **sampler)))
         if progress is not None:
             progress(family)
     idata = _inference_data(data, posts, prior)
@@ -149,13 +153,28 @@ def fit_with_population(
             ATTR_PREFIX + "spec": spec.to_json(),
             ATTR_PREFIX + "spec_source": f"{spec.source} likelihood under a population prior",
             ATTR_PREFIX + "filters": json.dumps(data.filters.to_dict()),
-            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source, "retried": [f for f, (_, p) in zip(data.families, posts) if p.retried], "tempered": [f for f, (_, p) in zip(data.families, posts) if p.tempered]}),
+            ATTR_PREFIX + "settings": json.dumps({**sampler, "seed": int(seed), "population": prior.source, "priors": sources, "retried": [f for f, (_, p) in zip(data.families, posts) if p.retried], "tempered": [f for f, (_, p) in zip(data.families, posts) if p.tempered]}),
             ATTR_PREFIX + "versions": json.dumps(versions()),
             ATTR_PREFIX + "population_prior": _prior_to_json(prior),
             ATTR_PREFIX + "population_provenance": json.dumps({**pop.provenance, "members": list(pop.families), "settings": pop.settings}),
         }
     )
     return Fit(idata)
+
+
+def _own_prior(pop, family: str, whole: CellPrior) -> CellPrior:
+    """The prior ``family`` is fitted under: the population less its own member entry, if it
+    has one (a family never borrows from itself); the other families of a table keep theirs,
+    so a family's fit does not depend on what else is in the table."""
+    if family not in pop.families:
+        return whole
+    rest = pop.without(families=[family])
+    if len(rest.families) < 2:
+        raise PopulationError(
+            f"family {family!r} is a member of this population and is left out of its own prior, which leaves "
+            f"{len(rest.families)} member famil{'y' if len(rest.families) == 1 else 'ies'}; a prior needs >= 2"
+        )
+    return rest.prior()
 
 
 def _inference_data(data: RunsData, posts: list, prior: CellPrior) -> az.InferenceData:

@@ -8,8 +8,10 @@ Three kinds of prediction, each a distribution over posterior draws:
     a run of that family not yet trained: adds a run offset drawn with ``sigma_run``
     (seeds alone move loss by a few percent), which is what a planned run needs;
 ``new_family``
-    a family absent from the data: theta drawn from the population
-    ``MultivariateNormal(mu, Sigma)`` per draw, plus a new run offset.
+    a family absent from the data: theta drawn from the population per draw (the joint
+    model's ``MultivariateNormal(mu, Sigma)``, or a population prior's Student-t), plus a
+    new run offset. Under a population prior the loss, the exponential of Student-t draws,
+    has no finite mean: :func:`summarize` gives NaN for it; read the quantiles.
 
 With ``observation_noise=True`` a checkpoint's noise (the likelihood, per family) is added,
 which is what an observed loss value is compared against.
@@ -145,6 +147,8 @@ def family_draws(fit: Fit, family: str | None, kind: str = "family", seed: int =
         "reference_tokens": spec.reference_tokens,
         "likelihood": spec.likelihood,
         "likelihood_df": spec.likelihood_df if spec.likelihood_df is not None else 0.0,
+        # exp of a Student-t draw has no mean: a sample mean there is one extreme draw's
+        "mean_exists": int(not (kind == "new_family" and population is not None and np.isfinite(population.df))),
         **_training_range(fit, None if kind == "new_family" else family),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -257,7 +261,7 @@ def loss_from_draws(draws: xr.Dataset, num_params, tokens, observation_noise: bo
         dims=("chain", "draw", "point"),
         coords=coords,
         name="loss",
-        attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "units": "loss (nats), as in the family's data"},
+        attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "mean_exists": draws.attrs["mean_exists"], "units": "loss (nats), as in the family's data"},
     )
 
 
@@ -303,7 +307,8 @@ def summarize(pred: xr.DataArray) -> pd.DataFrame:
     DataFrame
         Columns ``num_params, tokens, mean, median, q05, q25, q75, q95`` (and ``family``,
         ``kind`` and ``efolds_outside`` (see :func:`efolds_outside`) when known), one row
-        per point.
+        per point. ``mean`` is NaN where the loss has no finite mean (a new family under a
+        population prior, see the module docstring).
     """
     stacked = pred.stack(sample=("chain", "draw")).transpose("point", "sample").values
     out = pd.DataFrame({"num_params": pred["num_params"].values, "tokens": pred["tokens"].values})
@@ -311,7 +316,7 @@ def summarize(pred: xr.DataArray) -> pd.DataFrame:
         out.insert(0, "family", pred.attrs["family"])
     if pred.attrs.get("kind"):
         out["kind"] = pred.attrs["kind"]
-    out["mean"] = stacked.mean(axis=1)
+    out["mean"] = stacked.mean(axis=1) if pred.attrs.get("mean_exists", 1) else np.nan
     for col, q in SUMMARY_QUANTILES.items():
         out[col] = np.quantile(stacked, q, axis=1)
     if "efolds_outside" in pred.coords:

@@ -231,6 +231,25 @@ def one_family_fit(built):
     return family, train, fit
 
 
+def test_a_family_fits_the_same_alone_as_beside_another_member(built, one_family_fit):
+    # each member family leaves only itself out of its prior: before, a table of two members
+    # left both out of both priors, so a family's fit depended on what else was in the table
+    runs, truth, pop = built
+    family, train, alone = one_family_fit
+    other = truth.index[1]
+    second = runs[(runs["family"] == other) & (runs["num_params"] < runs.loc[runs["family"] == other, "num_params"].max())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = bs.fit(pd.concat([train, second]).drop(columns="true_loss"), population=pop, filters=bs.Filters(min_tokens=1e9), seed=0, **TINY_FIT)
+    assert both.families == tuple(sorted((family, other)))
+    np.testing.assert_array_equal(both.idata.posterior["theta"].sel(family=family).values, alone.idata.posterior["theta"].sel(family=family).values)
+    assert both.settings["priors"] == {f: pop.without(families=[f]).prior().source for f in both.families}
+    assert "left out" not in both.settings["population"]  # a new family's prior: the whole population
+    two = pop.without(families=pop.families[2:])
+    with pytest.raises(PopulationError, match=rf"family '{pop.families[0]}' is a member .* leaves 1 member family"):
+        bs.fit(runs[runs["family"] == pop.families[0]].drop(columns="true_loss"), population=two, filters=bs.Filters(min_tokens=1e9), **TINY_FIT)
+
+
 def test_build_summarises_every_family(built):
     runs, truth, pop = built
     assert pop.families == tuple(truth.index)  # synthetic families each have >= 3 sizes
@@ -315,7 +334,7 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert fit.families == (family,) and post["theta"].dims == ("chain", "draw", "family", "param")
     assert {"sigma_size", "run_offset"} <= set(post.data_vars)
     assert fit.idata.log_likelihood["log_loss"].shape[-1] == fit.idata.observed_data["log_loss"].size
-    assert "left out" in fit.settings["population"]  # the family never borrows from itself
+    assert f"left out: {family}" in fit.settings["priors"][family]  # the family never borrows from itself
     # a family whose first fit did not mix was carried on, longer and thinned: same draws per chain
     assert fit.settings["retry_thinning"] == 3 and set(fit.settings["retried"]) <= {family}
     assert post.sizes["draw"] == TINY_FIT["draws"]
@@ -342,8 +361,13 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     back = bs.Fit.load(fit.save(tmp_path / "fit.nc"))
     new = bs.predict_loss(back, None, 1e9, 2e10, kind="new_family", seed=0)
     assert np.all(np.isfinite(new.values)) and np.all(new.values > 0)
+    # exp of Student-t draws has no mean: summarize says so instead of printing one extreme draw
+    summary = bs.summarize(new)
+    assert summary["mean"].isna().all() and np.isfinite(summary[["q05", "median", "q95"]].to_numpy()).all()
+    assert np.isfinite(family_kind["mean"]).all()
 
 
+@pytest.mark.slow  # 80-95 s; tempering is opt-in, and its retry is checked by default in test_scale.py
 def test_tempering_is_the_retry_of_a_family_whose_chains_sit_apart(built):
     """fit(..., tempering=True): a family whose fit is far too short to mix (r_hat above 1.05)
     is fitted again as a replica exchange; the fit's settings say so, and the result is a Fit
