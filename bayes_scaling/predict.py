@@ -261,7 +261,7 @@ def loss_from_draws(draws: xr.Dataset, num_params, tokens, observation_noise: bo
         dims=("chain", "draw", "point"),
         coords=coords,
         name="loss",
-        attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "mean_exists": draws.attrs["mean_exists"], "units": "loss (nats), as in the family's data"},
+        attrs={"family": draws.attrs["family"], "kind": draws.attrs["kind"], "mean_exists": draws.attrs.get("mean_exists", 1), "units": "loss (nats), as in the family's data"},
     )
 
 
