@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import data as _data
 from .convergence import FAMILY_VARS, MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, POPULATION_VARS, Convergence, check_convergence, format_r_hat
 from .errors import FitError
 from .laws import PARAM_NAMES
@@ -55,6 +56,7 @@ __all__ = [
     "ppc_coverage",
     "population_ellipse",
     "prior_predictive",
+    "rising_runs",
     "with_posterior_predictive",
 ]
 
@@ -279,6 +281,14 @@ def checkpoint_table(fit) -> pd.DataFrame:
     )
     table["run_idx"] = np.asarray(const["run_idx"].values)
     return table
+
+
+def rising_runs(fit) -> pd.DataFrame:
+    """Runs of the fit whose loss rises over their last 30% of training, the fit's
+    :class:`~bayes_scaling.errors.DataWarning` (:func:`bayes_scaling.data.rising_runs`):
+    columns ``family``, ``run``, ``rise``, ``n_points``."""
+    table = checkpoint_table(fit).rename(columns={"run": "model"})
+    return _data.rising_runs(table).rename(columns={"model": "run"})
 
 
 def _run_offset(idata: az.InferenceData, run_idx) -> xr.DataArray:

@@ -237,6 +237,7 @@ def test_diagnose_report_names_every_family(small_fit, tmp_path):
     for family in small_fit.families:
         assert family in text
     assert f"## Verdict: {report.verdict.upper()}" in text
+    assert "## Data" in text and diagnostics.rising_runs(small_fit).empty and "\nNone.\n" in text  # synthetic curves fall
     for png in ("rank.png", "ppc.png", "parameters.png", "loo.png"):
         assert (path.parent / png).stat().st_size > 1000
         assert f"]({png})" in text
@@ -273,3 +274,19 @@ def test_cell_r_hat_is_the_convergence_check_of_the_same_draws():
     assert r_hat > MIXED_RHAT
     assert family_r_hat(chains, theta, sigma_run, sigma_obs) < 1.01
     assert np.isnan(family_r_hat(1, theta, sigma_run, sigma_obs))
+
+
+def test_a_fitted_run_that_turns_up_late_is_named(small_fit):
+    # the fit's observed losses of one run bent up over its last 30% of tokens, by up to 6%
+    from bayes_scaling.inference import Fit
+
+    idata = small_fit.idata.copy()
+    table = diagnostics.checkpoint_table(small_fit)
+    run = table["run"].iloc[0]
+    own = table["run"] == run
+    top = table.loc[own, "tokens"].max()
+    ramp = np.where(own & (table["tokens"] >= 0.7 * top), 0.06 * (table["tokens"] - 0.7 * top) / (0.3 * top), 0.0)
+    idata.observed_data["log_loss"] = idata.observed_data["log_loss"] + np.log1p(ramp)
+    rising = diagnostics.rising_runs(Fit(idata))
+    assert rising["run"].tolist() == [run] and rising["family"].iloc[0] == table.loc[own, "family"].iloc[0]
+    assert 0.02 < rising["rise"].iloc[0] < 0.06

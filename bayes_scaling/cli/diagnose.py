@@ -90,6 +90,7 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
     predictive = diagnostics.checkpoint_predictive(fit, seed=seed)
     coverage = diagnostics.ppc_coverage(fit, predictive)
     correlations = diagnostics.family_parameter_correlations(fit)
+    rising = diagnostics.rising_runs(fit)
     has_loglik = "log_likelihood" in fit.idata.groups()
     loo = diagnostics.loo(fit) if has_loglik else None
 
@@ -131,6 +132,13 @@ def write_report(fit, out: Path, *, source: str = "", families=None, seed: int =
         "```",
         diagnostics.format_convergence_summary(conv),
         "```",
+        "",
+        "## Data",
+        "",
+        "Runs whose loss rises over their last 30% of training (mean of those checkpoints' last third against "
+        "their first, by more than 2%): the law has loss fall with tokens, so such a run pulls the extrapolation.",
+        "",
+        _md_table(rising.set_index("run")[["rise", "n_points"]], "{:+.3f}") if len(rising) else "None.",
         "",
         "## Convergence",
         "",
