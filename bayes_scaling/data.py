@@ -380,17 +380,7 @@ def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFr
                 f"{len(several)} runs have several (metric, eval_set) curves (first: family={fam} model={model}); "
                 "keep one per run (set is_primary or filter the table)"
             )
-    most = df.groupby("family")["tokens"].max()
-    df = _drop_emptied(
-        df,
-        df["tokens"] >= filters.min_tokens,
-        f"min_tokens={filters.min_tokens:g}",
-        filters.drop_emptied,
-        dropped,
-        # a small-scale family: say how far below the cut it stops, and how to lower it
-        lambda emptied: f" (largest checkpoint: {', '.join(f'{most[f]:.3g}' for f in emptied)} tokens)"
-        "; lower the cut (min_tokens, CLI --min-tokens) or drop the family (drop_emptied, CLI --drop-emptied)",
-    )
+    df = _drop_emptied(df, df["tokens"] >= filters.min_tokens, f"min_tokens={filters.min_tokens:g}", filters.drop_emptied, dropped, _token_cut_advice)
     if filters.max_checkpoints is not None:
         keep = []
         for _, group in df.groupby(["family", "model"], sort=False):
@@ -402,13 +392,22 @@ def apply_filters(runs: pd.DataFrame, filters: Filters = Filters()) -> pd.DataFr
     return out
 
 
+def _token_cut_advice(df: pd.DataFrame, emptied: list) -> str:
+    """A small-scale family: how far below the cut it stops, and how to lower the cut."""
+    most = df[df["family"].isin(emptied)].groupby("family")["tokens"].max()
+    return (
+        f" (largest checkpoint: {', '.join(f'{most[f]:.3g}' for f in emptied)} tokens)"
+        "; lower the cut (min_tokens, CLI --min-tokens) or drop the family (drop_emptied, CLI --drop-emptied)"
+    )
+
+
 def _drop_emptied(df: pd.DataFrame, keep_mask, filter_name: str, allowed: bool, dropped: dict, advice=None) -> pd.DataFrame:
     """Rows of ``keep_mask``; a family left without rows is dropped if ``allowed``, else
-    refused, with ``advice(emptied)`` (default: drop the family) ending the message."""
+    refused, with ``advice(df, emptied)`` (default: drop the family) ending the message."""
     kept = df[np.asarray(keep_mask)]
     emptied = sorted(set(df["family"]) - set(kept["family"]))
     if emptied and not allowed:
-        tail = advice(emptied) if advice else "; drop the family (drop_emptied, CLI --drop-emptied)"
+        tail = advice(df, emptied) if advice else "; drop the family (drop_emptied, CLI --drop-emptied)"
         raise DataError(f"filter {filter_name} leaves no rows for famil{'y' if len(emptied) == 1 else 'ies'} {emptied}{tail}")
     dropped.update({family: filter_name for family in emptied})
     return kept
