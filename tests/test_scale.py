@@ -1,8 +1,9 @@
 """Scale (issue 6): batched cell fits, resumable Parquet sink, Ray executor, CLI wiring.
 
 NUTS budget: one batched program and one looped sampler, both tiny (depth <= 5, 2 x 120
-draws). Ray tests start one local Ray on 127.0.0.1 for the module (skipped without Ray) and
-use the point-fit estimators only, so workers never compile a sampler.
+draws); the retries of the opt-in batched program are ``slow``. Ray tests start one local
+Ray on 127.0.0.1 for the module (skipped without Ray) and use the point-fit estimators
+only, so workers never compile a sampler.
 """
 
 import math
@@ -119,7 +120,9 @@ def test_student_t_prior_gives_way_to_conflicting_data():
     assert miss(b_student) < 0.5 * miss(l_normal) and miss(l_student) < 0.5 * miss(l_normal)
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
+# batched (the opt-in --executor batched, 47 s here): slow; its agreement with fit_cell stays
+# in the default suite (test_batched_agrees_with_looped_within_mc_error)
+@pytest.mark.parametrize("batched", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["fit_cell", "batched"])
 def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
     """retry_thinning: a fit with r_hat above 1.01 has its chains carried on to 3x the
     iterations, every third draw kept, so its draws are exactly every third draw of the same
@@ -174,7 +177,8 @@ def test_replica_exchange_keeps_the_posterior():
         fit_tempered([p], (0.5, 1.0), **settings)
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["fit_cell", "batched"])
+# batched: slow (30 s), as above
+@pytest.mark.parametrize("batched", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["fit_cell", "batched"])
 def test_a_fit_whose_chains_sit_apart_is_retried_as_a_replica_exchange(batched):
     """With tempering, retry_thinning > 1 and r_hat above 1.05 (a fit far too short
     to mix), the retry is a replica exchange with the same chains and draws, not a carried-on
@@ -427,7 +431,7 @@ def test_population_build_through_worker_processes():
     runs, truth = synthetic(n_families=3, seed=2)
     tiny = dict(chains=1, warmup=30, draws=30, max_checkpoints=6)
     local = population.build(runs, **tiny)
-    with ProcessExecutor(workers=2) as ex:
+    with ProcessExecutor(workers=1) as ex:  # one fresh process proves it; a second doubles the compilation
         pooled = population.build(runs, executor=ex, **tiny)
     assert local.families == pooled.families == tuple(sorted(truth.index))
     np.testing.assert_array_equal(local.theta_mean, pooled.theta_mean)
