@@ -73,6 +73,7 @@ from .cellfit import (
     needs_retry,
     needs_tempering,
     thinned,
+    tree_depth,
 )
 from .laws import to_level_coordinates
 from .programs import traced
@@ -451,6 +452,7 @@ def _posterior(problem, chains, theta, sigma_run, sigma_obs, sigma_size, run_off
         diverging=diverging.reshape(-1).astype(bool),
         num_steps=num_steps,
         warmup_steps=warmup_steps,
+        tree_depth=None if retried else tree_depth(num_steps),  # carried on: num_steps sums iterations
         retried=retried,
         tempered=tempered,
     )

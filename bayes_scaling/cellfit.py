@@ -323,7 +323,7 @@ def _sampler(
 ):
     """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)`` ->
     ``(draws, state)``: every iteration's draws after warmup (theta, sigma_run, sigma_obs,
-    sigma_size, run_offset, diverging), with a leading axis of chains, and the chains' final
+    sigma_size, run_offset, energy, num_steps, diverging), with a leading axis of chains, and the chains' final
     sampler states as a list of arrays. With ``continued`` the program is
     ``f(state, *model_args)``: ``draws`` more iterations from such states, no warmup, which
     are exactly the iterations one longer run would have made (:func:`fit_cell`'s retry).
@@ -351,13 +351,14 @@ def _sampler(
     def sample(nuts, rng_key, args, state=None):
         mcmc = MCMC(nuts, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
         mcmc.post_warmup_state = state  # None: init and warmup first
-        mcmc.run(rng_key, *args, extra_fields=("diverging",))
+        mcmc.run(rng_key, *args, extra_fields=("energy", "num_steps", "diverging"))
         samples = mcmc.get_samples()
         sigma_size = samples["sigma_size"] if size_term else jnp.zeros_like(samples["sigma_run"])
         # integrated out under the Normal likelihood: no draws of the offsets (zeros)
         run_offset = jnp.zeros(samples["sigma_run"].shape + (n_runs,)) if kind[1] else samples["run_offset"]
-        diverging = mcmc.get_extra_fields()["diverging"]
-        return (samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, diverging), jax.tree.leaves(mcmc.last_state)
+        extra = mcmc.get_extra_fields()
+        out = (samples["theta"], samples["sigma_run"], samples["sigma_obs"], sigma_size, run_offset, extra["energy"], extra["num_steps"], extra["diverging"])
+        return out, jax.tree.leaves(mcmc.last_state)
 
     def one_chain(rng_key, args):
         return sample(kernel(), rng_key, args)
@@ -416,6 +417,11 @@ class CellPosterior:
         Normal likelihood integrated them out).
     diverging : ndarray of bool (S,) or None
         Which draws ended in a divergent transition (None: not recorded).
+    energy : ndarray (S,) or None
+        Hamiltonian energy of each draw, for E-BFMI (None: not recorded, or the draws are
+        thinned, whose energy differences span several transitions and would flatter E-BFMI).
+    tree_depth : ndarray of int (S,) or None
+        NUTS tree depth of each draw's transition (None: not recorded).
     retried : bool
         The first fit's r_hat was too high and these draws come from its retry
         (``retry_thinning`` of :func:`fit_cell`): every ``retry_thinning``-th iteration of its
@@ -436,6 +442,8 @@ class CellPosterior:
     chains: int = 1
     run_offset: np.ndarray | None = None
     diverging: np.ndarray | None = None
+    energy: np.ndarray | None = None
+    tree_depth: np.ndarray | None = None
     retried: bool = False
     tempered: bool = False
 
@@ -736,7 +744,7 @@ def needs_tempering(post: "CellPosterior") -> bool:
 
 def _cell_posterior(out, prior: CellPrior, x_n, n_runs: int, chains: int, retried: bool) -> CellPosterior:
     """A :class:`CellPosterior` from the compiled sampler's outputs."""
-    theta, sigma_run, sigma_obs, sigma_size, run_offset, diverging = out
+    theta, sigma_run, sigma_obs, sigma_size, run_offset, energy, num_steps, diverging = out
     theta = np.asarray(theta).reshape(-1, N_PARAMS)
     sigma_run, sigma_obs = np.asarray(sigma_run).reshape(-1), np.asarray(sigma_obs).reshape(-1)
     sigma_size = np.asarray(sigma_size).reshape(-1) if prior.size_term else None
@@ -753,8 +761,16 @@ def _cell_posterior(out, prior: CellPrior, x_n, n_runs: int, chains: int, retrie
         chains=chains,
         run_offset=np.asarray(run_offset).reshape(len(theta), -1)[:, :n_runs],
         diverging=diverging.reshape(-1).astype(bool),
+        energy=None if retried else np.asarray(energy, float).reshape(-1),
+        tree_depth=tree_depth(num_steps),
         retried=retried,
     )
+
+
+def tree_depth(num_steps) -> np.ndarray:
+    """NUTS tree depth of transitions from their leapfrog steps, flattened (ArviZ's rule for
+    NumPyro's ``num_steps``, so that both fit paths count depth hits alike)."""
+    return np.floor(np.log2(np.maximum(np.asarray(num_steps).reshape(-1), 1))).astype(int) + 1
 
 
 

@@ -7,8 +7,9 @@ in :mod:`bayes_scaling.convergence`, whose thresholds are reused here), so a mov
 arviz 1.x touches these two files.
 
 Thresholds (Vehtari et al. 2021, Betancourt 2017): r_hat <= 1.01; bulk and tail ESS >=
-100 per chain (400 for 4 chains); no divergent transitions; E-BFMI >= 0.3; few draws at
-the maximum tree depth. PSIS-LOO Pareto k > 0.7 marks an observation whose
+100 per chain (400 for 4 chains); no divergent transitions; E-BFMI >= 0.3. Draws at the
+maximum tree depth are counted; they cost ESS, which is checked, so they are named as a
+cause when r_hat or ESS fail rather than flagged on their own. PSIS-LOO Pareto k > 0.7 marks an observation whose
 leave-one-out estimate is unreliable.
 """
 
@@ -33,7 +34,7 @@ from .laws import PARAM_NAMES
 TABLE_VARS = (*POPULATION_VARS, "corr", *FAMILY_VARS, "run_offset")
 #: E-BFMI below this means momentum resampling explores the energy poorly.
 MIN_BFMI = 0.3
-#: Fraction of draws at the maximum tree depth above which the sampler is flagged.
+#: Fraction of draws at the maximum tree depth above which a fit that failed r_hat or ESS is told why.
 MAX_TREE_DEPTH_FRACTION = 0.01
 #: PSIS Pareto k above which a LOO estimate is unreliable (arviz's default).
 PARETO_K_BAD = 0.7
@@ -93,10 +94,13 @@ class ConvergenceReport:
         Divergent transitions after warmup.
     tree_depth_hits : int or None
         Draws that reached ``max_tree_depth`` (None when the fit did not record tree depth).
+    tree_depth_draws : int or None
+        Draws whose tree depth was recorded (under a population, every family's).
     max_tree_depth : int
         The sampler's maximum tree depth.
     bfmi : tuple of float
-        E-BFMI per chain; empty when the fit did not record the energy.
+        E-BFMI per chain (under a population, each chain's lowest over the families); empty
+        when the fit did not record the energy or its chains were carried on and thinned.
     failures, warnings : tuple of str
         Failed checks (do not trust the numbers) and softer warnings (efficiency, missing
         statistics, a single chain).
@@ -108,6 +112,7 @@ class ConvergenceReport:
     draws: int
     divergences: int
     tree_depth_hits: int | None
+    tree_depth_draws: int | None
     max_tree_depth: int
     bfmi: tuple[float, ...]
     failures: tuple[str, ...]
@@ -164,6 +169,21 @@ def _max_tree_depth(idata: az.InferenceData) -> int:
     return 10
 
 
+def _bfmi(energy: xr.DataArray) -> tuple[tuple[float, ...], list[str]]:
+    """E-BFMI per chain and the (family,) chains below :data:`MIN_BFMI`. With a family axis (a fit
+    under a population, each family sampled alone) each chain's value is its lowest over the
+    families whose energy was recorded (not NaN: thinned draws)."""
+    if "family" not in energy.dims:
+        bfmi = tuple(float(b) for b in np.atleast_1d(az.bfmi(energy.transpose("chain", "draw").values)))
+        return bfmi, [f"chain {i}: {b:.2f}" for i, b in enumerate(bfmi) if b < MIN_BFMI]
+    by_family = {str(family): energy.sel(family=family).transpose("chain", "draw").values for family in energy["family"].values}
+    per_family = {family: az.bfmi(values) for family, values in by_family.items() if np.isfinite(values).all()}
+    if not per_family:
+        return (), []
+    low = [f"{family} chain {i}: {b:.2f}" for family, values in per_family.items() for i, b in enumerate(values) if b < MIN_BFMI]
+    return tuple(float(b) for b in np.min(list(per_family.values()), axis=0)), low
+
+
 def convergence_report(fit, var_names=None) -> ConvergenceReport:
     """Convergence report of a fit: r_hat, bulk/tail ESS, MCSE, divergences, tree depth, E-BFMI.
 
@@ -180,8 +200,9 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
     -------
     ConvergenceReport
         With a verdict: ``fail`` when r_hat > 1.01, bulk or tail ESS < 100 per chain, or
-        any divergence; ``warn`` for a single chain, E-BFMI < 0.3, more than 1% of draws at
-        the maximum tree depth, or statistics the fit did not record.
+        any divergence; ``warn`` for a single chain, E-BFMI < 0.3 or statistics the fit did
+        not record. Draws at the maximum tree depth are counted, and named as a likely cause
+        when r_hat or ESS fail (more than 1% of draws).
     """
     idata = _idata(fit)
     post = idata.posterior
@@ -222,25 +243,25 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
         failures.append(f"{divergences} divergent transitions after warmup ({divergences / (chains * draws):.1%} of draws)")
     if "diverging" not in stats:
         notes.append("divergences were not recorded")
-    max_depth = _max_tree_depth(idata)
-    hits = None
-    if "tree_depth" in stats:
-        hits = int((stats["tree_depth"] >= max_depth).sum())
-        if hits > MAX_TREE_DEPTH_FRACTION * chains * draws:
-            notes.append(
-                f"{hits} of {chains * draws} draws ({hits / (chains * draws):.1%}) hit the maximum tree depth "
-                f"{max_depth}: slow exploration; reparametrise or raise max_tree_depth"
-            )
-    bfmi: tuple[float, ...] = ()
-    if "energy" in stats:
-        bfmi = tuple(float(b) for b in np.atleast_1d(az.bfmi(idata)))
-        low = [f"chain {i}: {b:.2f}" for i, b in enumerate(bfmi) if b < MIN_BFMI]
-        if low:
-            notes.append(f"E-BFMI < {MIN_BFMI} ({', '.join(low)}): heavy tails or a poorly adapted mass matrix")
-    if not table.empty and not table["ok"].all():
+    bfmi, low = _bfmi(stats["energy"]) if "energy" in stats else ((), [])
+    if low:
+        notes.append(f"E-BFMI < {MIN_BFMI} ({', '.join(low)}): heavy tails or a poorly adapted mass matrix")
+    mixed = table.empty or table["ok"].all()
+    if not mixed:
         bad = table[~table["ok"]]
         by_var = ", ".join(f"{v} {n}" for v, n in bad["variable"].value_counts().items())
         failures.append(f"{len(bad)} of {len(table)} quantities fail r_hat or ESS (by variable: {by_var})")
+    max_depth = _max_tree_depth(idata)
+    hits = total = None
+    if "tree_depth" in stats:
+        # a fit under a population has a family axis: every family's draws count
+        hits, total = int((stats["tree_depth"] >= max_depth).sum()), int(stats["tree_depth"].size)
+        # capped trajectories cost ESS, which is checked above; they are named when it fell short
+        if not mixed and hits > MAX_TREE_DEPTH_FRACTION * total:
+            notes.append(
+                f"{hits} of {total} draws ({hits / total:.1%}) hit the maximum tree depth {max_depth}: the chains move "
+                "slowly along the posterior, a likely cause of the r_hat or ESS failures"
+            )
     return ConvergenceReport(
         table=table,
         worst=worst,
@@ -248,6 +269,7 @@ def convergence_report(fit, var_names=None) -> ConvergenceReport:
         draws=draws,
         divergences=divergences,
         tree_depth_hits=hits,
+        tree_depth_draws=total,
         max_tree_depth=max_depth,
         bfmi=bfmi,
         failures=tuple(failures),
@@ -759,8 +781,9 @@ def format_convergence_summary(report: ConvergenceReport, max_rows: int = 5) -> 
             lines.append(f"  max MCSE/sd    {ratio.max():.3f} at {ratio.idxmax()}")
     lines.append(f"  divergences    {report.divergences} ({report.divergences / max(n, 1):.1%} of draws)")
     if report.tree_depth_hits is not None:
-        lines.append(f"  max tree depth {report.tree_depth_hits} of {n} draws reached depth {report.max_tree_depth} ({report.tree_depth_hits / max(n, 1):.1%})")
-    bfmi = ", ".join(f"{b:.2f}" for b in report.bfmi) if report.bfmi else "not recorded (sample_stats has no energy)"
+        hits, total = report.tree_depth_hits, report.tree_depth_draws
+        lines.append(f"  max tree depth {hits} of {total} draws reached depth {report.max_tree_depth} ({hits / max(total, 1):.1%})")
+    bfmi = ", ".join(f"{b:.2f}" for b in report.bfmi) if report.bfmi else "not recorded (sample_stats has no energy; thinned chains keep none)"
     lines.append(f"  E-BFMI         {bfmi}")
     for title, items in (("failed", report.failures), ("warnings", report.warnings)):
         if items:

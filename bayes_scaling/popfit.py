@@ -162,6 +162,18 @@ def fit_with_population(
     return Fit(idata)
 
 
+def _sample_stats(posts: list) -> dict[str, np.ndarray]:
+    """Sampler statistics with axes (chain, draw, family): divergences always; tree depth
+    when every family recorded it; energy when any did, NaN for a family whose draws were
+    thinned (its E-BFMI is not computed)."""
+    stats = {"diverging": np.stack([p.by_chain(p.diverging) for p in posts], axis=2)}
+    if all(p.tree_depth is not None for p in posts):
+        stats["tree_depth"] = np.stack([p.by_chain(p.tree_depth) for p in posts], axis=2)
+    if any(p.energy is not None for p in posts):
+        stats["energy"] = np.stack([p.by_chain(np.full(len(p.theta), np.nan) if p.energy is None else p.energy) for p in posts], axis=2)
+    return stats
+
+
 def _own_prior(pop, family: str, whole: CellPrior) -> CellPrior:
     """The prior ``family`` is fitted under: the population less its own member entry, if it
     has one (a family never borrows from itself); the other families of a table keep theirs,
@@ -217,10 +229,9 @@ def _inference_data(data: RunsData, posts: list, prior: CellPrior) -> az.Inferen
         },
         coords={**checkpoint, "run": list(data.runs), "family": list(data.families)},
     )
-    diverging = np.stack([p.by_chain(p.diverging) for _, p in posts], axis=2)
     return az.InferenceData(
         posterior=posterior,
-        sample_stats=xr.Dataset({"diverging": (fam_dims, diverging)}, coords=coords),
+        sample_stats=xr.Dataset({name: (fam_dims, value) for name, value in _sample_stats([p for _, p in posts]).items()}, coords=coords),
         observed_data=xr.Dataset({"log_loss": ("checkpoint", data.log_loss)}, coords=checkpoint),
         constant_data=constant,
         log_likelihood=xr.Dataset({"log_loss": (("chain", "draw", "checkpoint"), loglik)}, coords={**checkpoint, "chain": coords["chain"], "draw": coords["draw"]}),

@@ -11,6 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from bayes_scaling import datasets, diagnostics
 from bayes_scaling.cli import main
@@ -56,6 +57,41 @@ def test_well_mixed_draws_pass():
     assert "theta[b, alpha]" in report.table.index
     text = diagnostics.format_convergence_summary(report)
     assert text.splitlines()[0].startswith("convergence: PASS")
+
+
+def test_statistics_per_family_are_read_per_family():
+    # a fit under a population samples each family alone, so its sampler statistics have a
+    # family axis: E-BFMI is per family (a chain's lowest is reported, the family named), a
+    # family with thinned draws (energy NaN) is skipped, and tree-depth hits count every draw,
+    # named as a cause only when r_hat or ESS fail
+    idata = iid_idata(families=("a", "b"))
+    chains, draws = 4, 500
+    rng = np.random.default_rng(1)
+    energy = rng.normal(size=(chains, draws, 2))  # family a: independent energies, E-BFMI near 2
+    energy[1, :, 1] = np.cumsum(rng.normal(size=draws))  # family b, chain 1: a random walk
+    depth = np.full((chains, draws, 2), 3)
+    depth[:, :30, 0] = 10  # 120 of the 4,000 draws of both families: 3%, above the 1% guide
+    stats = xr.Dataset(
+        {
+            "diverging": (("chain", "draw", "family"), np.zeros((chains, draws, 2), bool)),
+            "tree_depth": (("chain", "draw", "family"), depth),
+            "energy": (("chain", "draw", "family"), energy),
+        },
+        coords={"chain": np.arange(chains), "draw": np.arange(draws), "family": ["a", "b"]},
+    )
+    idata.sample_stats = stats
+    report = diagnostics.convergence_report(idata)
+    assert len(report.bfmi) == chains and report.bfmi[1] < 0.1 < diagnostics.MIN_BFMI < min(np.delete(report.bfmi, 1))
+    assert any("E-BFMI" in w and "b chain 1" in w and "a chain" not in w for w in report.warnings)
+    assert (report.tree_depth_hits, report.tree_depth_draws) == (120, 4000) and not any("tree depth" in w for w in report.warnings)
+    assert "max tree depth 120 of 4000 draws reached depth 10 (3.0%)" in diagnostics.format_convergence_summary(report)
+    idata.posterior["theta"].values[0, :, 0, :] += 3.0  # chains apart: now the cap is named
+    apart = diagnostics.convergence_report(idata)
+    assert apart.verdict == "fail" and any("120 of 4000 draws (3.0%) hit the maximum tree depth 10" in w for w in apart.warnings)
+    idata.sample_stats["energy"].values[:, :, 1] = np.nan  # family b thinned: only a is read
+    assert min(diagnostics.convergence_report(idata).bfmi) > diagnostics.MIN_BFMI
+    idata.sample_stats["energy"].values[:] = np.nan
+    assert diagnostics.convergence_report(idata).bfmi == ()
 
 
 def test_divergences_and_few_draws_fail():

@@ -340,6 +340,12 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     assert post.sizes["draw"] == TINY_FIT["draws"]
     report = diagnostics.convergence_report(fit)
     assert report.chains == 2 and report.divergences == int(fit.idata.sample_stats["diverging"].sum())
+    # per-family sampler statistics: tree depth, and energy unless the draws were thinned
+    stats = fit.idata.sample_stats
+    assert stats["tree_depth"].dims == ("chain", "draw", "family")
+    assert report.tree_depth_draws == stats["tree_depth"].size and 1 <= int(stats["tree_depth"].min()) <= int(stats["tree_depth"].max()) <= 8
+    thinned = family in fit.settings["retried"]
+    assert ("energy" in stats) != thinned and (len(report.bfmi) == 0) == thinned
     assert set(diagnostics.ppc_coverage(fit).index) == {family}
     # a planned run widens with the distance it extrapolates beyond the largest size
     largest = train["num_params"].max()
@@ -365,6 +371,22 @@ def test_fit_under_a_population_is_a_fit_like_any_other(one_family_fit, tmp_path
     summary = bs.summarize(new)
     assert summary["mean"].isna().all() and np.isfinite(summary[["q05", "median", "q95"]].to_numpy()).all()
     assert np.isfinite(family_kind["mean"]).all()
+
+
+def test_sampler_statistics_of_families_with_and_without_energy():
+    # a table's families are fitted alone: one carried on and thinned keeps no energy, and its
+    # column is NaN beside another's, which diagnostics skip; tree depth needs every family's
+    from bayes_scaling.cellfit import CellPosterior
+    from bayes_scaling.popfit import _sample_stats
+
+    def post(energy, depth):
+        return CellPosterior(np.zeros((6, 5)), np.ones(6), np.ones(6), 4.0, 0, 1.0, chains=2, diverging=np.zeros(6, bool), energy=energy, tree_depth=depth)
+
+    stats = _sample_stats([post(np.arange(6.0), np.full(6, 3)), post(None, np.full(6, 4))])
+    assert stats["energy"].shape == stats["tree_depth"].shape == stats["diverging"].shape == (2, 3, 2)
+    np.testing.assert_array_equal(stats["energy"][..., 0], np.arange(6.0).reshape(2, 3))
+    assert np.isnan(stats["energy"][..., 1]).all() and (stats["tree_depth"][..., 1] == 4).all()
+    assert set(_sample_stats([post(None, None), post(None, np.full(6, 4))])) == {"diverging"}
 
 
 @pytest.mark.slow  # 80-95 s; tempering is opt-in, and its retry is checked by default in test_scale.py

@@ -150,6 +150,14 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
                 np.testing.assert_array_equal(r.warmup_steps, g.warmup_steps)
         else:
             np.testing.assert_array_equal(r.theta, f.theta)
+        # sampler statistics: tree depth per draw (batched: not of summed steps); energy, for
+        # E-BFMI, only of unthinned draws, whose differences span one transition
+        assert f.tree_depth.shape == (40,) and 1 <= f.tree_depth.min() and f.tree_depth.max() <= SAMPLER["max_tree_depth"]
+        if batched:
+            assert f.energy is None and (r.tree_depth is None) == r.retried
+        else:
+            assert f.energy.shape == (40,) and np.isfinite(f.energy).all() and (r.energy is None) == r.retried
+            np.testing.assert_array_equal(r.tree_depth, g.by_chain(g.tree_depth)[:, 2::3].ravel() if r.retried else f.tree_depth)
     assert any(r.retried for r in retried)  # the check above ran on at least one retried fit
     with pytest.raises(ValueError, match="retry_thinning"):
         fit(20, 0)
