@@ -773,7 +773,6 @@ def tree_depth(num_steps) -> np.ndarray:
     return np.floor(np.log2(np.maximum(np.asarray(num_steps).reshape(-1), 1))).astype(int) + 1
 
 
-
 def random_effects(means, covs, max_iter: int = 10_000, tol: float = 1e-10):
     """Population mean and covariance from noisy per-family estimates (random-effects meta-analysis).
 

@@ -9,8 +9,8 @@ arviz 1.x touches these two files.
 Thresholds (Vehtari et al. 2021, Betancourt 2017): r_hat <= 1.01; bulk and tail ESS >=
 100 per chain (400 for 4 chains); no divergent transitions; E-BFMI >= 0.3. Draws at the
 maximum tree depth are counted; they cost ESS, which is checked, so they are named as a
-cause when r_hat or ESS fail rather than flagged on their own. PSIS-LOO Pareto k > 0.7 marks an observation whose
-leave-one-out estimate is unreliable.
+cause when r_hat or ESS fail rather than flagged on their own. PSIS-LOO Pareto k > 0.7
+marks an observation whose leave-one-out estimate is unreliable.
 """
 
 from __future__ import annotations
@@ -170,9 +170,10 @@ def _max_tree_depth(idata: az.InferenceData) -> int:
 
 
 def _bfmi(energy: xr.DataArray) -> tuple[tuple[float, ...], list[str]]:
-    """E-BFMI per chain and the (family,) chains below :data:`MIN_BFMI`. With a family axis (a fit
-    under a population, each family sampled alone) each chain's value is its lowest over the
-    families whose energy was recorded (not NaN: thinned draws)."""
+    """E-BFMI per chain, and the chains below :data:`MIN_BFMI` by name. With a family axis (a
+    fit under a population, each family sampled alone) a chain's value is its lowest over the
+    families whose energy was recorded (not NaN, as for thinned draws), and a low chain is
+    named with its family."""
     if "family" not in energy.dims:
         bfmi = tuple(float(b) for b in np.atleast_1d(az.bfmi(energy.transpose("chain", "draw").values)))
         return bfmi, [f"chain {i}: {b:.2f}" for i, b in enumerate(bfmi) if b < MIN_BFMI]
