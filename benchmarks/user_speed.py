@@ -116,8 +116,9 @@ def main() -> int:
         f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end. Bar (issue 17): cold <= 60 s, warm <= 15 s.",
         "",
         f"Versions: this = the checkout (HEAD {revision})"
-        + (f", baseline = {args.baseline}, run interleaved with it." if args.baseline else "")
-        + (", tempering = the same with `fit --tempering`, run interleaved with it." if args.tempering else "."),
+        + (f", baseline = {args.baseline}, run interleaved with it" if args.baseline else "")
+        + (", tempering = the same with `fit --tempering`, run interleaved with it" if args.tempering else "")
+        + ".",
         "",
         "| version | repeat | cache | fit s | predict s | total s | retried |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -127,7 +128,7 @@ def main() -> int:
         "",
     ]
     if len(versions) == 2:
-        other = versions[1][0]
+        other = next(v for v, _, _ in versions if v != "this")  # a baseline runs first
         lines += [
             f"Ratio this / {other} of the median totals: cold {_median(rows, 'this', 'cold') / _median(rows, other, 'cold'):.2f}, "
             f"warm {_median(rows, 'this', 'warm') / _median(rows, other, 'warm'):.2f}.",
