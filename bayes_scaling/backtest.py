@@ -86,7 +86,7 @@ import numpy as np
 import pandas as pd
 
 from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
-from .convergence import MAX_R_HAT, MIXED_RHAT
+from .convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
 from .data import Filters, apply_filters, late_window, load_runs, loss_rise, thin_log_spaced
 from .errors import ConvergenceWarning, DataError, DataWarning, ExtrapolationWarning
 from .laws import centre
@@ -622,7 +622,7 @@ def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_
     if fit.settings.get("tempered"):
         diag["message"] = f"fitted again as a replica exchange over {len(TEMPERATURES)} temperatures: r_hat above {MIXED_RHAT} at first"
     elif fit.settings.get("retried"):
-        diag["message"] = f"chains carried on to {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} at first"
+        diag["message"] = f"chains carried on to {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} or ESS below {MIN_ESS_PER_CHAIN} per chain at first"
 
     def predictors(target, s):
         pred = predict_loss(fit, d.family, target.num_params, target.tokens, kind="new_run", observation_noise=True, seed=s)

@@ -67,7 +67,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from .convergence import MAX_R_HAT, MIXED_RHAT, max_r_hat
+from .convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, max_r_hat, min_ess
 from .laws import PARAM_NAMES, chinchilla_log_loss, from_level_coordinates
 from .model import LevelMultivariateNormal, RunMarginalNormal
 from .programs import traced
@@ -423,7 +423,7 @@ class CellPosterior:
     tree_depth : ndarray of int (S,) or None
         NUTS tree depth of each draw's transition (None: not recorded).
     retried : bool
-        The first fit's r_hat was too high and these draws come from its retry
+        The first fit's r_hat was too high or its ESS too low, and these draws come from its retry
         (``retry_thinning`` of :func:`fit_cell`): every ``retry_thinning``-th iteration of its
         chains carried on, or, when ``tempered``, a replica exchange.
     tempered : bool
@@ -489,10 +489,15 @@ def noise_variance(sigma_obs, nu: float) -> np.ndarray:
 def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> float:
     """The package's r_hat (:func:`bayes_scaling.convergence.max_r_hat`, what ``fit`` reports)
     of a cell fit's family parameters, from draws flat over ``chains`` (NaN with one chain)."""
+    return max_r_hat(_family_draws(chains, theta, sigma_run, sigma_obs, sigma_size))
+
+
+def _family_draws(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> dict[str, np.ndarray]:
+    """The quantities ``fit`` checks for convergence, shaped ``(chains, draws, ...)``."""
     sites = {"theta": theta, "sigma_run": sigma_run, "sigma_obs": sigma_obs}
     if sigma_size is not None:
         sites["sigma_size"] = sigma_size
-    return max_r_hat({name: np.asarray(v).reshape(chains, -1, *np.shape(v)[1:]) for name, v in sites.items()})
+    return {name: np.asarray(v).reshape(chains, -1, *np.shape(v)[1:]) for name, v in sites.items()}
 
 
 #: Sampler settings of every single-family fit under a population (a user's ``fit`` with a
@@ -500,8 +505,9 @@ def family_r_hat(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> f
 #: and draws from ``population.BUILD_DEFAULTS`` and do not retry). With 300 +
 #: 300 draws per chain half of the back-test's cells had r_hat > 1.2 and their intervals
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
-#: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`
-#: is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
+#: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`,
+#: or whose ESS is below :data:`~bayes_scaling.convergence.MIN_ESS_PER_CHAIN` per chain
+#: (:func:`needs_retry`), is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
 #: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never).
 #: Most cells with r_hat between 1.01 and 1.05 only need longer chains; a fit that mixes at
 #: once pays nothing.
@@ -676,8 +682,8 @@ def fit_cell(
     target_accept, max_tree_depth
         NUTS settings.
     retry_thinning : int
-        When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, carry its
-        chains on to this many times the iterations after warmup, keeping every
+        When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT` or its ESS
+        short (:func:`needs_retry`), carry its chains on to this many times the iterations after warmup, keeping every
         ``retry_thinning``-th draw, and return that fit (``retried`` is then True); with
         ``tempering`` and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again
         instead as a replica exchange (same chains, warmup and draws; ``tempered``); 1: never
@@ -730,9 +736,16 @@ def fit_cell(
 
 def needs_retry(post: "CellPosterior", retry_thinning: int) -> bool:
     """Whether a fit is carried on (``retry_thinning`` of :func:`fit_cell` and of the
-    batched program): its r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`, or not
-    a number (stuck chains), with more than one chain and ``retry_thinning`` above 1."""
-    return retry_thinning > 1 and post.chains > 1 and not post.max_rhat <= MAX_R_HAT
+    batched program), with more than one chain and ``retry_thinning`` above 1: its r_hat is
+    above :data:`~bayes_scaling.convergence.MAX_R_HAT`, or its bulk or tail ESS below
+    :data:`~bayes_scaling.convergence.MIN_ESS_PER_CHAIN` per chain (the checks of ``fit``'s
+    verdict, which longer chains settle alike), or either is not a number (stuck chains)."""
+    if retry_thinning <= 1 or post.chains <= 1:
+        return False
+    if not post.max_rhat <= MAX_R_HAT:
+        return True
+    draws = _family_draws(post.chains, post.theta, post.sigma_run, post.sigma_obs, post.sigma_size)
+    return not min_ess(draws) >= MIN_ESS_PER_CHAIN * post.chains
 
 
 def needs_tempering(post: "CellPosterior") -> bool:

@@ -92,10 +92,7 @@ def check_convergence(idata: az.InferenceData, var_names=None) -> Convergence:
         raise ValueError(f"none of {list(var_names)} is in the posterior")
     sub = post[list(names)]
     r_hat = _max_r_hat(sub)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains: ESS is then nan
-        ess_bulk = _worst(az.ess(sub, method="bulk"), np.nanmin)
-        ess_tail = _worst(az.ess(sub, method="tail"), np.nanmin)
+    ess_bulk, ess_tail = _min_ess(sub, "bulk"), _min_ess(sub, "tail")
     divergences = 0
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         divergences = int(idata.sample_stats["diverging"].sum())
@@ -107,6 +104,20 @@ def max_r_hat(draws: Mapping[str, np.ndarray]) -> float:
     :func:`check_convergence` (arviz: rank-normalised and folded split r_hat), for draws
     held outside an InferenceData (a cell fit's). NaN with one chain."""
     return _max_r_hat(az.convert_to_dataset({name: np.asarray(values) for name, values in draws.items()}))
+
+
+def min_ess(draws: Mapping[str, np.ndarray]) -> float:
+    """Smallest bulk or tail ESS over arrays shaped ``(chains, draws, ...)``: what
+    :func:`check_convergence` holds against :data:`MIN_ESS_PER_CHAIN` per chain, for draws
+    held outside an InferenceData (a cell fit's). NaN for stuck chains."""
+    dataset = az.convert_to_dataset({name: np.asarray(values) for name, values in draws.items()})
+    return float(np.minimum(_min_ess(dataset, "bulk"), _min_ess(dataset, "tail")))  # NaN if either is
+
+
+def _min_ess(dataset, method: str) -> float:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # stuck chains: ESS is then nan
+        return _worst(az.ess(dataset, method=method), np.nanmin)
 
 
 def _max_r_hat(dataset) -> float:

@@ -6,6 +6,7 @@ Ray on 127.0.0.1 for the module (skipped without Ray) and use the point-fit esti
 only, so workers never compile a sampler.
 """
 
+import dataclasses
 import math
 import sys
 
@@ -16,7 +17,7 @@ import pytest
 
 from bayes_scaling import backtest as bt
 from bayes_scaling.batched import CellProblem, _cells_bucket, fit_cells_batched
-from bayes_scaling.cellfit import CellPrior, fit_cell, independent_prior
+from bayes_scaling.cellfit import CellPosterior, CellPrior, family_r_hat, fit_cell, independent_prior, needs_retry
 from bayes_scaling.distributed import ParquetSink, ResumeExecutor, check_run_config, frame_equal_numbers
 from bayes_scaling.errors import DataError
 from bayes_scaling.laws import chinchilla_log_loss
@@ -140,7 +141,7 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
     first, retried, longer = fit(20, 1), fit(20, 3), fit(60, 1)
     for f, r, g in zip(first, retried, longer):
         assert not f.retried and not g.retried
-        assert r.retried == (f.max_rhat > 1.01)
+        assert r.retried == needs_retry(f, 3)
         assert r.theta.shape == f.theta.shape == (2 * 20, 5)
         if r.retried:
             np.testing.assert_allclose(r.by_chain(r.theta), g.by_chain(g.theta)[:, 2::3], rtol=1e-9)
@@ -161,6 +162,25 @@ def test_an_unmixed_fit_is_sampled_again_longer_and_thinned(batched):
     assert any(r.retried for r in retried)  # the check above ran on at least one retried fit
     with pytest.raises(ValueError, match="retry_thinning"):
         fit(20, 0)
+
+
+def test_a_fit_with_too_few_effective_draws_is_carried_on_like_an_unmixed_one():
+    """needs_retry holds a fit to the verdict's checks: r_hat above 1.01, or bulk or tail ESS below
+    100 per chain. Two chains that trace the same slow wave (4 periods in 1,000 draws, plus
+    noise) agree (r_hat 1.002) but hold about 30 effective draws: carried on; independent
+    draws are not; retry_thinning 1 or one chain never is."""
+    rng = np.random.default_rng(0)
+    wave = np.sin(2 * np.pi * 4 * np.arange(1000) / 1000)
+
+    def post(theta, chains=2):
+        scale = 1.0 + np.abs(rng.normal(size=len(theta)))
+        return CellPosterior(theta, scale, scale.copy(), 4.0, 0, family_r_hat(chains, theta, scale, scale.copy()), chains=chains)
+
+    slow = post(np.concatenate([np.repeat((wave + 0.3 * rng.normal(size=1000))[:, None], 5, axis=1) for _ in range(2)]))
+    independent = post(rng.normal(size=(2000, 5)))
+    assert slow.max_rhat < 1.01 and independent.max_rhat < 1.01
+    assert needs_retry(slow, 3) and not needs_retry(independent, 3)
+    assert not needs_retry(slow, 1) and not needs_retry(dataclasses.replace(slow, chains=1), 3)
 
 
 @pytest.mark.slow  # 60 s; the opt-in replica exchange's path is in the default suite below

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from ..cellfit import SAMPLER_DEFAULTS
-from ..convergence import MAX_R_HAT, MIXED_RHAT
+from ..convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
 from ..population import BUILD_DEFAULTS
 from ..distributed import (
     EXECUTORS,
@@ -175,7 +175,7 @@ def register(subparsers) -> None:
     p.add_argument("--draws", type=int, default=SAMPLER_DEFAULTS["draws"], help=f"NUTS draws per chain of each Bayesian cell (default {SAMPLER_DEFAULTS['draws']})")
     p.add_argument(
         "--retry-thinning", type=positive_int, default=SAMPLER_DEFAULTS["retry_thinning"],
-        help=f"a Bayesian cell whose fit has r_hat > {MAX_R_HAT} has its chains carried on to K times the iterations, every K-th draw kept "
+        help=f"a Bayesian cell whose fit has r_hat > {MAX_R_HAT} or ESS < {MIN_ESS_PER_CHAIN} per chain has its chains carried on to K times the iterations, every K-th draw kept "
         f"(1: never; default {SAMPLER_DEFAULTS['retry_thinning']})",
     )
     p.add_argument(

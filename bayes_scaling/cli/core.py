@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..cellfit import SAMPLER_DEFAULTS, TEMPERATURES
-from ..convergence import MAX_R_HAT, MIXED_RHAT
+from ..convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
 from ..data import Filters
 from ..errors import ConvergenceWarning, FitError
 from ..outputs import atomic_path, require_writable_dir, require_writable_file
@@ -49,12 +49,12 @@ def register(subparsers) -> None:
     add_sampler_args(
         fit, chains=None, warmup=None, draws=None, target_accept=None,
         default_note="defaults: 2 chains x (1000 warmup + 1000 draws) at target acceptance 0.9 per family with a population "
-        f"(chains carried on to {SAMPLER_DEFAULTS['retry_thinning']}x as long, thinned by {SAMPLER_DEFAULTS['retry_thinning']}, when r_hat > {MAX_R_HAT}: --retry-thinning); "
+        f"(chains carried on to {SAMPLER_DEFAULTS['retry_thinning']}x as long, thinned by {SAMPLER_DEFAULTS['retry_thinning']}, when r_hat > {MAX_R_HAT} or ESS < {MIN_ESS_PER_CHAIN} per chain: --retry-thinning); "
         "4 x (500 + 500) at 0.95 for the joint model",
     )
     fit.add_argument(
         "--retry-thinning", type=positive_int, default=None,
-        help=f"with a population: a family whose fit has r_hat > {MAX_R_HAT} has its chains carried on to K times the iterations, "
+        help=f"with a population: a family whose fit has r_hat > {MAX_R_HAT} or ESS < {MIN_ESS_PER_CHAIN} per chain has its chains carried on to K times the iterations, "
         f"every K-th draw kept (default {SAMPLER_DEFAULTS['retry_thinning']}; 1: never)",
     )
     fit.add_argument(
