@@ -323,8 +323,8 @@ def _sampler(
 ):
     """One compiled sampler per shape bucket and setting: ``f(rng_key, *model_args)`` ->
     ``(draws, state)``: every iteration's draws after warmup (theta, sigma_run, sigma_obs,
-    sigma_size, run_offset, energy, num_steps, diverging), with a leading axis of chains, and the chains' final
-    sampler states as a list of arrays. With ``continued`` the program is
+    sigma_size, run_offset, energy, num_steps, diverging), with a leading axis of chains, and
+    the chains' final sampler states as a list of arrays. With ``continued`` the program is
     ``f(state, *model_args)``: ``draws`` more iterations from such states, no warmup, which
     are exactly the iterations one longer run would have made (:func:`fit_cell`'s retry).
 
@@ -507,8 +507,9 @@ def _family_draws(chains: int, theta, sigma_run, sigma_obs, sigma_size=None) -> 
 #: missed targets that longer chains covered (benchmarks/results/backtest_mixing.md).
 #: ``retry_thinning``: a fit whose r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT`,
 #: or whose ESS is below :data:`~bayes_scaling.convergence.MIN_ESS_PER_CHAIN` per chain
-#: (:func:`needs_retry`), is carried on, once, to ``retry_thinning`` times the iterations after warmup (its chains
-#: continue from where they stopped), keeping every ``retry_thinning``-th draw (1: never).
+#: (:func:`needs_retry`), is carried on, once, to ``retry_thinning`` times the iterations after
+#: warmup (its chains continue from where they stopped), keeping every ``retry_thinning``-th
+#: draw (1: never).
 #: Most cells with r_hat between 1.01 and 1.05 only need longer chains; a fit that mixes at
 #: once pays nothing.
 SAMPLER_DEFAULTS = dict(chains=2, warmup=1000, draws=1000, target_accept=0.9, max_tree_depth=8, retry_thinning=3)
@@ -683,10 +684,11 @@ def fit_cell(
         NUTS settings.
     retry_thinning : int
         When the fit's r_hat is above :data:`~bayes_scaling.convergence.MAX_R_HAT` or its ESS
-        short (:func:`needs_retry`), carry its chains on to this many times the iterations after warmup, keeping every
-        ``retry_thinning``-th draw, and return that fit (``retried`` is then True); with
-        ``tempering`` and r_hat above :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again
-        instead as a replica exchange (same chains, warmup and draws; ``tempered``); 1: never
+        short (:func:`needs_retry`), carry its chains on to this many times the iterations
+        after warmup, keeping every ``retry_thinning``-th draw, and return that fit
+        (``retried`` is then True); with ``tempering`` and r_hat above
+        :data:`~bayes_scaling.convergence.MIXED_RHAT`, fit again instead as a replica exchange
+        (same chains, warmup and draws; ``tempered``); 1: never
         (the default here; a user's ``fit`` and the back-test's cells take
         ``SAMPLER_DEFAULTS["retry_thinning"]``, a population's member fits 1).
     tempering : bool

@@ -108,9 +108,9 @@ def fit_with_population(
     chains, warmup, draws, seed, target_accept, max_tree_depth, retry_thinning
         NUTS settings of each family's fit (:data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`);
         family f's sampler seed is a hash of its name and ``seed``. A family whose fit has
-        r_hat above 1.01, or bulk or tail ESS below 100 per chain, has its chains carried on to ``retry_thinning`` times the iterations,
-        every ``retry_thinning``-th draw kept (same number of draws for every family); its name is
-        in the fit's settings under ``retried``.
+        r_hat above 1.01, or bulk or tail ESS below 100 per chain, has its chains carried on
+        to ``retry_thinning`` times the iterations, every ``retry_thinning``-th draw kept (same
+        number of draws for every family); its name is in the fit's settings under ``retried``.
     tempering : bool
         Opt-in: a family whose fit has r_hat above 1.05 (chains in different places) is
         fitted again as a replica exchange (parallel tempering over
