@@ -174,15 +174,12 @@ def _bfmi(energy: xr.DataArray) -> tuple[tuple[float, ...], list[str]]:
     fit under a population, each family sampled alone) a chain's value is its lowest over the
     families whose energy was recorded (not NaN, as for thinned draws), and a low chain is
     named with its family."""
-    if "family" not in energy.dims:
-        bfmi = tuple(float(b) for b in np.atleast_1d(az.bfmi(energy.transpose("chain", "draw").values)))
-        return bfmi, [f"chain {i}: {b:.2f}" for i, b in enumerate(bfmi) if b < MIN_BFMI]
-    by_family = {str(family): energy.sel(family=family).transpose("chain", "draw").values for family in energy["family"].values}
-    per_family = {family: az.bfmi(values) for family, values in by_family.items() if np.isfinite(values).all()}
-    if not per_family:
+    groups = {"": energy} if "family" not in energy.dims else {f"{f} ": energy.sel(family=f) for f in energy["family"].values}
+    per_group = {name: az.bfmi(e.transpose("chain", "draw").values) for name, e in groups.items() if np.isfinite(e).all()}
+    if not per_group:
         return (), []
-    low = [f"{family} chain {i}: {b:.2f}" for family, values in per_family.items() for i, b in enumerate(values) if b < MIN_BFMI]
-    return tuple(float(b) for b in np.min(list(per_family.values()), axis=0)), low
+    low = [f"{name}chain {i}: {b:.2f}" for name, values in per_group.items() for i, b in enumerate(values) if b < MIN_BFMI]
+    return tuple(float(b) for b in np.min(list(per_group.values()), axis=0)), low
 
 
 def convergence_report(fit, var_names=None) -> ConvergenceReport:

@@ -464,8 +464,9 @@ def fit(
         NUTS maximum tree depth.
     retry_thinning : int
         Population path only: a family whose fit has r_hat above 1.01, or bulk or tail ESS
-        below 100 per chain, has its chains carried on, once, to this many times the iterations, keeping every ``retry_thinning``-th draw
-        (1: never; default :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
+        below 100 per chain, has its chains carried on, once, to this many times the
+        iterations, keeping every ``retry_thinning``-th draw (1: never; default
+        :data:`bayes_scaling.cellfit.SAMPLER_DEFAULTS`).
     tempering : bool
         Population path only, opt-in: a family whose fit has r_hat above 1.05 is fitted
         again as a replica exchange (parallel tempering) instead of being carried on
