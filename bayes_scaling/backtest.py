@@ -25,6 +25,9 @@ Protocol
 
 Estimators
 ----------
+Objects behind one interface (:mod:`bayes_scaling.estimators`, looked up by the name a cell
+carries).
+
 ``classic`` and ``classic_huber``: :mod:`bayes_scaling.pointfit`.
 
 ``bayes_independent``: the held-out family alone, no pooling, with the weak priors of the
@@ -85,14 +88,15 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
-from .convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
+from . import estimators as _estimators
+from .cellfit import SAMPLER_DEFAULTS
+from .convergence import MIXED_RHAT
 from .data import Filters, apply_filters, late_window, load_runs, loss_rise, thin_log_spaced
 from .errors import ConvergenceWarning, DataError, DataWarning, ExtrapolationWarning
-from .laws import centre
 
-ESTIMATORS = ("classic", "classic_huber", "bayes_independent", "bayes_hierarchical")
-BAYES_ESTIMATORS = ("bayes_independent", "bayes_hierarchical")
+#: Names of the estimators (:data:`bayes_scaling.estimators.ESTIMATORS`), in report order.
+ESTIMATORS = tuple(_estimators.ESTIMATORS)
+BAYES_ESTIMATORS = tuple(name for name, e in _estimators.ESTIMATORS.items() if e.bayesian)
 FRACTIONS = (0.1, 0.2, 0.3, 0.5, 1.0)
 MIN_SIZES = 3
 #: Central interval levels scored (coverage columns ``cov_20`` ... ``cov_95``).
@@ -378,42 +382,22 @@ def build_cells(
         Restrict the (costly) Bayesian estimators to these fractions / k values; the point
         fits run on every cell.
     population : dict, optional
-        ``{min_tokens: {family: CellPrior}}`` for ``bayes_hierarchical`` (from
+        ``{min_tokens: {family: Population}}`` for ``bayes_hierarchical`` (from
         :func:`population_priors`); required when that estimator is requested.
     bayes_settings : dict, optional
         Overrides of :data:`BAYES_SETTINGS`.
     """
-    estimators = tuple(estimators)
-    unknown = sorted(set(estimators) - set(ESTIMATORS))
-    if unknown:
-        raise DataError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)}")
+    chosen = _estimators.resolve(estimators)
     settings = tuple(sorted({**BAYES_SETTINGS, **(bayes_settings or {})}.items()))
-    indep = None
-    if "bayes_independent" in estimators:
-        from .cellfit import independent_prior
-
-        indep = independent_prior()
     bf = None if bayes_fractions is None else {float(p) for p in bayes_fractions}
     bk = None if bayes_ks is None else {int(k) for k in bayes_ks}
     cells = []
     for data in protocol.cells:
-        for est in estimators:
-            if est in BAYES_ESTIMATORS:
-                if (bf is not None and data.fraction not in bf) or (bk is not None and data.k not in bk):
-                    continue
-                if est == "bayes_independent":
-                    cells.append(Cell(data, est, indep, settings))
-                else:
-                    try:
-                        prior = population[data.min_tokens][data.family]
-                    except (KeyError, TypeError) as exc:
-                        raise DataError(
-                            f"no population prior for family {data.family!r} at min_tokens={data.min_tokens:g}; "
-                            "run population_priors first"
-                        ) from exc
-                    cells.append(Cell(data, est, prior, settings))
-            else:
-                cells.append(Cell(data, est))
+        for est in chosen:
+            if not est.bayesian:
+                cells.append(Cell(data, est.name))
+            elif (bf is None or data.fraction in bf) and (bk is None or data.k in bk):
+                cells.append(Cell(data, est.name, est.prior(data, population), settings))
     return cells
 
 
@@ -532,7 +516,9 @@ def _evaluate_cell(cell: Cell, seed: int, posterior) -> list[dict]:
     predictors = None
     try:
         with _threads_limited():
-            predictors, diag = _fit_estimator(cell, settings, s, diag, posterior)
+            fitted = _estimators.ESTIMATORS[cell.estimator].fit(data, cell.prior, settings, s, posterior)
+        predictors = fitted.predict
+        diag.update(message=fitted.message, divergences=fitted.divergences, max_rhat=fitted.max_rhat)
     except Exception as exc:  # noqa: BLE001 - any estimator failure is a scored outcome
         diag = {**diag, "status": "failed", "message": f"{type(exc).__name__}: {exc}"[:300]}
     fit_seconds = time.perf_counter() - start
@@ -551,85 +537,6 @@ def _evaluate_cell(cell: Cell, seed: int, posterior) -> list[dict]:
                 row["status"] = "nonfinite"
         rows.append(row)
     return rows
-
-
-def _fit_estimator(cell: Cell, settings: dict, seed: int, diag: dict, posterior=None):
-    d = cell.data
-    if cell.estimator in ("classic", "classic_huber"):
-        from .pointfit import fit_classic, fit_classic_huber
-
-        pf = (fit_classic if cell.estimator == "classic" else fit_classic_huber)(d.train_num_params, d.train_tokens, d.train_loss)
-        diag = {**diag, "message": pf.message}
-        if not pf.ok:
-            raise RuntimeError(pf.message)
-
-        def predictors(target, s):
-            n = np.full_like(target.tokens, target.num_params)
-            with np.errstate(over="ignore", invalid="ignore"):
-                return pf.predict(n, target.tokens), pf.draws(n, target.tokens, n_draws=1000, seed=s)
-
-        return predictors, diag
-    sampler = {k: int(settings[k]) if k != "target_accept" else float(settings[k]) for k in SAMPLER_DEFAULTS}
-    n_pred = int(settings.get("n_pred_draws", 0))
-    if cell.estimator == "bayes_hierarchical" and posterior is None:
-        return _public_path_predictors(cell, sampler, seed, diag, n_pred)
-    from .cellfit import FamilyArrays
-
-    x_n, x_d = centre(d.train_num_params, d.train_tokens)
-    arrays = FamilyArrays.from_arrays(x_n, x_d, d.train_run, np.log(d.train_loss), d.train_models)
-    post = posterior if posterior is not None else arrays.fit(cell.prior, seed=seed, **sampler)
-    diag = {**diag, "divergences": post.divergences, "max_rhat": post.max_rhat}
-
-    def predictors(target, s):
-        tn, td = centre(np.full_like(target.tokens, target.num_params), target.tokens)
-        draws = _subsample(post.predict_new_run(tn, td, seed=s), n_pred, s)
-        return np.median(draws, axis=0), draws
-
-    return predictors, diag
-
-
-def _subsample(draws: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most ``n`` rows of ``draws`` (all when ``n`` is 0), chosen with ``seed``."""
-    if 0 < n < len(draws):
-        return draws[np.random.default_rng(seed).choice(len(draws), n, replace=False)]
-    return draws
-
-
-def public_path_fit(cell: Cell, seed: int, **sampler):
-    """The :class:`~bayes_scaling.inference.Fit` a user gets from a ``bayes_hierarchical``
-    cell's training runs: ``fit(train runs, population=cell.prior)`` with the cell's seed
-    (:func:`cell_seed`) and ``sampler`` (default :data:`SAMPLER_DEFAULTS`)."""
-    from .popfit import fit_with_population
-
-    d = cell.data
-    table = pd.DataFrame(
-        {"family": d.family, "model": np.asarray(d.train_models)[d.train_run], "num_params": d.train_num_params, "tokens": d.train_tokens, "loss": d.train_loss}
-    )
-    # the protocol already cut and thinned the training checkpoints
-    return fit_with_population(table, cell.prior, filters=Filters(min_tokens=0.0, max_checkpoints=None), seed=seed, **sampler)
-
-
-def _public_path_predictors(cell: Cell, sampler: dict, seed: int, diag: dict, n_pred: int):
-    """``bayes_hierarchical``: exactly what a user runs, ``fit(train runs, population=...)``
-    then ``predict_loss(kind="new_run", observation_noise=True)`` at the target's checkpoints."""
-    from .convergence import check_convergence
-    from .predict import predict_loss
-
-    d = cell.data
-    fit = public_path_fit(cell, seed, **sampler)
-    report = check_convergence(fit.idata)  # the verdict the user gets from this fit
-    diag = {**diag, "divergences": report.divergences, "max_rhat": report.max_r_hat}
-    if fit.settings.get("tempered"):
-        diag["message"] = f"fitted again as a replica exchange over {len(TEMPERATURES)} temperatures: r_hat above {MIXED_RHAT} at first"
-    elif fit.settings.get("retried"):
-        diag["message"] = f"chains carried on to {sampler['retry_thinning']}x the iterations: r_hat above {MAX_R_HAT} or ESS below {MIN_ESS_PER_CHAIN} per chain at first"
-
-    def predictors(target, s):
-        pred = predict_loss(fit, d.family, target.num_params, target.tokens, kind="new_run", observation_noise=True, seed=s)
-        draws = _subsample(pred.stack(sample=("chain", "draw")).transpose("sample", "point").values, n_pred, s)
-        return np.median(draws, axis=0), draws
-
-    return predictors, diag
 
 
 # --------------------------------------------------------------------------- runner
@@ -1103,16 +1010,14 @@ def fan_data(
     grid = np.geomspace(lo_tok, target.tokens.max(), n_grid)
     grid_target = Target(target.model, target.num_params, grid, np.ones_like(grid))
     bands = []
-    for est in estimators:
-        prior = (priors or {}).get(est)
-        if est == "bayes_independent" and prior is None:
-            from .cellfit import independent_prior
-
-            prior = independent_prior()
-        cell = Cell(data, est, prior, tuple(sorted({**BAYES_SETTINGS, **(bayes_settings or {})}.items())))
-        predictors, _ = _fit_estimator(cell, dict(cell.settings), cell_seed(cell.key, seed), {})
-        point, draws = predictors(grid_target, seed)
-        row = {"estimator": est, "tokens": grid, "median": point}
+    settings = {**BAYES_SETTINGS, **(bayes_settings or {})}
+    for est in _estimators.resolve(estimators):
+        prior = (priors or {}).get(est.name)
+        if prior is None:
+            prior = est.prior(data, None)
+        fitted = est.fit(data, prior, settings, cell_seed(Cell(data, est.name).key, seed))
+        point, draws = fitted.predict(grid_target, seed)
+        row = {"estimator": est.name, "tokens": grid, "median": point}
         if draws is not None:
             with np.errstate(invalid="ignore"):
                 q = np.nanquantile(draws, [0.05, 0.25, 0.75, 0.95], axis=0)
@@ -1186,7 +1091,7 @@ def backtest(
         raise DataError(f"nothing to back-test: {_no_cells_reason(protocol)}")
     estimators = tuple(estimators)
     priors_by_cut, info = None, []
-    if "bayes_hierarchical" in estimators:
+    if any(est.needs_population for est in _estimators.resolve(estimators)):
         priors_by_cut = {}
         cuts = sorted({c.min_tokens for c in protocol.cells})
         for cut in cuts:

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
+from bayes_scaling import estimators  # noqa: E402
 from bayes_scaling.cellfit import (  # noqa: E402
     CellPosterior,
     CellPrior,
@@ -26,6 +27,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
 )
 from bayes_scaling.data import loss_rise  # noqa: E402
 from bayes_scaling.errors import ConvergenceWarning, DataError, ExtrapolationWarning  # noqa: E402
+from bayes_scaling.estimators import Estimator, FittedCell  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
 
@@ -281,6 +283,56 @@ def test_failed_cells_keep_every_column(tiny, tmp_path):
     sink(ok)
     written = pd.read_csv(tmp_path / "rows.csv")
     assert list(written.columns) == list(ok[0]) and written["are"].iloc[-1] == pytest.approx(ok[0]["are"])
+
+
+class _LastLoss(Estimator):
+    """Predicts every target checkpoint at the last training loss, draws spread 10% around it."""
+
+    name = "last_loss"
+    bayesian = True  # so that bayes_ks applies to it
+
+    def prior(self, data, populations):
+        return ("prior of", data.k)
+
+    def fit(self, data, prior, settings, seed, posterior=None):
+        last = float(data.train_loss[np.argmax(data.train_tokens)])
+
+        def predict(target, s):
+            point = np.full(len(target.tokens), last)
+            return point, point * np.linspace(0.9, 1.1, 101)[:, None]
+
+        return FittedCell(predict, message=f"{prior} settings {settings['draws']}", max_rhat=1.0)
+
+
+def test_a_new_estimator_is_one_class_and_one_entry(tiny, monkeypatch):
+    # the back-test dispatches through the interface: an estimator it has never heard of
+    # gets its cells, prior, settings and scores without any change to the back-test
+    monkeypatch.setitem(estimators.ESTIMATORS, "last_loss", _LastLoss())
+    proto = bt.protocol_cells(tiny, ks=[1, 2], fractions=[1.0], min_tokens=0.0, max_checkpoints=None)
+    cells = bt.build_cells(proto, ["classic", "last_loss"], bayes_ks=[2], bayes_settings={"draws": 7})
+    assert sorted((c.estimator, c.data.k) for c in cells) == [("classic", 1), ("classic", 2), ("last_loss", 2)]
+    (cell,) = [c for c in cells if c.estimator == "last_loss"]
+    assert cell.prior == ("prior of", 2)
+    (row,) = bt.evaluate_cell(cell, seed=0)
+    # k = 2: a1, a2 (1e8) and b1 (2e8); b1 trained longest (6e10), last loss 2.5; t1's late
+    # window (tokens >= 7e10) is 2.35, 2.33, 2.3
+    y = np.array([2.35, 2.33, 2.3])
+    assert row["status"] == "ok" and row["message"] == "('prior of', 2) settings 7" and row["max_rhat"] == 1.0
+    assert row["are"] == pytest.approx(np.mean(np.abs(y - 2.5) / y), rel=1e-12)
+    assert row["cov_90"] == pytest.approx(1.0)  # 2.5 x [0.9, 1.1] holds every target point
+
+
+def test_estimators_refuse_what_they_cannot_use(tiny):
+    data = bt.protocol_cells(tiny, ks=[1], fractions=[1.0], min_tokens=0.0, max_checkpoints=None).cells[0]
+    hier = estimators.ESTIMATORS["bayes_hierarchical"]
+    with pytest.raises(DataError, match="no population prior for family 'a'"):
+        hier.prior(data, None)
+    with pytest.raises(DataError, match="no population prior for family 'a' at min_tokens=0"):
+        hier.prior(data, {1e10: {"a": object()}})
+    with pytest.raises(ValueError, match="posterior sampled elsewhere"):
+        hier.fit(data, object(), bt.BAYES_SETTINGS, 0, posterior=object())
+    assert [e.name for e in estimators.resolve(["classic_huber", "bayes_independent"])] == ["classic_huber", "bayes_independent"]
+    assert bt.ESTIMATORS == tuple(estimators.ESTIMATORS) and set(bt.BAYES_ESTIMATORS) == {"bayes_independent", "bayes_hierarchical"}
 
 
 # --------------------------------------------------------------------------- Bayesian cells

@@ -206,10 +206,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import backtest as bt
+    from ..estimators import resolve
 
-    unknown = sorted(set(args.estimators) - set(bt.ESTIMATORS))
-    if unknown:
-        raise DataError(f"unknown estimators {unknown}; choose from {list(bt.ESTIMATORS)}")
+    resolve(args.estimators)  # a DataError naming the unknown ones, before anything is written
     for name in ("chains", "draws", "population_draws"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
