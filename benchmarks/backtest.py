@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling import population as pop_mod  # noqa: E402
 from bayes_scaling.cellfit import SAMPLER_DEFAULTS  # noqa: E402
+from bayes_scaling.convergence import MIXED_RHAT  # noqa: E402
 from bayes_scaling.cli import main as cli_main  # noqa: E402
 from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
 
@@ -64,7 +65,7 @@ def run_seed(runs: str, out: Path, seed: int, workers: int) -> float:
 
 def _interval(scores, groups, column, statistic, seed) -> str:
     low, high = bt.cluster_bootstrap(scores, groups, column, statistic, n_boot=N_BOOT, seed=seed)
-    return f"[{bt._pct(low)}, {bt._pct(high)}]"
+    return f"[{bt.pct(low)}, {bt.pct(high)}]"
 
 
 def coverage_table(results: pd.DataFrame, groups: dict, seed: int) -> tuple[pd.DataFrame, str]:
@@ -78,16 +79,16 @@ def coverage_table(results: pd.DataFrame, groups: dict, seed: int) -> tuple[pd.D
             {
                 "k": k,
                 "families": len(sub),
-                "cov 90% [90% CI]": f"{bt._pct(sub['cov_90'].mean())} {_interval(sub, groups, 'cov_90', np.mean, seed)}",
-                "calibrated, by chance (95%)": f"{bt._pct(low)} - {bt._pct(high)}",
-                "width 90% (median, % of loss)": bt._pct(sub["width_90"].median()),
+                "cov 90% [90% CI]": f"{bt.pct(sub['cov_90'].mean())} {_interval(sub, groups, 'cov_90', np.mean, seed)}",
+                "calibrated, by chance (95%)": f"{bt.pct(low)} - {bt.pct(high)}",
+                "width 90% (median, % of loss)": bt.pct(sub["width_90"].median()),
             }
         )
     cov, n_cells = bt.pooled_coverage(results)
     lo_bar, hi_bar = bt.COVERAGE_BAR
     pooled = (
-        f"pooled over k: **{bt._pct(cov)}%** {_interval(fam, groups, 'cov_90', np.mean, seed)} of {n_cells} "
-        f"(family, k) cells; bar {bt._pct(lo_bar, 0)}-{bt._pct(hi_bar, 0)}%: **{'met' if lo_bar <= cov <= hi_bar else 'missed'}**"
+        f"pooled over k: **{bt.pct(cov)}%** {_interval(fam, groups, 'cov_90', np.mean, seed)} of {n_cells} "
+        f"(family, k) cells; bar {bt.pct(lo_bar, 0)}-{bt.pct(hi_bar, 0)}%: **{'met' if lo_bar <= cov <= hi_bar else 'missed'}**"
     )
     return pd.DataFrame(rows), pooled
 
@@ -100,17 +101,17 @@ def are_intervals(results: pd.DataFrame, groups: dict, seed: int) -> pd.DataFram
         row = {"k": k}
         for est in ESTIMATORS:
             sub = by_k[by_k["estimator"] == est]
-            row[f"{est} median ARE % [90% CI]"] = f"{bt._pct(sub['are'].median(), 2)} {_interval(sub, groups, 'are', np.median, seed)}"
+            row[f"{est} median ARE % [90% CI]"] = f"{bt.pct(sub['are'].median(), 2)} {_interval(sub, groups, 'are', np.median, seed)}"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def mixing_sensitivity(results: pd.DataFrame) -> pd.DataFrame:
     """The bars' numbers three ways: every cell; a bayes_hierarchical cell whose chains did not
-    mix (max r-hat > bt.MIXED_RHAT) counted as a failed fit (ARE inf, not covered); only the
+    mix (max r-hat > MIXED_RHAT) counted as a failed fit (ARE inf, not covered); only the
     (family, k) cells where it mixed, for every estimator."""
     hier = results["estimator"] == "bayes_hierarchical"
-    unmixed = hier & (results["max_rhat"].astype(float) > bt.MIXED_RHAT)
+    unmixed = hier & (results["max_rhat"].astype(float) > MIXED_RHAT)
     as_failed = results.copy()
     as_failed.loc[unmixed, "status"] = "failed"
     as_failed.loc[unmixed, "cov_90"] = 0.0
@@ -125,8 +126,8 @@ def mixing_sensitivity(results: pd.DataFrame) -> pd.DataFrame:
                 continue
             h = agg.loc[("bayes_hierarchical", k)]
             best = min(agg.loc[(b, k), "are_median"] for b in bt.BASELINES if (b, k) in agg.index)
-            row[f"k={k}: hier / best point median ARE % (families)"] = f"{bt._pct(h['are_median'], 2)} / {bt._pct(best, 2)} ({int(h['n_families'])})"
-        row["hier cov 90% pooled"] = bt._pct(bt.pooled_coverage(df)[0])
+            row[f"k={k}: hier / best point median ARE % (families)"] = f"{bt.pct(h['are_median'], 2)} / {bt.pct(best, 2)} ({int(h['n_families'])})"
+        row["hier cov 90% pooled"] = bt.pct(bt.pooled_coverage(df)[0])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -168,12 +169,12 @@ def summarise(all_results: pd.DataFrame, groups: dict, meta: dict) -> str:
         "",
         "## Headline: cells whose chains mixed (issue 18)",
         "",
-        f"A bayes_hierarchical cell whose chains did not mix (max r-hat > {bt.MIXED_RHAT}) says more about the sampler than "
+        f"A bayes_hierarchical cell whose chains did not mix (max r-hat > {MIXED_RHAT}) says more about the sampler than "
         "about the data: the first row of each seed keeps only the (family, k) cells where they mixed, for every estimator; "
         "the second keeps every cell and counts an unmixed one as a failed fit (ARE inf, nothing covered). The bars of "
         "issue 17, per seed below, are on all cells.",
         "",
-        bt._md_table(headline(all_results)),
+        bt.md_table(headline(all_results)),
         "",
     ]
     for seed, results in all_results.groupby("seed"):
@@ -183,15 +184,15 @@ def summarise(all_results: pd.DataFrame, groups: dict, meta: dict) -> str:
             "",
             "### ARE bars (median / capped mean, %)",
             "",
-            bt._md_table(bt.bars(results, CUT, 1.0)),
+            bt.md_table(bt.bars(results, CUT, 1.0)),
             "",
             "### Median ARE with intervals",
             "",
-            bt._md_table(are_intervals(results, groups, int(seed))),
+            bt.md_table(are_intervals(results, groups, int(seed))),
             "",
             "### 90% coverage of bayes_hierarchical",
             "",
-            bt._md_table(cov_by_k),
+            bt.md_table(cov_by_k),
             "",
             pooled,
             "",
@@ -199,7 +200,7 @@ def summarise(all_results: pd.DataFrame, groups: dict, meta: dict) -> str:
             "",
             mixing(results),
             "",
-            bt._md_table(mixing_sensitivity(results)),
+            bt.md_table(mixing_sensitivity(results)),
             "",
         ]
     return "\n".join(out)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bayes_scaling import population  # noqa: E402
-from bayes_scaling.backtest import _md_table  # noqa: E402
+from bayes_scaling.backtest import md_table  # noqa: E402
 from bayes_scaling.data import default_data_dir, thin_log_spaced  # noqa: E402
 from bayes_scaling.demo import REAL_DEMO  # noqa: E402
 from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> int:
         "`extrap_residual` is the observed less the predicted mean log loss there, `extrap_sd` the prediction's sd "
         "without a size discrepancy, `extrap_distance` the e-folds of N extrapolated.",
         "",
-        _md_table(members.round(3)),
+        md_table(members.round(3)),
         "",
     ]
     atomic_write_text(REPORT_PATH, "\n".join(lines))

@@ -4,7 +4,7 @@
 
 Takes the ``bayes_hierarchical`` cells of back-test seed S (``results/backtest.csv``) with
 the largest max r-hat above 1.01, refits each exactly as the back-test does
-(``estimators.public_path_fit``: the user's ``fit`` under the population without the family's
+(``backtest.public_path_fit``: the user's ``fit`` under the population without the family's
 source group, the cell's seed, the shipped sampler) and reports per cell:
 
 - bulk ESS (arviz) of each law parameter, in theta and in the level coordinates at the
@@ -43,7 +43,6 @@ sys.path.insert(0, str(HERE.parent))
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling.cellfit import SAMPLER_DEFAULTS, data_centre  # noqa: E402
 from bayes_scaling.convergence import check_convergence  # noqa: E402
-from bayes_scaling.estimators import public_path_fit  # noqa: E402
 from bayes_scaling.laws import LEVEL_NAMES, PARAM_NAMES, centre, to_level_coordinates  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from benchmarks._chains import chain_spreads  # noqa: E402
@@ -88,7 +87,7 @@ def geometry(cell: bt.Cell, fit) -> dict:
 
 def md_table(df: pd.DataFrame) -> str:
     """``backtest._md_table`` with floats to 3 significant digits."""
-    return bt._md_table(df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
+    return bt.md_table(df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
 
 
 def main(argv=None) -> int:
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
     for cell in sorted(cells, key=lambda c: picked.index((c.data.family, c.data.k))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the slow cells are chosen for not converging
-            fit = public_path_fit(cell.data, cell.prior, bt.cell_seed(cell.key, args.seed), **SAMPLER_DEFAULTS)
+            fit = bt.public_path_fit(cell.data, cell.prior, bt.cell_seed(cell.key, args.seed), **SAMPLER_DEFAULTS)
         rows.append(geometry(cell, fit))
         print(f"{cell.data.family} k={cell.data.k}: r-hat {rows[-1]['max_rhat']:.3f}", flush=True)
     res = pd.DataFrame(rows)
@@ -124,7 +123,7 @@ def main(argv=None) -> int:
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores shared with other work, no accelerator; {time.strftime('%Y-%m-%d')}",
         f"- cells: the {len(res)} bayes_hierarchical cells of back-test seed {args.seed} with the largest max r-hat above 1.01 "
-        f"(`{args.results.name}`), refitted the back-test's way (`estimators.public_path_fit`, cell seed, {sampler}); "
+        f"(`{args.results.name}`), refitted the back-test's way (`backtest.public_path_fit`, cell seed, {sampler}); "
         f"{time.perf_counter() - started:.0f} s",
         "- ESS: arviz bulk ESS of 2 chains' draws; level coordinates (`laws.to_level_coordinates`) at the cell's data centre; "
         "chains apart: per level coordinate, the range of the chains' medians over the mean within-chain sd",

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayes_scaling import backtest as bt
+from bayes_scaling.convergence import MIXED_RHAT
 from bayes_scaling.outputs import atomic_path, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +52,8 @@ def per_seed(rows: pd.DataFrame) -> pd.DataFrame:
         out.append(
             {
                 "version": version, "seed": seed, "cells": len(cells),
-                "r-hat > 1.01": int((cells["max_rhat"] > 1.01).sum()), "r-hat > 1.05": int((cells["max_rhat"] > bt.MIXED_RHAT).sum()),
-                "pooled cov 90 %": bt._pct(bt.pooled_coverage(df)[0]), "median fit s": round(float(cells["fit_seconds"].median()), 1),
+                "r-hat > 1.01": int((cells["max_rhat"] > 1.01).sum()), "r-hat > 1.05": int((cells["max_rhat"] > MIXED_RHAT).sum()),
+                "pooled cov 90 %": bt.pct(bt.pooled_coverage(df)[0]), "median fit s": round(float(cells["fit_seconds"].median()), 1),
             }
         )  # fmt: skip
     return pd.DataFrame(out)
@@ -92,19 +93,19 @@ def report(rows: pd.DataFrame, label: str, baseline: Path) -> str:
             "",
             "## Per seed",
             "",
-            bt._md_table(per_seed(rows)),
+            bt.md_table(per_seed(rows)),
             "",
             "## Median ARE % by k (mean over seeds of each seed's median over families)",
             "",
-            bt._md_table(median_are_by_k(cells)),
+            bt.md_table(median_are_by_k(cells)),
             "",
             "## 90% coverage by family (%, over k and seeds)",
             "",
-            bt._md_table(family_coverage(cells)),
+            bt.md_table(family_coverage(cells)),
             "",
             f"## Paired ARE per (seed, family, k) cell: median change {median_change:+.2f} points; the largest moves (%)",
             "",
-            bt._md_table(moves),
+            bt.md_table(moves),
             "",
         ]
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayes_scaling import backtest as bt
+from bayes_scaling.convergence import MIXED_RHAT
 from bayes_scaling.outputs import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ def seed_pairs(c: pd.DataFrame) -> list[dict]:
         gaps = (per_k["cov_a"] - per_k["cov_b"]).abs()
         k = int(gaps.idxmax())
         at_k = pair[pair["k"] == k].assign(share=lambda d: (d["cov_a"] - d["cov_b"]) / len(d))
-        unmixed = (at_k["max_rhat_a"] > bt.MIXED_RHAT) | (at_k["max_rhat_b"] > bt.MIXED_RHAT)
+        unmixed = (at_k["max_rhat_a"] > MIXED_RHAT) | (at_k["max_rhat_b"] > MIXED_RHAT)
         flips = at_k[at_k["share"].abs() > 0]
         out.append(
             {
@@ -61,7 +62,7 @@ def seed_pairs(c: pd.DataFrame) -> list[dict]:
 
 def unmixed_vs_mixed(c: pd.DataFrame) -> dict:
     """Cells (family, k) unmixed at some seeds and mixed at others: their mean coverage each way."""
-    c = c.assign(unmixed=c["max_rhat"] > bt.MIXED_RHAT)
+    c = c.assign(unmixed=c["max_rhat"] > MIXED_RHAT)
     both = c.groupby(["k", "family"])["unmixed"].transform(lambda u: u.any() and not u.all())
     c = c[both]
     return {
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         "",
         "Written by `benchmarks/coverage_gap.py` (reads results only; no fitting). bayes_hierarchical rows, tokens >= 1e10, "
         "fraction 1.0. Per-k coverage: mean over families of each family's share of covered target checkpoints. "
-        f"A cell is unmixed when its max r-hat is above {bt.MIXED_RHAT}. Signed gaps: seed a minus seed b.",
+        f"A cell is unmixed when its max r-hat is above {MIXED_RHAT}. Signed gaps: seed a minus seed b.",
         "",
     ]
     pooled = []
@@ -91,9 +92,9 @@ def main(argv=None) -> int:
         pairs = seed_pairs(c)
         if not pairs:
             continue
-        lines += [f"## {path.name}", "", bt._md_table(pd.DataFrame(pairs)), ""]
+        lines += [f"## {path.name}", "", bt.md_table(pd.DataFrame(pairs)), ""]
         pooled.append({"file": path.name, **unmixed_vs_mixed(c)})
-    lines += ["## Cells unmixed at some seeds and mixed at others", "", bt._md_table(pd.DataFrame(pooled)), ""]
+    lines += ["## Cells unmixed at some seeds and mixed at others", "", bt.md_table(pd.DataFrame(pooled)), ""]
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}")
     return 0

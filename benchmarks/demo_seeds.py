@@ -27,7 +27,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bayes_scaling.backtest import _md_table  # noqa: E402
+from bayes_scaling.backtest import md_table  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 from benchmarks._versions import checkout_revision, version_trees  # noqa: E402
 
@@ -94,11 +94,11 @@ def main() -> int:
         "",
         "Verdict PASS: r-hat <= 1.01, bulk and tail ESS >= 100 per chain, no divergences (`diagnostics.convergence_report`).",
         "",
-        _md_table(summary),
+        md_table(summary),
         "",
         "## Every run",
         "",
-        _md_table(table),
+        md_table(table),
         "",
     ]
     atomic_write_text(RESULT, "\n".join(lines))

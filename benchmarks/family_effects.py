@@ -46,7 +46,7 @@ import pandas as pd  # noqa: E402
 
 import bayes_scaling as bs  # noqa: E402
 from bayes_scaling import diagnostics  # noqa: E402
-from bayes_scaling.backtest import _md_table  # noqa: E402
+from bayes_scaling.backtest import md_table  # noqa: E402
 from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
 from bayes_scaling.spec import Prior, load_spec  # noqa: E402
 
@@ -152,12 +152,12 @@ def write_report(rows: pd.DataFrame, path: Path) -> None:
             fail=("verdict", lambda v: int((v == "FAIL").sum())),
             seconds=("seconds", "sum"),
         )
-        lines += ["", f"## Totals, {title}", "", _md_table(totals.reset_index().round(0))]
+        lines += ["", f"## Totals, {title}", "", md_table(totals.reset_index().round(0))]
     lines += [
         "",
         "## Per fit",
         "",
-        _md_table(rows.round({"max r_hat": 3, "min bulk ESS": 0, "min tail ESS": 0, "max tree depth %": 1, "seconds": 0})),
+        md_table(rows.round({"max r_hat": 3, "min bulk ESS": 0, "min tail ESS": 0, "max tree depth %": 1, "seconds": 0})),
     ]
     atomic_write_text(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bayes_scaling import datasets  # noqa: E402
-from bayes_scaling.backtest import CELL_KEY_COLUMNS, ROW_KEY_COLUMNS, _md_table  # noqa: E402
+from bayes_scaling.backtest import CELL_KEY_COLUMNS, ROW_KEY_COLUMNS, md_table  # noqa: E402
 from bayes_scaling.distributed import frame_equal_numbers  # noqa: E402
 from bayes_scaling.outputs import atomic_write_text  # noqa: E402
 
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
             "twice; `equal`: same rows and numbers as a clean run."
         ),
         "",
-        _md_table(df),
+        md_table(df),
         "",
         (
             f"Totals: cells lost **{total['lost']}**, rows duplicated **{total['duplicated']}**, tracebacks shown "

@@ -188,18 +188,18 @@ def main(argv=None) -> int:
             "",
             "## Summary",
             "",
-            bt._md_table(summary.reset_index().round(2)),
+            bt.md_table(summary.reset_index().round(2)),
             "",
             "## Per cell",
             "",
-            bt._md_table(wide.reset_index().round(2)),
+            bt.md_table(wide.reset_index().round(2)),
             "",
             "## Chain weights",
             "",
             "Largest chain weight (1/8 = equal pooling). Stacking: how many of the (chain, run) LOO densities had Pareto k > 0.7 "
             "(unreliable). Mode mass: the Pareto k of the importance weights (above 0.7: unreliable).",
             "",
-            bt._md_table(weights_table(res)),
+            bt.md_table(weights_table(res)),
             "",
         ]
     )

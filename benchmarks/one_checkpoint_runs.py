@@ -140,18 +140,18 @@ def main(argv=None) -> int:
         "",
         "## Summary",
         "",
-        bt._md_table(summary.reset_index()),
+        bt.md_table(summary.reset_index()),
         "",
         "## Per fit",
         "",
-        bt._md_table(res),
+        bt.md_table(res),
         "",
         "## Where the chains sat, in fits whose chains are apart",
         "",
         "Each chain's median of the law's parameters (centred units, `bayes_scaling.laws`) and the target's final loss "
         "that median predicts (no run offset or noise).",
         "",
-        bt._md_table(pd.DataFrame(modes)) if modes else "(none)",
+        bt.md_table(pd.DataFrame(modes)) if modes else "(none)",
         "",
     ])
     atomic_write_text(args.out, text)

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             f"- outside the 95% bands: {int((table['in 95% band'] != 'yes').sum())} of {n_checks}; "
             f"outside the Bonferroni bands: {int((table['in Bonferroni band'] != 'yes').sum())} of {n_checks}",
             "",
-            bt._md_table(table),
+            bt.md_table(table),
             "",
         ]
     )

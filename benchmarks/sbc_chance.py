@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         f"- mean ECDFs outside: {counts.mean():.2f} (the band's nominal {args.ecdfs} x 0.05 = {0.05 * args.ecdfs:.1f})",
         f"- share of runs with {shipped} or more outside (the shipped sbc.md has {shipped}): {100 * float(np.mean(counts >= shipped)):.1f}%",
         "",
-        bt._md_table(table.astype(str)),  # iterrows would print the counts as floats
+        bt.md_table(table.astype(str)),  # iterrows would print the counts as floats
         "",
     ]
     atomic_write_text(args.out, "\n".join(lines))

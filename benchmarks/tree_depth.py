@@ -3,7 +3,7 @@
     python benchmarks/tree_depth.py [--runs ../shared/data/runs.csv.gz] [--seed 0]
 
 Refits every ``bayes_hierarchical`` cell of back-test seed S (1e10 cut, fraction 1.0,
-k = 1..5) the back-test's way (``estimators.public_path_fit``: the user's ``fit`` under the
+k = 1..5) the back-test's way (``backtest.public_path_fit``: the user's ``fit`` under the
 public population without the family's source group, the cell's seed, the shipped sampler),
 but without the retry (``retry_thinning=1``: the first fit, what the sampler does alone), in
 two processes run side by side on the same cores:
@@ -44,7 +44,6 @@ sys.path.insert(0, str(HERE.parent))
 from bayes_scaling import backtest as bt  # noqa: E402
 from bayes_scaling import cellfit  # noqa: E402
 from bayes_scaling.convergence import check_convergence  # noqa: E402
-from bayes_scaling.estimators import public_path_fit  # noqa: E402
 from bayes_scaling.outputs import atomic_path, atomic_write_text  # noqa: E402
 
 VARIANTS = ("shipped", "dense")
@@ -67,7 +66,7 @@ def run_variant(variant: str, runs: str, seed: int, out: Path) -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unmixed cells are what is counted
-            fit = public_path_fit(cell.data, cell.prior, bt.cell_seed(cell.key, seed), **sampler)
+            fit = bt.public_path_fit(cell.data, cell.prior, bt.cell_seed(cell.key, seed), **sampler)
         seconds = time.perf_counter() - start
         depth = fit.idata.sample_stats["tree_depth"].values
         report = check_convergence(fit.idata)
@@ -111,7 +110,7 @@ def verdict(s: pd.DataFrame) -> str:
 
 
 def md_table(df: pd.DataFrame) -> str:
-    return bt._md_table(df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
+    return bt.md_table(df.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
 
 
 def main(argv=None) -> int:

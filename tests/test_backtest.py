@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from bayes_scaling import backtest as bt  # noqa: E402
-from bayes_scaling import estimators  # noqa: E402
+from bayes_scaling.backtest import estimators  # noqa: E402
 from bayes_scaling.cellfit import (  # noqa: E402
     CellPosterior,
     CellPrior,
@@ -27,7 +27,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
 )
 from bayes_scaling.data import loss_rise  # noqa: E402
 from bayes_scaling.errors import ConvergenceWarning, DataError, ExtrapolationWarning  # noqa: E402
-from bayes_scaling.estimators import Estimator, FittedCell  # noqa: E402
+from bayes_scaling.backtest.estimators import Estimator, FittedCell  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
 from bayes_scaling.pointfit import fit_classic, fit_classic_huber, raw_loss  # noqa: E402
 
@@ -307,7 +307,7 @@ class _LastLoss(Estimator):
 def test_a_new_estimator_is_one_class_and_one_entry(tiny, monkeypatch):
     # the back-test dispatches through the interface: an estimator it has never heard of
     # gets its cells, prior, settings and scores without any change to the back-test
-    monkeypatch.setitem(estimators.ESTIMATORS, "last_loss", _LastLoss())
+    monkeypatch.setitem(estimators.REGISTRY, "last_loss", _LastLoss())
     proto = bt.protocol_cells(tiny, ks=[1, 2], fractions=[1.0], min_tokens=0.0, max_checkpoints=None)
     cells = bt.build_cells(proto, ["classic", "last_loss"], bayes_ks=[2], bayes_settings={"draws": 7})
     assert sorted((c.estimator, c.data.k) for c in cells) == [("classic", 1), ("classic", 2), ("last_loss", 2)]
@@ -324,7 +324,7 @@ def test_a_new_estimator_is_one_class_and_one_entry(tiny, monkeypatch):
 
 def test_estimators_refuse_what_they_cannot_use(tiny):
     data = bt.protocol_cells(tiny, ks=[1], fractions=[1.0], min_tokens=0.0, max_checkpoints=None).cells[0]
-    hier = estimators.ESTIMATORS["bayes_hierarchical"]
+    hier = estimators.REGISTRY["bayes_hierarchical"]
     with pytest.raises(DataError, match="no population prior for family 'a'"):
         hier.prior(data, None)
     with pytest.raises(DataError, match="no population prior for family 'a' at min_tokens=0"):
@@ -332,7 +332,7 @@ def test_estimators_refuse_what_they_cannot_use(tiny):
     with pytest.raises(ValueError, match="posterior sampled elsewhere"):
         hier.fit(data, object(), bt.BAYES_SETTINGS, 0, posterior=object())
     assert [e.name for e in estimators.resolve(["classic_huber", "bayes_independent"])] == ["classic_huber", "bayes_independent"]
-    assert bt.ESTIMATORS == tuple(estimators.ESTIMATORS) and set(bt.BAYES_ESTIMATORS) == {"bayes_independent", "bayes_hierarchical"}
+    assert bt.ESTIMATORS == tuple(estimators.REGISTRY) and set(bt.BAYES_ESTIMATORS) == {"bayes_independent", "bayes_hierarchical"}
 
 
 # --------------------------------------------------------------------------- Bayesian cells
@@ -502,7 +502,7 @@ def test_cli_backtest_sampler_settings(tmp_path, monkeypatch, capsys):
 
     def fake_backtest(runs, **kwargs):
         seen.update(kwargs)
-        raise bt.DataError("stop here")
+        raise DataError("stop here")
 
     monkeypatch.setattr(bt, "backtest", fake_backtest)
     path = tmp_path / "runs.csv"
@@ -569,10 +569,10 @@ def test_a_cell_is_silent_on_the_warnings_its_rows_record(monkeypatch):
         warnings.warn("unmixed", ConvergenceWarning)
         return [{"cell": cell}]
 
-    monkeypatch.setattr(bt, "_evaluate_cell", noisy)
+    monkeypatch.setattr(bt.runner, "_evaluate_cell", noisy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bt.evaluate_cell("c") == [{"cell": "c"}]
-    monkeypatch.setattr(bt, "_evaluate_cell", lambda *a: warnings.warn("other", RuntimeWarning))
+    monkeypatch.setattr(bt.runner, "_evaluate_cell", lambda *a: warnings.warn("other", RuntimeWarning))
     with pytest.warns(RuntimeWarning, match="other"):  # anything else still reaches the caller
         bt.evaluate_cell("c")

@@ -76,7 +76,7 @@ def test_resume_from_the_same_file_spelled_differently(runs_csv, tmp_path, monke
     def refit(*args, **kwargs):
         raise AssertionError("a stored cell was fitted again")
 
-    monkeypatch.setattr("bayes_scaling.backtest.evaluate_cell", refit)
+    monkeypatch.setattr("bayes_scaling.backtest.runner.evaluate_cell", refit)
     monkeypatch.chdir(tmp_path)
     assert _backtest(os.path.join(".", "out", "..", runs_csv.name), out) == 0  # same bytes, other path
     assert frame_equal_numbers(pd.read_csv(out / "backtest.csv"), first)

@@ -158,7 +158,7 @@ def test_backtest_serves_a_given_population_without_each_source_group(tiny_backt
 
     pop, _, _ = _hand_population()
     seen = []
-    monkeypatch.setattr(bt, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
+    monkeypatch.setattr(bt.runner, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
     bt.backtest(tiny_backtest_table, estimators=("bayes_hierarchical",), ks=[1], fractions=[1.0], population=pop)
     assert seen and all(c.prior is not None for c in seen)
     (cell,) = seen
@@ -175,7 +175,7 @@ def test_batched_executor_runs_a_population_cell_one_by_one(tiny_backtest_table,
 
     pop, _, _ = _hand_population()
     seen = []
-    monkeypatch.setattr(bt, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
+    monkeypatch.setattr(bt.runner, "run_cells", lambda cells, **kw: seen.extend(cells) or pd.DataFrame())
     bt.backtest(tiny_backtest_table, estimators=("bayes_hierarchical",), ks=[1], fractions=[1.0], population=pop)
 
     class Recorder:  # stands in for the inner executor: records the work, fits nothing

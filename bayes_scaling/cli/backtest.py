@@ -206,7 +206,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import backtest as bt
-    from ..estimators import resolve
+    from ..backtest.estimators import resolve
 
     resolve(args.estimators)  # a DataError naming the unknown ones, before anything is written
     for name in ("chains", "draws", "population_draws"):

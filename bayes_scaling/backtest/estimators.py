@@ -2,13 +2,32 @@
 
 An :class:`Estimator` knows the prior a back-test cell is fitted under (:meth:`~Estimator.prior`)
 and turns the cell's training points into a predictor of its targets
-(:meth:`~Estimator.fit`). :mod:`bayes_scaling.backtest` looks them up by name in
-:data:`ESTIMATORS` (the name is what a cell, a result row and the CLI carry) and never asks
-which one it holds; a new estimator is a new class and one entry there.
+(:meth:`~Estimator.fit`). The runner looks them up by name in :data:`REGISTRY` (the name is
+what a cell, a result row and the CLI carry) and never asks which one it holds; a new
+estimator is a new class and one entry there. A cell's data are a
+:class:`~bayes_scaling.backtest.protocol.CellData` and a target a
+:class:`~bayes_scaling.backtest.protocol.Target`; this module only reads their fields.
 
-A cell's data are a :class:`bayes_scaling.backtest.CellData` and a target a
-:class:`bayes_scaling.backtest.Target`; this module reads their fields and imports nothing
-from the back-test, so imports flow one way.
+``classic`` and ``classic_huber``: the point fits of :mod:`bayes_scaling.pointfit`; their
+90% interval is drawn from the fitted covariance ``N(popt, pcov)`` (parameter uncertainty
+only, the naive baseline).
+
+``bayes_independent``: the held-out family alone, no pooling, with the weak priors of the
+``chinchilla_independent`` spec (:func:`bayes_scaling.cellfit.independent_prior`), fitted as
+the small single-family NUTS model of :func:`bayes_scaling.cellfit.fit_cell`; the target is
+predicted as a *new run* of its family (theta from the posterior, a fresh run offset,
+observation noise).
+
+``bayes_hierarchical``: exactly what a user runs, ``bs.fit(training runs, population=P)``
+then ``predict_loss(kind="new_run", observation_noise=True)``, with P the population
+without the family's source group
+(:func:`~bayes_scaling.backtest.populations.population_priors`). The population and what a
+family borrows from it are described in :mod:`bayes_scaling.population`; the fit under it in
+:mod:`bayes_scaling.popfit`. Why not the joint hierarchical model of
+:mod:`bayes_scaling.inference`: one fit of the corpus takes many minutes on the shared
+2-core machine, and an honest back-test needs one per held-out source group.
+
+The Bayesian point prediction is the posterior-predictive median.
 """
 
 from __future__ import annotations
@@ -20,14 +39,16 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from .cellfit import SAMPLER_DEFAULTS, TEMPERATURES
-from .convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
-from .data import Filters
-from .errors import DataError
-from .laws import centre
+from ..cellfit import SAMPLER_DEFAULTS, TEMPERATURES
+from ..convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
+from ..data import Filters
+from ..errors import DataError
+from ..laws import centre
 
 __all__ = [
+    "BAYES_ESTIMATORS",
     "ESTIMATORS",
+    "REGISTRY",
     "BayesHierarchical",
     "BayesIndependent",
     "Estimator",
@@ -90,7 +111,7 @@ class PointFitEstimator(Estimator):
         self.name = name
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from . import pointfit  # scipy: only for the back-test's point fits
+        from .. import pointfit  # scipy: only for the back-test's point fits
 
         pf = getattr(pointfit, f"fit_{self.name}")(data.train_num_params, data.train_tokens, data.train_loss)
         if not pf.ok:
@@ -126,12 +147,12 @@ class BayesIndependent(Estimator):
     bayesian = True
 
     def prior(self, data, populations):
-        from .cellfit import independent_prior
+        from ..cellfit import independent_prior
 
         return independent_prior()
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from .cellfit import FamilyArrays
+        from ..cellfit import FamilyArrays
 
         if posterior is None:
             x_n, x_d = centre(data.train_num_params, data.train_tokens)
@@ -151,7 +172,7 @@ def public_path_fit(data, population, seed: int, **sampler):
     """The :class:`~bayes_scaling.inference.Fit` a user gets from a cell's training runs:
     ``fit(train runs, population=population)`` with ``seed`` and ``sampler`` (default
     :data:`~bayes_scaling.cellfit.SAMPLER_DEFAULTS`)."""
-    from .popfit import fit_with_population
+    from ..popfit import fit_with_population
 
     table = pd.DataFrame(
         {
@@ -184,8 +205,8 @@ class BayesHierarchical(Estimator):
             ) from exc
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from .convergence import check_convergence
-        from .predict import predict_loss
+        from ..convergence import check_convergence
+        from ..predict import predict_loss
 
         if posterior is not None:
             raise ValueError(f"{self.name} is fitted through bs.fit; a posterior sampled elsewhere does not apply")
@@ -211,15 +232,18 @@ class BayesHierarchical(Estimator):
 
 
 #: The estimators by name, in the order reports list them.
-ESTIMATORS: dict[str, Estimator] = {
+REGISTRY: dict[str, Estimator] = {
     e.name: e for e in (PointFitEstimator("classic"), PointFitEstimator("classic_huber"), BayesIndependent(), BayesHierarchical())
 }
+#: Their names, and those of the sampled ones.
+ESTIMATORS = tuple(REGISTRY)
+BAYES_ESTIMATORS = tuple(name for name, e in REGISTRY.items() if e.bayesian)
 
 
 def resolve(names: Iterable[str]) -> tuple[Estimator, ...]:
     """The estimators of ``names`` (DataError naming the unknown ones and the choices)."""
     names = tuple(names)
-    unknown = sorted(set(names) - set(ESTIMATORS))
+    unknown = sorted(set(names) - set(REGISTRY))
     if unknown:
-        raise DataError(f"unknown estimators {unknown}; choose from {list(ESTIMATORS)}")
-    return tuple(ESTIMATORS[n] for n in names)
+        raise DataError(f"unknown estimators {unknown}; choose from {list(REGISTRY)}")
+    return tuple(REGISTRY[n] for n in names)
