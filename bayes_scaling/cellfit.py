@@ -788,14 +788,12 @@ def tree_depth(num_steps) -> np.ndarray:
     return np.floor(np.log2(np.maximum(np.asarray(num_steps).reshape(-1), 1))).astype(int) + 1
 
 
-def random_effects(means, covs, weights=None, max_iter: int = 10_000, tol: float = 1e-10):
+def random_effects(means, covs, max_iter: int = 10_000, tol: float = 1e-10):
     """Population mean and covariance from noisy per-family estimates (random-effects meta-analysis).
 
     Model: ``m_f ~ N(theta_f, S_f)``, ``theta_f ~ N(mu, Sigma)``; maximum likelihood of
     ``(mu, Sigma)`` by EM (the E-step's ``theta_f | m_f`` is normal, the M-step averages).
     A family weighs by how well it pins each direction: ``Sigma + S_f`` is its covariance.
-    ``weights`` (default 1 each) weigh the families' log-likelihoods: ``1 / size of its
-    source group`` counts siblings, which share data, code and units, as one family.
 
     Returns
     -------
@@ -803,29 +801,25 @@ def random_effects(means, covs, weights=None, max_iter: int = 10_000, tol: float
     sigma : ndarray (p, p)
         Between-family covariance of theta.
     mu_cov : ndarray (p, p)
-        Covariance of the estimate of ``mu`` (``(sum_f w_f (Sigma + S_f)^-1)^-1``).
+        Covariance of the estimate of ``mu`` (``(sum_f (Sigma + S_f)^-1)^-1``).
     """
     means = np.asarray(means, float)
     covs = np.asarray(covs, float)
     n, p = means.shape
-    counts = np.ones(n) if weights is None else np.asarray(weights, float)
-    if counts.shape != (n,) or not np.all(counts > 0):
-        raise ValueError(f"weights must be {n} positive numbers, got {counts!r}")
-    w = counts / counts.sum()
     precisions = np.linalg.inv(covs)
     weighted_means = np.einsum("fij,fj->fi", precisions, means)
-    mu = w @ means
-    sigma = np.cov(means, rowvar=False, aweights=w) + 1e-6 * np.eye(p)
+    mu = means.mean(axis=0)
+    sigma = np.cov(means, rowvar=False) + 1e-6 * np.eye(p)
     for _ in range(max_iter):
         sigma_inv = np.linalg.inv(sigma)
         post_cov = np.linalg.inv(sigma_inv[None] + precisions)
         post_mean = np.einsum("fij,fj->fi", post_cov, sigma_inv @ mu + weighted_means)
-        new_mu = w @ post_mean
+        new_mu = post_mean.mean(axis=0)
         resid = post_mean - new_mu
-        new_sigma = np.einsum("f,fi,fj->ij", w, resid, resid) + np.einsum("f,fij->ij", w, post_cov)
+        new_sigma = (resid.T @ resid + post_cov.sum(axis=0)) / n
         change = max(np.abs(new_mu - mu).max(), np.abs(new_sigma - sigma).max())
         mu, sigma = new_mu, new_sigma
         if change < tol:
             break
-    mu_cov = np.linalg.inv(np.einsum("f,fij->ij", counts, np.linalg.inv(sigma[None] + covs)))
+    mu_cov = np.linalg.inv(np.linalg.inv(sigma[None] + covs).sum(axis=0))
     return mu, sigma, mu_cov

