@@ -26,6 +26,7 @@ from bayes_scaling.cellfit import (  # noqa: E402
     random_effects,
 )
 from bayes_scaling.data import loss_rise  # noqa: E402
+from bayes_scaling.distributed import ParquetSink  # noqa: E402
 from bayes_scaling.errors import ConvergenceWarning, DataError, ExtrapolationWarning  # noqa: E402
 from bayes_scaling.backtest.estimators import Estimator, FittedCell  # noqa: E402
 from bayes_scaling.laws import centre, chinchilla_log_loss  # noqa: E402
@@ -271,18 +272,20 @@ def test_run_cells_streams_rows_any_order(tiny):
 
 
 def test_failed_cells_keep_every_column(tiny, tmp_path):
-    # a failed fit finishing first must not set a CSV header without the score columns
+    # a failed cell's rows carry every score column (NaN), so stored cells read back as one
+    # table whatever finished first
     cells = bt.build_cells(bt.protocol_cells(tiny, ks=[1], fractions=[1.0], max_checkpoints=None), ["classic"])
     broken = dataclasses.replace(cells[0], estimator="not_an_estimator")
     ok = bt.evaluate_cell(cells[0], seed=0)
     failed = bt.evaluate_cell(broken, seed=0)
     assert failed[0]["status"] == "failed" and np.isnan(failed[0]["are"]) and np.isnan(failed[0]["cov_90"])
     assert list(failed[0]) == list(ok[0])
-    sink = bt.CsvSink(tmp_path / "rows.csv")
+    sink = ParquetSink(tmp_path / "cells")
     sink(failed)
     sink(ok)
-    written = pd.read_csv(tmp_path / "rows.csv")
-    assert list(written.columns) == list(ok[0]) and written["are"].iloc[-1] == pytest.approx(ok[0]["are"])
+    written = ParquetSink(tmp_path / "cells").read()
+    assert sorted(written.columns) == sorted(ok[0]) and len(written) == 2
+    assert sorted(written["status"]) == ["failed", "ok"] and written["are"].max() == pytest.approx(ok[0]["are"])
 
 
 class _LastLoss(Estimator):

@@ -3,24 +3,25 @@
 :func:`~bayes_scaling.backtest.protocol.protocol_cells` lists the cells; :func:`build_cells`
 attaches estimators and priors; :func:`evaluate_cell` is a pure function
 ``(Cell, seed) -> list of row dicts``; :func:`run_cells` maps it over an iterable of cells
-with an *executor* and hands every finished cell's rows to a *sink* as soon as it completes
-(so a run can be resumed by skipping :attr:`~bayes_scaling.backtest.protocol.Cell.key`
-values already written). An executor is any object with
+with an *executor* and hands every finished cell's rows to a *sink* as soon as it completes.
+An executor is any object with
 
     map_unordered(fn, items) -> iterator of (item, fn(item))
 
 yielding pairs in completion order; :class:`LocalExecutor` runs them in this process.
 :func:`backtest` does it all in one call: protocol, populations, cells, rows.
+
+Results on disk and resuming have one mechanism, :mod:`bayes_scaling.distributed`'s:
+:class:`~bayes_scaling.distributed.ParquetSink` writes each finished cell as its own file,
+atomically, and :class:`~bayes_scaling.distributed.ResumeExecutor` skips the cells it holds.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,19 +32,17 @@ from ..errors import ConvergenceWarning, DataError, DataWarning, ExtrapolationWa
 from . import estimators as _estimators
 from .estimators import ESTIMATORS
 from .populations import population_priors
-from .protocol import CELL_KEY_COLUMNS, FRACTIONS, Cell, Protocol, Target, no_cells_reason, primary_table, protocol_cells
+from .protocol import FRACTIONS, Cell, Protocol, Target, no_cells_reason, primary_table, protocol_cells
 from .report import summary_markdown
 from .scoring import score_target
 
 __all__ = [
     "BAYES_SETTINGS",
     "BacktestResult",
-    "CsvSink",
     "LocalExecutor",
     "backtest",
     "build_cells",
     "cell_seed",
-    "done_keys",
     "evaluate_cell",
     "fan_data",
     "run_cells",
@@ -168,7 +167,6 @@ def _evaluate_cell(cell: Cell, seed: int, posterior) -> list[dict]:
         row = {**base, "target": target.model, "target_params": target.num_params, **diag, "fit_seconds": fit_seconds}
         if predictors is None:
             # every score column, NaN: rows of failed and scored cells share one set of columns
-            # (a CSV sink takes its header from the first cell to finish)
             unscored = score_target(target.loss, np.full(len(target.loss), np.nan), None)
             row.update({k: v if k in ("n_target_points", "loss_last") else np.nan for k, v in unscored.items()})
         else:
@@ -192,48 +190,6 @@ class LocalExecutor:
             yield item, fn(item)
 
 
-class CsvSink:
-    """Append finished rows to a CSV file as they arrive (header written once).
-
-    ``append=False`` (default) starts a new file; ``append=True`` keeps the rows already
-    there and reuses its header (resume a run by skipping the keys it holds).
-    """
-
-    def __init__(self, path, columns: Iterable[str] | None = None, append: bool = False):
-        self.path = Path(path)
-        self.columns = list(columns) if columns is not None else None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not append:
-            self.path.unlink()
-        elif self.path.exists() and self.columns is None:
-            with self.path.open(newline="") as fh:
-                self.columns = next(csv.reader(fh), None)
-
-    def __call__(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        if self.columns is None:
-            self.columns = list(rows[0].keys())
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
-
-
-def done_keys(path) -> set:
-    """Cell keys (:attr:`Cell.key`) already present in a results CSV (for resuming)."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    df = pd.read_csv(path, usecols=list(CELL_KEY_COLUMNS))
-    return {
-        (float(r.min_tokens), str(r.family), int(r.k), float(r.fraction), str(r.estimator))
-        for r in df.drop_duplicates().itertuples(index=False)
-    }
-
-
 def run_cells(
     cells: Iterable[Cell],
     *,
@@ -247,7 +203,8 @@ def run_cells(
     Parameters
     ----------
     cells : iterable of Cell
-        Work items; skip keys already done to resume a run.
+        Work items (to resume a run, wrap the executor in
+        :class:`~bayes_scaling.distributed.ResumeExecutor`).
     seed : int
         Run seed; each cell's seed is :func:`cell_seed` of its key and this.
     executor : object, optional
