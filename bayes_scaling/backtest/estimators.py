@@ -39,11 +39,14 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from ..cellfit import SAMPLER_DEFAULTS, TEMPERATURES
-from ..convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT
+from ..cellfit import SAMPLER_DEFAULTS, TEMPERATURES, FamilyArrays, independent_prior
+from ..convergence import MAX_R_HAT, MIN_ESS_PER_CHAIN, MIXED_RHAT, check_convergence
 from ..data import Filters
 from ..errors import DataError
 from ..laws import centre
+from ..pointfit import PointFit, fit_classic, fit_classic_huber
+from ..popfit import fit_with_population
+from ..predict import predict_loss
 
 __all__ = [
     "BAYES_ESTIMATORS",
@@ -104,16 +107,16 @@ class Estimator:
 
 
 class PointFitEstimator(Estimator):
-    """A least-squares point fit of :mod:`bayes_scaling.pointfit` (``fit_<name>``); its
-    interval is from the fitted covariance, parameter uncertainty only."""
+    """A least-squares point fit of :mod:`bayes_scaling.pointfit`, ``fitter(num_params,
+    tokens, loss) -> PointFit``; its interval is from the fitted covariance, parameter
+    uncertainty only."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, fitter: Callable[..., PointFit]):
         self.name = name
+        self.fitter = fitter
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from .. import pointfit  # scipy: only for the back-test's point fits
-
-        pf = getattr(pointfit, f"fit_{self.name}")(data.train_num_params, data.train_tokens, data.train_loss)
+        pf = self.fitter(data.train_num_params, data.train_tokens, data.train_loss)
         if not pf.ok:
             raise RuntimeError(pf.message)
 
@@ -147,13 +150,9 @@ class BayesIndependent(Estimator):
     bayesian = True
 
     def prior(self, data, populations):
-        from ..cellfit import independent_prior
-
         return independent_prior()
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from ..cellfit import FamilyArrays
-
         if posterior is None:
             x_n, x_d = centre(data.train_num_params, data.train_tokens)
             arrays = FamilyArrays.from_arrays(x_n, x_d, data.train_run, np.log(data.train_loss), data.train_models)
@@ -172,8 +171,6 @@ def public_path_fit(data, population, seed: int, **sampler):
     """The :class:`~bayes_scaling.inference.Fit` a user gets from a cell's training runs:
     ``fit(train runs, population=population)`` with ``seed`` and ``sampler`` (default
     :data:`~bayes_scaling.cellfit.SAMPLER_DEFAULTS`)."""
-    from ..popfit import fit_with_population
-
     table = pd.DataFrame(
         {
             "family": data.family,
@@ -205,9 +202,6 @@ class BayesHierarchical(Estimator):
             ) from exc
 
     def fit(self, data, prior, settings, seed, posterior=None) -> FittedCell:
-        from ..convergence import check_convergence
-        from ..predict import predict_loss
-
         if posterior is not None:
             raise ValueError(f"{self.name} is fitted through bs.fit; a posterior sampled elsewhere does not apply")
         sampler = _sampler(settings)
@@ -233,7 +227,8 @@ class BayesHierarchical(Estimator):
 
 #: The estimators by name, in the order reports list them.
 REGISTRY: dict[str, Estimator] = {
-    e.name: e for e in (PointFitEstimator("classic"), PointFitEstimator("classic_huber"), BayesIndependent(), BayesHierarchical())
+    e.name: e
+    for e in (PointFitEstimator("classic", fit_classic), PointFitEstimator("classic_huber", fit_classic_huber), BayesIndependent(), BayesHierarchical())
 }
 #: Their names, and those of the sampled ones.
 ESTIMATORS = tuple(REGISTRY)

@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from .. import population as pop_mod
 from .protocol import primary_table
 
 __all__ = ["population_priors"]
@@ -50,8 +51,6 @@ def population_priors(
     info : DataFrame
         The population's members (one row each) with ``min_tokens``.
     """
-    from .. import population as pop_mod
-
     table = primary_table(runs)
     if population is None:
         pop = pop_mod.build(table, min_tokens=min_tokens, seed=seed, executor=executor, progress=progress, **build_settings)

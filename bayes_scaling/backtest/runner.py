@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..cellfit import SAMPLER_DEFAULTS
+from ..cellfit import SAMPLER_DEFAULTS, stable_seed
 from ..errors import ConvergenceWarning, DataError, DataWarning, ExtrapolationWarning
 from . import estimators as _estimators
 from .estimators import ESTIMATORS
@@ -95,8 +95,6 @@ def build_cells(
 
 def cell_seed(key: tuple, seed: int) -> int:
     """Seed of a cell: a hash of its key mixed with the run seed (order independent)."""
-    from ..cellfit import stable_seed
-
     return stable_seed(key, seed)
 
 
@@ -248,8 +246,9 @@ def fan_data(
     """Data of a fan chart: training points, target points and each estimator's
     prediction (median, 50% and 90% bands) along the target run's token axis.
 
-    ``priors`` maps estimator name -> CellPrior for the Bayesian estimators (default:
-    the independent prior for ``bayes_independent``; ``bayes_hierarchical`` needs one);
+    ``priors`` maps estimator name -> prior for the Bayesian estimators (default: the
+    estimator's own, the independent prior for ``bayes_independent``; ``bayes_hierarchical``
+    needs a Population);
     ``bayes_settings`` overrides :data:`BAYES_SETTINGS`.
 
     Returns
